@@ -1,0 +1,45 @@
+# The two commands of the contract: `make demo` and `make test`. Both set up .venv on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-fast bench dev clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first: this version resolves to the machine's local CPU wheel (no CUDA download)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/longvila demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) bench/shots.py
+	$(PY) bench/frames.py
+	$(PY) bench/mmsp.py
+	$(PY) bench/captions.py
+	$(PY) bench/train.py
+
+dev: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf data .dagster runs bench/out

@@ -1,0 +1,1 @@
+"""Software-defined assets, one module per layer. Thin: they call the libraries and record metadata."""

@@ -1,0 +1,1 @@
+"""Long-video curation library (no Dagster): probe, shots, clips, frames, captions, instructions."""

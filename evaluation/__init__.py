@@ -1,0 +1,1 @@
+"""Long-video benchmarks (no Dagster): V-NIAH, VideoMME-format multiple choice, caption scores."""

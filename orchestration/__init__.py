@@ -1,0 +1,1 @@
+"""Dagster edge of the project: Definitions, resources, partitions, sensors, automation, CLI."""
