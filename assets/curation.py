@@ -1,0 +1,683 @@
+"""Curation lineage: one partition per raw video (`orchestration.partitions.videos`).
+
+    raw_video ─┬─> video_probe ─┬─> video_shots ─> video_clips ─┬─> clip_frames
+               │                └─> video_frames                └─> clip_files (optional)
+               └──────────────(every layer that decodes the video also depends on raw_video)
+
+Each asset is thin: resolve the partition's source URL from the manifest (`LakeResource.video_url`),
+call the `curation` library, write one file per partition to the `longvila.layout` path atomically,
+and return a `MaterializeResult` with
+
+* ``data_version`` = sha256 of the bytes written (raw_video: sha256 of the video itself), so a
+  re-run producing identical output does not mark anything downstream stale;
+* ``code_version`` (on the definition) = the library's CODE_VERSION plus the parameters that shape the
+  output (from `CurationConfig`), so changing e.g. the shot detector marks shots and everything
+  below stale in every partition;
+* metadata: counts, durations, timings, a markdown preview and the output path.
+
+Why `raw_video` is a *materialised* asset and not an observable source asset: the new-video sensor
+already hashes new/changed files to confirm a change, and one `raw_video` run per changed partition
+records the sha256 as the data version with full provenance (run, time, source URL) in the event
+log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
+downstream assets react to it. A partitioned `@observable_source_asset` would re-hash every video on
+each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
+events. `raw_video` copies nothing: the video stays in the source.
+
+Automation: every asset below raw_video has `AutomationCondition.eager()`, so a partition added by
+the sensor flows through the lineage once its raw_video is materialised (the automation sensor is
+enabled in `orchestration.definitions`). A failed partition is not retried until its input changes.
+
+Bad input: a corrupt/empty/non-video file raises `longvila.errors.VideoError` in the library; the
+asset turns it into `dagster.Failure` naming the source file (relative path and URL) and the reason.
+Only that partition's run fails; nothing is written for it (all writes are atomic and happen after
+the computation succeeded).
+
+Asset checks (one or more per layer, blocking where later layers depend on the invariant):
+probe values are sane; shots tile [0, frame_count) without gap or overlap; every clip lies inside
+one shot and lasts within [min_clip_s, max_clip_s]; clip_frames has frames_per_clip frames per clip;
+video_frames has the expected count (min(max_video_frames, duration*fps), at least 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import time
+from typing import Iterator, Optional
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    AutomationCondition,
+    DataVersion,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+
+from longvila import io as lio
+from longvila.errors import InputError
+from orchestration.partitions import videos
+from orchestration.resources import CurationConfig, LakeResource
+
+GROUP = "curation"
+RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
+
+# asset keys other layers depend on
+RAW_VIDEO = AssetKey("raw_video")
+VIDEO_PROBE = AssetKey("video_probe")
+VIDEO_SHOTS = AssetKey("video_shots")
+VIDEO_CLIPS = AssetKey("video_clips")
+CLIP_FRAMES = AssetKey("clip_frames")
+VIDEO_FRAMES = AssetKey("video_frames")
+CLIP_FILES = AssetKey("clip_files")
+
+# tolerance when comparing clip durations with the configured bounds (float seconds)
+_EPS = 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def table_to_parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _write_table(url: str, table, settings) -> str:
+    """Write a pyarrow table as Parquet atomically; return the sha256 of the bytes written."""
+    data = table_to_parquet_bytes(table)
+    lio.write_bytes(url, data, settings)
+    return sha256_bytes(data)
+
+
+def _write_json(url: str, obj, settings) -> str:
+    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+    lio.write_bytes(url, data, settings)
+    return sha256_bytes(data)
+
+
+def _source(context, lake: LakeResource) -> dict:
+    """Manifest entry of the run's partition; Failure if unknown or deleted."""
+    key = context.partition_key
+    try:
+        return lake.video_entry(key)
+    except InputError as e:
+        raise Failure(
+            description=f"partition {key}: {e.reason}",
+            metadata={"partition": key, "file": e.source, "reason": e.reason},
+            allow_retries=False,
+        ) from None
+
+
+@contextlib.contextmanager
+def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
+    """Turn a library InputError/VideoError into a Failure naming the *source* file and the reason."""
+    try:
+        yield
+    except InputError as e:
+        name = entry.get("relpath") or entry.get("url")
+        raise Failure(
+            description=f"{layer} failed for {name!r}: {e.reason}",
+            metadata={
+                "partition": context.partition_key,
+                "file": str(name),
+                "url": str(entry.get("url")),
+                "reason": e.reason,
+                "layer": layer,
+            },
+            allow_retries=False,
+        ) from None
+
+
+@contextlib.contextmanager
+def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
+    url = entry["url"]
+    suffix = os.path.splitext(entry.get("relpath") or url)[1]
+    with lio.local_copy(url, lake.settings(), suffix=suffix) as path:
+        yield path
+
+
+def _read_json(lake: LakeResource, layer: str, key: str):
+    return lio.read_json(lake.layer_url(layer, key), lake.settings())
+
+
+def _read_table(lake: LakeResource, layer: str, key: str, columns=None):
+    return lio.read_parquet(lake.layer_url(layer, key), lake.settings(), columns=columns)
+
+
+def _md_table(rows: list[dict], limit: int = 8) -> str:
+    if not rows:
+        return "(empty)"
+    cols = list(rows[0].keys())
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows[:limit]:
+        out.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    if len(rows) > limit:
+        out.append(f"| ... {len(rows) - limit} more |" + " |" * (len(cols) - 1))
+    return "\n".join(out)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _progress(context, every_s: float = 10.0):
+    from longvila.progress import Throttled
+
+    return Throttled(lambda done, total, msg: context.log.info(f"{done}/{total or '?'} {msg}"), every_s)
+
+
+def _probe_fields(lake: LakeResource, key: str) -> dict:
+    return _read_json(lake, "probe", key)
+
+
+# ---------------------------------------------------------------------------------------------
+# code versions
+# ---------------------------------------------------------------------------------------------
+def code_versions(cfg: CurationConfig) -> dict[str, str]:
+    """Code version of every curation asset for a configuration (library version + parameters)."""
+    from curation import clips as _clips
+    from curation import frames as _frames
+    from curation import probe as _probe
+    from curation import shots as _shots
+
+    fr = f"size={cfg.frame_size}:q={cfg.jpeg_quality}"
+    out = {
+        "raw_video": RAW_VIDEO_CODE_VERSION,
+        "video_probe": _probe.CODE_VERSION,
+        "video_shots": _shots.code_version(cfg.detector, **cfg.detector_options),
+        "video_clips": f"{_clips.CODE_VERSION}:max={cfg.max_clip_s:g}:min={cfg.min_clip_s:g}",
+        "clip_frames": f"{_frames.CODE_VERSION}:clip:n={cfg.frames_per_clip}:{fr}",
+        "video_frames": f"{_frames.CODE_VERSION}:video:fps={cfg.video_fps:g}:max={cfg.max_video_frames}:{fr}",
+    }
+    if cfg.write_clip_files:
+        from curation import clipfiles as _clipfiles
+
+        out["clip_files"] = getattr(_clipfiles, "CODE_VERSION", "clipfiles-v1")
+    return out
+
+
+def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
+    """How many whole-video frames `video_frames` should hold for a video of `duration_s`."""
+    import math
+
+    n = int(math.floor(duration_s * cfg.video_fps + 1e-9))
+    return max(1, min(cfg.max_video_frames, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# the assets
+# ---------------------------------------------------------------------------------------------
+def build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
+    """Definitions of the curation lineage for one configuration (default: `CurationConfig.from_env()`).
+
+    Resources are not bound here (`orchestration.definitions` binds ``lake``); tests may build a
+    variant with another configuration to see exactly which layers become stale.
+    """
+    cfg = cfg or CurationConfig.from_env()
+    cv = code_versions(cfg)
+    eager = AutomationCondition.eager()
+
+    @asset(
+        key=RAW_VIDEO,
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["raw_video"],
+        kinds={"video"},
+        description="A raw video of the source (not copied). Data version = sha256 of its bytes. "
+        "Materialised by the new-video sensor's runs for new or changed videos.",
+    )
+    def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        entry = _source(context, lake)
+        t0 = time.perf_counter()
+        try:
+            sha = lio.sha256_file(entry["url"], lake.settings())
+            fs, p = lio.get_fs(entry["url"], lake.settings())
+            size = int(fs.size(p))
+        except FileNotFoundError:
+            raise Failure(
+                description=f"raw video {entry.get('relpath')!r} is gone from the source ({entry['url']})",
+                metadata={"partition": context.partition_key, "file": str(entry.get("relpath")),
+                          "reason": "file not found"},
+                allow_retries=False,
+            ) from None
+        if entry.get("sha256") and entry["sha256"] != sha:
+            context.log.info(f"{entry['relpath']!r} changed since the scan; recording its current hash")
+        return MaterializeResult(
+            data_version=DataVersion(sha),
+            metadata={
+                "relpath": entry.get("relpath", ""),
+                "url": MetadataValue.path(entry["url"]),
+                "size_bytes": size,
+                "sha256": sha,
+                "hash_seconds": round(time.perf_counter() - t0, 4),
+            },
+        )
+
+    @asset(
+        key=VIDEO_PROBE,
+        deps=[RAW_VIDEO],
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["video_probe"],
+        automation_condition=eager,
+        kinds={"video", "json"},
+        description="Container/codec/duration/fps (VFR aware)/frames/size/rotation/audio of the video "
+        "(curation.probe). Written to probe/<key>.json.",
+    )
+    def video_probe(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.probe import probe_video
+
+        entry = _source(context, lake)
+        key = context.partition_key
+        t0 = time.perf_counter()
+        with _video_failure(context, entry, "probe"), _local_video(entry, lake) as path:
+            res = probe_video(path)
+        d = res.to_dict()
+        d["path"] = entry["url"]
+        d["relpath"] = entry.get("relpath")
+        out = lake.layer_url("probe", key)
+        version = _write_json(out, d, lake.settings())
+        return MaterializeResult(
+            data_version=DataVersion(version),
+            metadata={
+                "path": MetadataValue.path(out),
+                "source": entry.get("relpath", ""),
+                "duration_s": float(res.duration_s),
+                "fps": float(res.fps),
+                "fps_is_variable": bool(res.fps_is_variable),
+                "frame_count": int(res.frame_count),
+                "resolution": f"{res.width}x{res.height}",
+                "codec": str(res.codec),
+                "has_audio": bool(res.has_audio),
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+        )
+
+    @asset_check(asset=VIDEO_PROBE, partitions_def=videos, blocking=True,
+                 description="duration, fps, frame count and size are positive and consistent")
+    def probe_is_sane(context, lake: LakeResource) -> AssetCheckResult:
+        d = _probe_fields(lake, context.partition_key)
+        problems = []
+        if not d.get("duration_s", 0) > 0:
+            problems.append(f"duration_s={d.get('duration_s')}")
+        if not 0 < d.get("fps", 0) <= 1000:
+            problems.append(f"fps={d.get('fps')}")
+        if not d.get("frame_count", 0) >= 1:
+            problems.append(f"frame_count={d.get('frame_count')}")
+        if not (d.get("width", 0) > 0 and d.get("height", 0) > 0):
+            problems.append(f"size={d.get('width')}x{d.get('height')}")
+        if d.get("duration_s", 0) > 0 and d.get("fps", 0) > 0:
+            implied = d["duration_s"] * d["fps"]
+            if abs(implied - d.get("frame_count", 0)) > max(2.0, 0.02 * implied):
+                problems.append(f"duration*fps={implied:.1f} vs frame_count={d.get('frame_count')}")
+        return AssetCheckResult(
+            passed=not problems,
+            metadata={"problems": "; ".join(problems) or "none"},
+        )
+
+    @asset(
+        key=VIDEO_SHOTS,
+        deps=[RAW_VIDEO, VIDEO_PROBE],
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["video_shots"],
+        automation_condition=eager,
+        kinds={"video", "parquet"},
+        description=f"Shot boundaries (detector {cfg.detector!r}, curation.shots). shots/<key>.parquet.",
+    )
+    def video_shots(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.schemas import shots_to_table
+        from curation.shots import detect_shots
+
+        entry = _source(context, lake)
+        key = context.partition_key
+        probe = _probe_fields(lake, key)
+        t0 = time.perf_counter()
+        with _video_failure(context, entry, "shot detection"), _local_video(entry, lake) as path:
+            shots = detect_shots(path, detector=cfg.detector, progress=_progress(context), **cfg.detector_options)
+        secs = time.perf_counter() - t0
+        table = shots_to_table(shots)
+        out = lake.layer_url("shots", key)
+        version = _write_table(out, table, lake.settings())
+        lengths = [s.end_s - s.start_s for s in shots]
+        return MaterializeResult(
+            data_version=DataVersion(version),
+            metadata={
+                "path": MetadataValue.path(out),
+                "detector": cfg.detector,
+                "num_shots": len(shots),
+                "mean_shot_s": round(sum(lengths) / len(lengths), 3) if lengths else 0.0,
+                "seconds": round(secs, 3),
+                "frames_per_second": round(probe.get("frame_count", 0) / secs, 1) if secs > 0 else 0.0,
+                "preview": MetadataValue.md(_md_table([
+                    {"shot": s.index, "start_frame": s.start_frame, "end_frame": s.end_frame,
+                     "start_s": s.start_s, "end_s": s.end_s} for s in shots])),
+            },
+        )
+
+    @asset_check(asset=VIDEO_SHOTS, partitions_def=videos, blocking=True, additional_deps=[VIDEO_PROBE],
+                 description="shots tile [0, frame_count) with no gap or overlap, in order")
+    def shots_tile_video(context, lake: LakeResource) -> AssetCheckResult:
+        from curation.schemas import table_to_shots
+
+        key = context.partition_key
+        shots = table_to_shots(_read_table(lake, "shots", key))
+        n = int(_probe_fields(lake, key)["frame_count"])
+        problems = tile_problems([(s.start_frame, s.end_frame) for s in shots], n)
+        problems += [f"shot {s.index}: start_s {s.start_s} >= end_s {s.end_s}" for s in shots if not s.start_s < s.end_s]
+        return AssetCheckResult(
+            passed=not problems,
+            metadata={"num_shots": len(shots), "frame_count": n, "problems": "; ".join(problems[:10]) or "none"},
+        )
+
+    @asset(
+        key=VIDEO_CLIPS,
+        deps=[VIDEO_SHOTS, VIDEO_PROBE],
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["video_clips"],
+        automation_condition=eager,
+        kinds={"parquet"},
+        description=f"Clips of {cfg.min_clip_s:g}-{cfg.max_clip_s:g} s inside single shots (curation.clips). "
+        "clips/<key>.parquet.",
+    )
+    def video_clips(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.clips import make_clips
+        from curation.schemas import clips_to_table, table_to_shots
+
+        entry = _source(context, lake)
+        key = context.partition_key
+        shots = table_to_shots(_read_table(lake, "shots", key))
+        fps = float(_probe_fields(lake, key)["fps"])
+        with _video_failure(context, entry, "clip making"):
+            clips = make_clips(shots, fps, max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s)
+        out = lake.layer_url("clips", key)
+        version = _write_table(out, clips_to_table(clips), lake.settings())
+        lengths = [c.end_s - c.start_s for c in clips]
+        return MaterializeResult(
+            data_version=DataVersion(version),
+            metadata={
+                "path": MetadataValue.path(out),
+                "num_clips": len(clips),
+                "num_shots": len(shots),
+                "covered_s": round(sum(lengths), 3),
+                "min_clip_s": round(min(lengths), 3) if lengths else 0.0,
+                "max_clip_s": round(max(lengths), 3) if lengths else 0.0,
+                "preview": MetadataValue.md(_md_table([
+                    {"clip": c.index, "shot": c.shot_index, "start_s": c.start_s, "end_s": c.end_s}
+                    for c in clips])),
+            },
+        )
+
+    @asset_check(asset=VIDEO_CLIPS, partitions_def=videos, blocking=True, additional_deps=[VIDEO_SHOTS],
+                 description=f"every clip lasts within [{cfg.min_clip_s:g}, {cfg.max_clip_s:g}] s and lies in one shot")
+    def clips_within_bounds(context, lake: LakeResource) -> AssetCheckResult:
+        from curation.schemas import table_to_clips, table_to_shots
+
+        key = context.partition_key
+        clips = table_to_clips(_read_table(lake, "clips", key))
+        shots = {s.index: s for s in table_to_shots(_read_table(lake, "shots", key))}
+        problems = clip_problems(clips, shots, cfg.min_clip_s, cfg.max_clip_s)
+        return AssetCheckResult(
+            passed=not problems,
+            metadata={"num_clips": len(clips), "problems": "; ".join(problems[:10]) or "none"},
+        )
+
+    @asset(
+        key=CLIP_FRAMES,
+        deps=[RAW_VIDEO, VIDEO_CLIPS],
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["clip_frames"],
+        automation_condition=eager,
+        kinds={"parquet", "jpeg"},
+        description=f"{cfg.frames_per_clip} JPEG frames per clip at {cfg.frame_size}px (curation.frames). "
+        "clip_frames/<key>.parquet.",
+    )
+    def clip_frames(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.frames import sample_clip_frames
+        from curation.schemas import table_to_clips
+
+        entry = _source(context, lake)
+        key = context.partition_key
+        clips = table_to_clips(_read_table(lake, "clips", key))
+        t0 = time.perf_counter()
+        with _video_failure(context, entry, "clip frame sampling"), _local_video(entry, lake) as path:
+            table = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
+                                       jpeg_quality=cfg.jpeg_quality, progress=_progress(context))
+        secs = time.perf_counter() - t0
+        out = lake.layer_url("clip_frames", key)
+        data = table_to_parquet_bytes(table)
+        lio.write_bytes(out, data, lake.settings())
+        return MaterializeResult(
+            data_version=DataVersion(sha256_bytes(data)),
+            metadata={
+                "path": MetadataValue.path(out),
+                "num_clips": len(clips),
+                "num_frames": table.num_rows,
+                "frames_per_clip": cfg.frames_per_clip,
+                "bytes": len(data),
+                "seconds": round(secs, 3),
+            },
+        )
+
+    @asset_check(asset=CLIP_FRAMES, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
+                 description=f"{cfg.frames_per_clip} frames per clip, for every clip")
+    def clip_frame_counts(context, lake: LakeResource) -> AssetCheckResult:
+        from curation.schemas import table_to_clips
+
+        key = context.partition_key
+        clips = table_to_clips(_read_table(lake, "clips", key))
+        t = _read_table(lake, "clip_frames", key, columns=["clip_index"])
+        per_clip: dict[int, int] = {}
+        for ci in t.column("clip_index").to_pylist():
+            per_clip[int(ci)] = per_clip.get(int(ci), 0) + 1
+        wrong = {c.index: per_clip.get(c.index, 0) for c in clips if per_clip.get(c.index, 0) != cfg.frames_per_clip}
+        extra = sorted(set(per_clip) - {c.index for c in clips})
+        return AssetCheckResult(
+            passed=not wrong and not extra and t.num_rows == cfg.frames_per_clip * len(clips),
+            metadata={"num_frames": t.num_rows, "expected": cfg.frames_per_clip * len(clips),
+                      "wrong_clips": json.dumps(dict(list(wrong.items())[:10])), "unknown_clips": str(extra[:10])},
+        )
+
+    @asset(
+        key=VIDEO_FRAMES,
+        deps=[RAW_VIDEO, VIDEO_PROBE],
+        partitions_def=videos,
+        group_name=GROUP,
+        code_version=cv["video_frames"],
+        automation_condition=eager,
+        kinds={"parquet", "jpeg"},
+        description=f"Whole-video frames at {cfg.video_fps:g} fps (at most {cfg.max_video_frames}), "
+        f"{cfg.frame_size}px JPEG (curation.frames). video_frames/<key>.parquet.",
+    )
+    def video_frames(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.frames import sample_video_frames
+
+        entry = _source(context, lake)
+        key = context.partition_key
+        t0 = time.perf_counter()
+        with _video_failure(context, entry, "video frame sampling"), _local_video(entry, lake) as path:
+            table = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames,
+                                        size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
+                                        progress=_progress(context))
+        secs = time.perf_counter() - t0
+        out = lake.layer_url("video_frames", key)
+        data = table_to_parquet_bytes(table)
+        lio.write_bytes(out, data, lake.settings())
+        return MaterializeResult(
+            data_version=DataVersion(sha256_bytes(data)),
+            metadata={
+                "path": MetadataValue.path(out),
+                "num_frames": table.num_rows,
+                "bytes": len(data),
+                "seconds": round(secs, 3),
+            },
+        )
+
+    @asset_check(asset=VIDEO_FRAMES, partitions_def=videos, additional_deps=[VIDEO_PROBE],
+                 description=f"min({cfg.max_video_frames}, duration x {cfg.video_fps:g}) frames (at least 1)")
+    def video_frame_count(context, lake: LakeResource) -> AssetCheckResult:
+        key = context.partition_key
+        dur = float(_probe_fields(lake, key)["duration_s"])
+        n = _read_table(lake, "video_frames", key, columns=[]).num_rows
+        exp = expected_video_frames(dur, cfg)
+        # sampling at t = i / fps for i < duration*fps: allow one frame of rounding at the end
+        ok = n == exp or (exp < cfg.max_video_frames and abs(n - exp) <= 1 and n >= 1)
+        return AssetCheckResult(passed=ok, metadata={"num_frames": n, "expected": exp, "duration_s": dur})
+
+    assets_ = [raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
+    checks = [probe_is_sane, shots_tile_video, clips_within_bounds, clip_frame_counts, video_frame_count]
+
+    if cfg.write_clip_files:
+
+        @asset(
+            key=CLIP_FILES,
+            deps=[RAW_VIDEO, VIDEO_CLIPS],
+            partitions_def=videos,
+            group_name=GROUP,
+            code_version=cv["clip_files"],
+            automation_condition=eager,
+            kinds={"video"},
+            description="Every clip cut into its own MP4 (curation.clipfiles): clip_files/<key>/<index>.mp4 "
+            "plus index.json written last (the index is the commit marker).",
+        )
+        def clip_files(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+            from curation.clipfiles import write_clip_file
+            from curation.schemas import table_to_clips
+
+            entry = _source(context, lake)
+            key = context.partition_key
+            clips = table_to_clips(_read_table(lake, "clips", key))
+            written: list[str] = []
+            records = []
+            try:
+                with _video_failure(context, entry, "clip cutting"), _local_video(entry, lake) as path:
+                    for c in clips:
+                        dst = lake.clip_file_url(key, c.index)
+                        rec = write_clip_file(path, c, dst)
+                        written.append(dst)
+                        records.append({"clip_index": c.index, "url": dst, **(rec or {})})
+            except BaseException:
+                # leave no partial set of clip files behind
+                for dst in written:
+                    with contextlib.suppress(Exception):
+                        fs, p = lio.get_fs(dst, lake.settings())
+                        fs.rm(p)
+                raise
+            index_url = lio.join(lake.storage_root, "clip_files", key, "index.json")
+            version = _write_json(index_url, {"partition": key, "clips": records}, lake.settings())
+            return MaterializeResult(
+                data_version=DataVersion(version),
+                metadata={"path": MetadataValue.path(index_url), "num_files": len(records)},
+            )
+
+        @asset_check(asset=CLIP_FILES, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
+                     description="one file per clip exists")
+        def clip_files_exist(context, lake: LakeResource) -> AssetCheckResult:
+            from curation.schemas import table_to_clips
+
+            key = context.partition_key
+            clips = table_to_clips(_read_table(lake, "clips", key))
+            missing = [c.index for c in clips if not lio.exists(lake.clip_file_url(key, c.index), lake.settings())]
+            return AssetCheckResult(passed=not missing, metadata={"missing": str(missing[:20]),
+                                                                   "num_clips": len(clips)})
+
+        assets_.append(clip_files)
+        checks.append(clip_files_exist)
+
+    return Definitions(assets=assets_, asset_checks=checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure check logic (also used by tests)
+# ---------------------------------------------------------------------------------------------
+def tile_problems(spans: list[tuple[int, int]], frame_count: int) -> list[str]:
+    """Problems with half-open frame spans [start, end) that should tile [0, frame_count)."""
+    problems = []
+    if not spans:
+        return [f"no shots for {frame_count} frames"]
+    if spans[0][0] != 0:
+        problems.append(f"first shot starts at frame {spans[0][0]}, not 0")
+    for i, (a, b) in enumerate(spans):
+        if b <= a:
+            problems.append(f"shot {i} is empty or reversed: [{a}, {b})")
+        if i and a != spans[i - 1][1]:
+            kind = "gap" if a > spans[i - 1][1] else "overlap"
+            problems.append(f"{kind} between shot {i - 1} (ends {spans[i - 1][1]}) and shot {i} (starts {a})")
+    if spans[-1][1] != frame_count:
+        problems.append(f"last shot ends at frame {spans[-1][1]}, video has {frame_count} frames")
+    return problems
+
+
+def clip_problems(clips, shots_by_index: dict, min_s: float, max_s: float) -> list[str]:
+    problems = []
+    for c in clips:
+        d = c.end_s - c.start_s
+        if d < min_s - _EPS or d > max_s + _EPS:
+            problems.append(f"clip {c.index} lasts {d:.3f}s, outside [{min_s:g}, {max_s:g}]")
+        s = shots_by_index.get(c.shot_index)
+        if s is None:
+            problems.append(f"clip {c.index} names unknown shot {c.shot_index}")
+        elif c.start_frame < s.start_frame or c.end_frame > s.end_frame:
+            problems.append(f"clip {c.index} [{c.start_frame}, {c.end_frame}) leaves shot {s.index} "
+                            f"[{s.start_frame}, {s.end_frame})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# demo hook
+# ---------------------------------------------------------------------------------------------
+def _latest_metadata(instance, key: AssetKey, partition: str) -> dict:
+    from dagster import AssetRecordsFilter
+
+    recs = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    if not recs:
+        return {}
+    mat = recs[0].asset_materialization
+    return {k: getattr(v, "value", v) for k, v in (mat.metadata or {}).items()} if mat else {}
+
+
+def demo_summary(instance) -> list[str]:
+    """Per-video summary lines for `longvila demo` (shots, clips, frames, curation seconds)."""
+    keys = sorted(instance.get_dynamic_partitions(videos.name))
+    if not keys:
+        return []
+    lines = [f"{'video':<44} {'dur_s':>7} {'shots':>6} {'clips':>6} {'clip_fr':>8} {'vid_fr':>7} {'secs':>7}"]
+    for k in keys:
+        raw = _latest_metadata(instance, RAW_VIDEO, k)
+        probe = _latest_metadata(instance, VIDEO_PROBE, k)
+        shots = _latest_metadata(instance, VIDEO_SHOTS, k)
+        clips = _latest_metadata(instance, VIDEO_CLIPS, k)
+        cf = _latest_metadata(instance, CLIP_FRAMES, k)
+        vf = _latest_metadata(instance, VIDEO_FRAMES, k)
+        name = str(raw.get("relpath") or k)
+        secs = sum(float(m.get("seconds", 0) or 0) for m in (probe, shots, cf, vf))
+        lines.append(
+            f"{name[:44]:<44} {probe.get('duration_s', float('nan')):>7.1f} {shots.get('num_shots', '-'):>6} "
+            f"{clips.get('num_clips', '-'):>6} {cf.get('num_frames', '-'):>8} {vf.get('num_frames', '-'):>7} "
+            f"{secs:>7.2f}"
+        )
+    return lines
+
+
+defs = build_curation_defs()
