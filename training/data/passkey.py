@@ -1,0 +1,58 @@
+"""Long-text passkey retrieval set (stage-4 smoke data), generated locally and deterministically.
+
+A record holds only the parameters (passkey, needle depth); the text is rendered for the target
+length at training time (`render_passkey`), so the same records serve every context-extension phase:
+the haystack of filler sentences is sized so that the whole conversation fills `max_length` tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
+         "Find it and memorize it. I will quiz you about it.")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+QUESTION = "What is the pass key?"
+
+
+def passkey_records(num_samples: int, seed: int = 0) -> list[dict]:
+    """`num_samples` records {sample_id, passkey, depth}; depth in [0, 1] is where the needle sits."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(num_samples):
+        out.append({
+            "sample_id": f"passkey-{i:05d}",
+            "passkey": str(rng.randint(10000, 99999)),
+            "depth": round(rng.random(), 4),
+        })
+    return out
+
+
+def needle(passkey: str) -> str:
+    return f"The pass key is {passkey}. Remember it. {passkey} is the pass key. "
+
+
+def render_passkey(passkey: str, depth: float, filler_units: int) -> list[dict]:
+    """LLaVA-format conversation: long haystack with the needle at `depth`, question, answer."""
+    at = int(round(depth * filler_units))
+    hay = FILLER * at + needle(passkey) + FILLER * (filler_units - at)
+    return [
+        {"from": "human", "value": f"{INTRO} {hay}\n{QUESTION}"},
+        {"from": "gpt", "value": f"The pass key is {passkey}."},
+    ]
+
+
+def fit_filler_units(count_tokens: Callable[[list[dict]], int], max_length: int) -> int:
+    """Largest number of filler sentences whose rendered conversation fits in `max_length` tokens."""
+    base = count_tokens(render_passkey("00000", 0.5, 0))
+    if base > max_length:
+        return -1
+    per = max(1, count_tokens(render_passkey("00000", 0.5, 4)) - base) / 4.0
+    n = max(0, int((max_length - base) / per))
+    # correct the estimate (BPE merges make the per-unit cost slightly variable)
+    while n > 0 and count_tokens(render_passkey("00000", 0.5, n)) > max_length:
+        n -= 1
+    while count_tokens(render_passkey("00000", 0.5, n + 1)) <= max_length:
+        n += 1
+    return n
