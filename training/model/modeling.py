@@ -145,8 +145,8 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Plain (single-process) forward.
 
-        ``segment_ids`` [B, S] (packed rows: 1..k per sample, 0 for padding) builds a block-diagonal
-        causal mask and restarts positions per segment; it replaces ``attention_mask``.
+        ``segment_ids`` [B, S] (packed rows: a non-negative id per sample, -1 for padding) builds a
+        block-diagonal causal mask and restarts positions per segment; it replaces ``attention_mask``.
         ``labels`` are *unshifted* (HF convention); the loss is the mean over supervised tokens.
         """
         if "past_key_values" in kwargs:
@@ -173,7 +173,7 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             shifted = shift_labels(labels, segment_ids)
-            logits = out.logits.float()
+            logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX
             )
@@ -191,12 +191,12 @@ def shift_labels(labels: torch.Tensor, segment_ids: torch.Tensor | None = None) 
     if segment_ids is not None:
         boundary = segment_ids[:, 1:] != segment_ids[:, :-1]
         out[:, :-1][boundary] = IGNORE_INDEX
-        out[segment_ids <= 0] = IGNORE_INDEX
+        out[segment_ids < 0] = IGNORE_INDEX
     return out
 
 
 def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Positions restarting at 0 at every segment start (padding, segment 0, counts on as its own run)."""
+    """Positions restarting at 0 at every segment start (a padding run, id < 0, counts as its own run)."""
     b, s = segment_ids.shape
     idx = torch.arange(s, device=segment_ids.device).expand(b, s)
     start = torch.ones_like(segment_ids, dtype=torch.bool)
@@ -207,7 +207,8 @@ def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
 
 
 def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, S, S] additive mask: query t sees key u iff u <= t and both lie in the same segment."""
+    """[B, 1, S, S] additive mask: query t sees key u iff u <= t and both lie in the same segment
+    (padding, id < 0, only sees padding, so no row is empty)."""
     s = segment_ids.shape[1]
     causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
