@@ -1,0 +1,281 @@
+"""`longvila demo`: the whole pipeline on a sample corpus, recorded in the real Dagster instance.
+
+    longvila demo [--source URL] [--storage URL] [--skip-generate]
+
+1. Unless ``--source`` is given, generate the sample corpus (`curation.synth.make_sample_corpus`)
+   into ``data/raw`` (skipped when ``data/raw/.corpus.json`` says it is already there, or with
+   ``--skip-generate``).
+2. Register the videos as ``videos`` partitions in the instance under DAGSTER_HOME (default
+   ``.dagster/``), with the same scan the new-video sensor uses (`orchestration.sensors.register_videos`),
+   and write ``<storage>/manifest/videos.json``.
+3. Materialise every materialisable asset of the merged Definitions (`orchestration.definitions`), in
+   dependency order, in batches of assets that share a partitioning: the per-video assets once per
+   video partition (one run each, so a bad video fails only its own run; the demo goes on), assets with
+   other partitions once per partition key, and unpartitioned assets (datasets, training stages,
+   benchmarks added by other layers) in one run. Nothing is hard-coded: whatever the Definitions hold
+   is run. Asset checks run with their assets.
+4. Print a summary: one line per video run (status, seconds, failure reason), then the lines of every
+   asset module's ``demo_summary(instance) -> list[str]`` hook (optional; e.g. shots/clips/frames per
+   video from `assets.curation.demo_summary`), then failures. Exit status 1 if anything failed (after
+   running everything else), 0 otherwise.
+
+Runs use the in-process executor and the real instance (`DagsterInstance.get()`), so ``dagster dev
+-w workspace.yaml`` afterwards shows their history, materialisations, checks and data versions.
+
+Demo summary hook, for layer authors: an asset module listed in
+`orchestration.definitions.ASSET_MODULES` may define ``demo_summary(instance: DagsterInstance) ->
+list[str]``; the demo prints the returned lines under a heading naming the module. It must be cheap
+(read the instance / the lake, compute nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+CORPUS_MARKER = ".corpus.json"
+
+
+@dataclass
+class BatchOutcome:
+    label: str  # partition key or "(unpartitioned)"
+    assets: list[str]
+    success: bool
+    seconds: float
+    run_id: str
+    failures: list[dict] = field(default_factory=list)  # {"step", "description", "metadata"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="generate a sample corpus and materialise every asset (curation, datasets, training, eval)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--source", help="fsspec URL of raw videos (default LONGVILA_SOURCE or data/raw); "
+                   "when given, no corpus is generated")
+    p.add_argument("--storage", help="fsspec URL of the lake (default LONGVILA_STORAGE or data/lake)")
+    p.add_argument("--skip-generate", action="store_true", help="do not generate the sample corpus")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    return run_demo(source=args.source, storage=args.storage, skip_generate=args.skip_generate)
+
+
+def generate_corpus(dest: str, log=print) -> dict:
+    """Make the sample corpus in `dest` unless its marker says it is already complete."""
+    d = Path(dest)
+    marker = d / CORPUS_MARKER
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        if all((d / name).exists() for name in info):
+            log(f"sample corpus already in {d} ({len(info)} videos)")
+            return info
+    from curation.synth import make_sample_corpus
+
+    t0 = time.perf_counter()
+    info = make_sample_corpus(str(d))
+    from longvila.io import write_json
+
+    write_json(str(marker), info)
+    log(f"generated sample corpus in {d}: {len(info)} videos in {time.perf_counter() - t0:.1f}s")
+    return info
+
+
+def _failures(result) -> list[dict]:
+    out = []
+    for ev in result.all_events:
+        if ev.event_type_value != "STEP_FAILURE":
+            continue
+        data = ev.step_failure_data
+        uf = data.user_failure_data if data else None
+        if uf is not None:
+            desc = uf.description or ""
+            meta = {k: getattr(v, "value", v) for k, v in (uf.metadata or {}).items()}
+        else:
+            err = data.error if data else None
+            desc = (err.message.strip().splitlines() or [""])[0] if err else "step failed"
+            # a nested cause (e.g. the library's exception) carries the useful message
+            while err is not None and err.cause is not None:
+                err = err.cause
+                desc = err.message.strip().splitlines()[0] if err.message else desc
+            meta = {}
+        out.append({"step": ev.step_key, "description": desc, "metadata": meta})
+    return out
+
+
+def plan_batches(asset_graph, keys) -> list[tuple[object, list]]:
+    """Group `keys` into dependency-ordered batches of assets that share a partitions definition.
+
+    Returns [(partitions_def or None, [AssetKey, ...])]. Within a batch Dagster orders the steps;
+    between batches every upstream (inside `keys`) comes first.
+    """
+    keys = set(keys)
+    done: set = set()
+    batches: list[tuple[object, list]] = []
+
+    def parents(k):
+        return {p for p in asset_graph.get(k).parent_keys if p in keys}
+
+    def pdef(k):
+        return asset_graph.get(k).partitions_def
+
+    while len(done) < len(keys):
+        ready = sorted((k for k in keys - done if parents(k) <= done), key=lambda k: k.to_user_string())
+        if not ready:  # a cycle cannot happen in an asset graph, but never loop forever
+            ready = sorted(keys - done, key=lambda k: k.to_user_string())
+        # prefer partitioned batches first (per-video work feeds the aggregates)
+        ready.sort(key=lambda k: (pdef(k) is None, k.to_user_string()))
+        group_def = pdef(ready[0])
+        batch: set = set()
+        grew = True
+        while grew:  # absorb everything of the same partitioning whose parents are done or in the batch
+            grew = False
+            for k in keys - done - batch:
+                if pdef(k) == group_def and parents(k) <= done | batch:
+                    batch.add(k)
+                    grew = True
+        batches.append((group_def, sorted(batch, key=lambda k: k.to_user_string())))
+        done |= batch
+    return batches
+
+
+def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: str) -> BatchOutcome:
+    job = defs.resolve_implicit_job_def_def_for_assets(asset_keys)
+    t0 = time.perf_counter()
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        asset_selection=list(asset_keys),
+        raise_on_error=False,
+        tags={"longvila/launched_by": "demo"},
+    )
+    return BatchOutcome(
+        label=label,
+        assets=[k.to_user_string() for k in asset_keys],
+        success=result.success,
+        seconds=time.perf_counter() - t0,
+        run_id=result.run_id,
+        failures=_failures(result),
+    )
+
+
+def materialize_all(defs, instance, log=print) -> list[BatchOutcome]:
+    """Materialise every materialisable asset of `defs` (see the module docstring)."""
+    from orchestration.partitions import videos
+
+    asset_graph = defs.resolve_asset_graph()
+    keys = [k for k in asset_graph.materializable_asset_keys if asset_graph.get(k).is_executable]
+    outcomes: list[BatchOutcome] = []
+    for pdef, batch in plan_batches(asset_graph, keys):
+        names = ", ".join(k.to_user_string() for k in batch)
+        if pdef is None:
+            log(f"materialising {len(batch)} unpartitioned asset(s): {names}")
+            outcomes.append(run_batch(defs, instance, batch, None, "(unpartitioned)"))
+            _log_outcome(outcomes[-1], log)
+            continue
+        if getattr(pdef, "name", None) == videos.name:
+            pkeys = sorted(instance.get_dynamic_partitions(videos.name))
+        else:
+            pkeys = list(pdef.get_partition_keys(dynamic_partitions_store=instance))
+        log(f"materialising {len(batch)} asset(s) for {len(pkeys)} partition(s): {names}")
+        for pk in pkeys:
+            outcomes.append(run_batch(defs, instance, batch, pk, pk))
+            _log_outcome(outcomes[-1], log)
+    return outcomes
+
+
+def _log_outcome(o: BatchOutcome, log) -> None:
+    if o.success:
+        log(f"  ok     {o.label:<40} {o.seconds:7.2f}s")
+    else:
+        first = o.failures[0]["description"] if o.failures else "failed"
+        log(f"  FAILED {o.label:<40} {o.seconds:7.2f}s  {first}")
+
+
+def run_demo(
+    source: Optional[str] = None,
+    storage: Optional[str] = None,
+    skip_generate: bool = False,
+    modules: Optional[list[ModuleType]] = None,
+    log=print,
+) -> int:
+    """The `longvila demo` command; `modules` restricts the asset modules (tests). Returns the exit code."""
+    from longvila.settings import default_source, ensure_dagster_home, project_root
+
+    if source:
+        os.environ["LONGVILA_SOURCE"] = source
+    if storage:
+        os.environ["LONGVILA_STORAGE"] = storage
+    home = ensure_dagster_home()
+    t_start = time.perf_counter()
+    src = default_source()
+    if not source and not skip_generate:
+        generate_corpus(src, log)
+    log(f"source  {src}\nstorage {os.environ.get('LONGVILA_STORAGE') or str(project_root() / 'data' / 'lake')}"
+        f"\nDAGSTER_HOME {home}")
+
+    from dagster import DagsterInstance
+
+    from orchestration import definitions as D
+    from orchestration.sensors import register_videos
+
+    mods = modules or D.ASSET_MODULES
+    defs = D.build_defs(modules=mods) if modules else D.defs
+    lake = defs.resources["lake"] if "lake" in (defs.resources or {}) else D.LakeResource()
+    instance = DagsterInstance.get()
+    scan = register_videos(instance, lake, log=log)
+    log(f"scan: {scan.summary()}")
+    for rel, why in scan.rejected.items():
+        log(f"  rejected {rel!r}: {why}")
+
+    outcomes = materialize_all(defs, instance, log)
+    total = time.perf_counter() - t_start
+
+    manifest = scan.manifest.get("videos", {})
+    per_video = [o for o in outcomes if o.label in manifest]
+    log("\n== per-video runs ==")
+    for o in per_video:
+        rel = manifest[o.label].get("relpath", o.label)
+        status = "ok" if o.success else "FAILED"
+        log(f"  {status:<6} {o.seconds:7.2f}s  {rel}")
+    for m in mods:
+        hook = getattr(m, "demo_summary", None)
+        if hook is None:
+            continue
+        try:
+            lines = hook(instance)
+        except Exception as e:  # noqa: BLE001 - a summary must never hide the run results
+            lines = [f"(summary failed: {type(e).__name__}: {e})"]
+        if lines:
+            log(f"\n== {m.__name__} ==")
+            for line in lines:
+                log("  " + line)
+    failed = [o for o in outcomes if not o.success]
+    video_s = sum(o.seconds for o in per_video)
+    log(f"\n{len(outcomes)} run(s), {len(failed)} failed; per-video runs {video_s:.1f}s "
+        f"for {len(per_video)} video(s); total {total:.1f}s")
+    if failed:
+        log("\n== failures ==")
+        for o in failed:
+            name = manifest.get(o.label, {}).get("relpath", o.label)
+            for f in o.failures or [{"step": "?", "description": "run failed"}]:
+                log(f"  {name}: [{f['step']}] {f['description']}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # python -m orchestration.demo
+    ap = argparse.ArgumentParser(prog="longvila")
+    register(ap.add_subparsers(dest="command", required=True))
+    a = ap.parse_args(["demo", *sys.argv[1:]])
+    sys.exit(a.func(a))
