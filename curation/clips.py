@@ -1,0 +1,104 @@
+"""Cut shots into clips for captioning (the LongVILA pipeline captions ~10 s clips).
+
+Rules (``make_clips``):
+
+* a clip never crosses a shot boundary;
+* a shot longer than ``max_clip_s`` is cut into the smallest number ``k`` of near-equal pieces (frame
+  counts differ by at most one) that are each ``<= max_clip_s``;
+* a piece shorter than ``min_clip_s`` is merged into a neighbour *within the same shot* (previous one
+  first, then next) when the merged clip stays ``<= max_clip_s``; otherwise it is dropped;
+* a shot shorter than ``min_clip_s`` is dropped.
+
+Lengths are measured in frames: ``max_frames = floor(max_clip_s * fps)``, ``min_frames =
+ceil(min_clip_s * fps)``, so every clip satisfies ``min_frames <= end_frame - start_frame <=
+max_frames``. Times are interpolated inside the shot: ``start_s = shot.start_s + (start_frame -
+shot.start_frame) / fps`` (exact for constant-rate video; the shot's own times are kept at its
+boundaries).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .shots import Shot
+
+CODE_VERSION = "clips-v1"
+
+
+@dataclass
+class Clip:
+    """Frames ``[start_frame, end_frame)`` of shot ``shot_index``; ``index`` numbers clips in the video."""
+
+    index: int
+    shot_index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def code_version(max_clip_s: float = 10.0, min_clip_s: float = 1.0) -> str:
+    return f"{CODE_VERSION}:max={max_clip_s},min={min_clip_s}"
+
+
+def _split(start: int, end: int, max_frames: int) -> list[tuple[int, int]]:
+    n = end - start
+    k = max(1, math.ceil(n / max_frames))
+    bounds = [start + (i * n) // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _merge_short(pieces: list[tuple[int, int]], min_frames: int, max_frames: int) -> list[tuple[int, int]]:
+    out = list(pieces)
+    i = 0
+    while i < len(out):
+        a, b = out[i]
+        if b - a >= min_frames:
+            i += 1
+            continue
+        if i > 0 and b - out[i - 1][0] <= max_frames:  # merge into previous
+            out[i - 1] = (out[i - 1][0], b)
+            del out[i]
+            continue  # the previous piece was long enough already; re-check position i
+        if i + 1 < len(out) and out[i + 1][1] - a <= max_frames:  # merge into next
+            out[i + 1] = (a, out[i + 1][1])
+            del out[i]
+            continue  # re-check the merged piece at position i
+        del out[i]  # cannot merge without exceeding max: drop
+    return out
+
+
+def make_clips(shots: list[Shot], fps: float, max_clip_s: float = 10.0, min_clip_s: float = 1.0) -> list[Clip]:
+    """Clips of every shot per the module rules, numbered 0.. in time order."""
+    if not fps or fps <= 0 or not math.isfinite(fps):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if max_clip_s <= 0 or min_clip_s < 0 or min_clip_s > max_clip_s:
+        raise ValueError(f"need 0 <= min_clip_s <= max_clip_s and max_clip_s > 0 (got {min_clip_s}, {max_clip_s})")
+    max_frames = max(1, math.floor(max_clip_s * fps + 1e-9))
+    min_frames = max(1, math.ceil(min_clip_s * fps - 1e-9))
+    if min_frames > max_frames:
+        raise ValueError(f"min_clip_s={min_clip_s} and max_clip_s={max_clip_s} leave no valid clip length "
+                         f"at {fps} fps")
+    clips: list[Clip] = []
+    for shot in shots:
+        if shot.end_frame - shot.start_frame < min_frames:
+            continue
+        pieces = _merge_short(_split(shot.start_frame, shot.end_frame, max_frames), min_frames, max_frames)
+        for a, b in pieces:
+            t0 = shot.start_s if a == shot.start_frame else shot.start_s + (a - shot.start_frame) / fps
+            t1 = shot.end_s if b == shot.end_frame else shot.start_s + (b - shot.start_frame) / fps
+            clips.append(Clip(index=len(clips), shot_index=shot.index, start_frame=a, end_frame=b,
+                              start_s=round(t0, 6), end_s=round(t1, 6)))
+    return clips
