@@ -12,7 +12,13 @@ from typing import Callable
 
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
          "Find it and memorize it. I will quiz you about it.")
-FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+FILLER_SENTENCES = ("The grass is green. ", "The sky is blue. ", "The sun is yellow. ", "Here we go. ",
+                    "There and back again. ")
+
+
+def filler(n: int, offset: int = 0) -> str:
+    """`n` filler sentences (the unit in which the haystack grows)."""
+    return "".join(FILLER_SENTENCES[(offset + i) % len(FILLER_SENTENCES)] for i in range(n))
 QUESTION = "What is the pass key?"
 
 
@@ -36,7 +42,7 @@ def needle(passkey: str) -> str:
 def render_passkey(passkey: str, depth: float, filler_units: int) -> list[dict]:
     """LLaVA-format conversation: long haystack with the needle at `depth`, question, answer."""
     at = int(round(depth * filler_units))
-    hay = FILLER * at + needle(passkey) + FILLER * (filler_units - at)
+    hay = filler(at) + needle(passkey) + filler(filler_units - at, offset=at)
     return [
         {"from": "human", "value": f"{INTRO} {hay}\n{QUESTION}"},
         {"from": "gpt", "value": f"The pass key is {passkey}."},
