@@ -51,6 +51,7 @@ __all__ = [
     "load_references",
     "write_caption_outputs",
     "CAPTION_PROMPT",
+    "make_judge",
     "PROMPT_VERSION",
 ]
 
@@ -196,11 +197,25 @@ def parse_judge_reply(reply: Any) -> dict:
     return {"score": score, "reason": "" if reason is None else str(reason)}
 
 
-def as_judge(backend: Any) -> Callable[[str], Any]:
+def as_judge(backend: Any, max_new_tokens: int = 96) -> Callable[[str], Any]:
     """Adapt a judge backend to `judge(prompt) -> str | dict`.
 
-    Accepts a plain callable, or an object with `generate_json(prompt, schema)`,
-    `generate(prompt, schema=...)`, `complete(prompt)` or `generate(prompt)`."""
+    Accepts a `curation.captioning` ChatBackend (`chat([ChatRequest]) -> [ChatReply]`, asked for
+    structured output with SCORE_SCHEMA), a plain callable, or an object with
+    `generate_json(prompt, schema)`, `generate(prompt, schema=...)`, `complete(prompt)`."""
+    chat = getattr(backend, "chat", None)
+    if callable(chat):
+        from curation.captioning.types import ChatRequest
+
+        def _chat(prompt: str) -> str:
+            req = ChatRequest(messages=[{"role": "user", "content": prompt}], max_new_tokens=max_new_tokens,
+                              json_schema=SCORE_SCHEMA, schema_name="judge_score", temperature=0.0)
+            reply = chat([req])[0]
+            if not reply.ok:
+                raise RuntimeError(f"{reply.error_kind or 'error'}: {reply.error}")
+            return reply.text
+
+        return _chat
     for name in ("generate_json", "generate_structured"):
         fn = getattr(backend, name, None)
         if callable(fn):
@@ -373,6 +388,31 @@ def evaluate_captions(
         records.append(rec)
         tick(i + 1, len(items), f"caption {it.video_id}")
     return CaptionScoreResult(records=records, judge_name=judge_name)
+
+
+def make_judge(spec: str | None) -> tuple[Any | None, str]:
+    """A judge backend from a command-line spec; returns (backend, name).
+
+    "none" / "" -> no judge (similarity only); "local:PATH" -> a local transformers LLM
+    (curation.captioning.local.LocalChatBackend, constrained JSON output);
+    "openai:BASE_URL#MODEL" -> an OpenAI-compatible server (curation.captioning HTTP backend;
+    the API key is read from OPENAI_API_KEY)."""
+    if not spec or spec == "none":
+        return None, ""
+    kind, _, rest = spec.partition(":")
+    if kind == "local" and rest:
+        from curation.captioning.local import LocalChatBackend
+
+        return LocalChatBackend(rest, kind="llm"), f"local:{rest}"
+    if kind == "openai" and rest:
+        import importlib
+        import os
+
+        url, _, model = rest.partition("#")
+        mod = importlib.import_module("curation.captioning.openai_compat")
+        cls = getattr(mod, "OpenAIChatBackend")
+        return cls(base_url=url, model=model or "default", api_key=os.environ.get("OPENAI_API_KEY")), spec
+    raise ValueError(f"judge spec must be none, local:PATH or openai:URL#MODEL, got {spec!r}")
 
 
 def write_caption_outputs(result: CaptionScoreResult, out_dir: str) -> dict[str, str]:

@@ -239,24 +239,16 @@ def videomme_prompt(q: MCQuestion, with_subtitles: bool = False, max_subtitle_ch
 
 
 def sample_uniform_frames(video: str, num_frames: int, size: int | None = None) -> list:
-    """`num_frames` frames spread uniformly over the video (curation.frames), as PIL images."""
+    """`num_frames` frames spread uniformly over the whole video (curation.frames), as PIL images.
+
+    curation.frames.sample_video_frames switches to `max_frames` uniform timestamps when the
+    requested rate would give more; asking for a rate far above any video's makes that always so."""
     from curation.frames import decode_jpeg_frames, sample_video_frames
 
+    if num_frames < 1:
+        raise ValueError("num_frames must be >= 1")
     with lio.local_copy(video) as local:
-        from curation.probe import probe_video
-
-        try:
-            info = probe_video(local)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise VideoError(str(video), f"cannot probe: {exc}") from exc
-        duration = float(getattr(info, "duration_s", 0.0) or getattr(info, "duration", 0.0) or 0.0)
-        fps = num_frames / duration if duration > 0 else 1.0
-        kwargs = {"fps": fps, "max_frames": num_frames}
-        if size:
-            kwargs["size"] = size
-        table = sample_video_frames(local, **kwargs)
+        table = sample_video_frames(local, fps=1000.0, max_frames=num_frames, size=size or 384)
     frames = [im.convert("RGB") for im in decode_jpeg_frames(table)]
     if not frames:
         raise VideoError(str(video), "no frames could be sampled")
