@@ -213,8 +213,16 @@ def _plan(spec: RingSpec, my_rank: int, owner: int):
                         seg_keep = seg_keep & torch.ones(ql, k1 - k0, dtype=torch.bool, device=sq.device).tril()
                     keep = seg_keep if keep is None else (keep.to(seg_keep.device) & seg_keep)
             spec.stats["computed"] = spec.stats.get("computed", 0) + 1
+            klen = k1 - k0
+            area = ql * (ql + 1) // 2 if rel == "diag" else ql * klen
+            spec.stats["work"] = spec.stats.get("work", 0) + area
             blocks.append((slice(qoff, qoff + ql), slice(k0, k1), rel == "diag", keep))
     return blocks
+
+
+# forward block statistics of the last ring call in this process: "computed"/"skipped" block pairs and
+# "work" = number of (query, key) score entries evaluated (a diagonal block counts its lower triangle)
+LAST_FORWARD_STATS: dict = {}
 
 
 class _RingAttention(torch.autograd.Function):
@@ -240,6 +248,8 @@ class _RingAttention(torch.autograd.Function):
             if step < R - 1:
                 kv = ex.wait()[0]
         out_q = out.to(q.dtype)
+        LAST_FORWARD_STATS.clear()
+        LAST_FORWARD_STATS.update(spec.stats)
         ctx.spec = spec
         ctx.save_for_backward(q, k, v, out_q, lse)
         return out_q

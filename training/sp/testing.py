@@ -269,6 +269,9 @@ def case_attention(cfg: dict) -> dict:
         out.backward(shard(dout.to(dtype), 2, groups, scheme=scheme))
     finally:
         set_block_kernel(prev)
+    from .ring import LAST_FORWARD_STATS
+
+    stats = dict(LAST_FORWARD_STATS)
     got = {
         "out": unshard(out.detach(), 2, groups, scheme=scheme),
         "dq": unshard(ql.grad, 2, groups, scheme=scheme),
@@ -281,6 +284,8 @@ def case_attention(cfg: dict) -> dict:
         a, b = got[name].double(), want[name]
         errs[name] = float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
         errs[name + "_finite"] = bool(torch.isfinite(a).all())
+    errs["work"] = stats.get("work", 0)
+    errs["blocks_skipped"] = stats.get("skipped", 0)
     return errs
 
 
