@@ -23,9 +23,12 @@ downstream assets react to it. A partitioned `@observable_source_asset` would re
 each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
 events. `raw_video` copies nothing: the video stays in the source.
 
-Automation: every asset below raw_video has `AutomationCondition.eager()`, so a partition added by
-the sensor flows through the lineage once its raw_video is materialised (the automation sensor is
-enabled in `orchestration.definitions`). A failed partition is not retried until its input changes.
+Automation: every asset below raw_video has `eager_on_new_data()` (`AutomationCondition.eager()`
+keyed on input *data versions* rather than on any new materialisation), so a partition added by the
+sensor flows through the whole lineage in one run once its raw_video is materialised (the automation
+sensor is enabled in `orchestration.definitions`), a changed video re-runs exactly its partition, and
+a re-run that reproduces identical bytes triggers nothing. A failed partition is not retried until
+its input changes.
 
 Bad input: a corrupt/empty/non-video file raises `longvila.errors.VideoError` in the library; the
 asset turns it into `dagster.Failure` naming the source file (relative path and URL) and the reason.
@@ -214,6 +217,28 @@ def code_versions(cfg: CurationConfig) -> dict[str, str]:
     return out
 
 
+def eager_on_new_data() -> AutomationCondition:
+    """`AutomationCondition.eager()` that reacts to new *data versions* of its inputs, not to every
+    new materialisation.
+
+    Like eager: run a partition when it is newly missing or an input changed, once none of its
+    inputs is missing or in progress. Unlike eager, re-materialising an input that produced the same
+    bytes (same content hash = same data version, e.g. a re-run of raw_video on an unchanged file)
+    triggers nothing downstream.
+    """
+    deps_changed = AutomationCondition.any_deps_match(
+        (AutomationCondition.data_version_changed() & ~AutomationCondition.executed_with_root_target())
+        .with_label("data_version_changed_without_root")
+        | AutomationCondition.will_be_requested()
+    ).with_label("any_deps_have_new_data")
+    return (
+        (AutomationCondition.newly_missing() | deps_changed).since_last_handled()
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    ).with_label("eager_on_new_data")
+
+
 def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
     """How many whole-video frames `video_frames` should hold for a video of `duration_s`."""
     import math
@@ -241,7 +266,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
     """
     cfg = cfg or CurationConfig.from_env()
     cv = code_versions(cfg)
-    eager = AutomationCondition.eager()
+    eager = eager_on_new_data()
 
     @asset(
         key=RAW_VIDEO,

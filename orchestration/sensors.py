@@ -329,10 +329,8 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
         for k in res.to_run
     ]
     requests = []
-    existing = set(context.instance.get_dynamic_partitions(videos.name)) if context.instance_ref else None
-    add = [k for k in res.new if existing is None or k not in existing]
-    if add:
-        requests.append(videos.build_add_request(add))
+    if res.new:  # adding a key that already exists is a no-op for Dagster
+        requests.append(videos.build_add_request(res.new))
     if res.deleted:
         requests.append(videos.build_delete_request(res.deleted))
     return SensorResult(
