@@ -284,7 +284,7 @@ def mmsp_loss(
     value = loss_local.detach().clone()
     if group is not None:
         dist.all_reduce(value, group=group)
-    loss = loss_local + (value - loss_local.detach())
+    loss = value + (loss_local - loss_local.detach())  # value: the reduced loss exactly; grad: the local part
     if backward:
         if sp:
             with _llm_attention(model, MMSP_ATTENTION), sp_batch_context(out.segment_ids, groups=groups,
