@@ -1,7 +1,8 @@
 """Optional per-clip MP4 files, cut with ffmpeg-python driving the bundled ffmpeg binary.
 
-* When the clip starts on a keyframe the packets are stream-copied (fast, lossless, the cut is exact
-  because decoding can start at a keyframe); audio, if any, is copied too.
+* When the clip starts on a keyframe and ends on one (or at the end of the video) the packets are
+  stream-copied (fast, lossless, exact: packets are cut in decode order, so with B-frames only a cut
+  at a keyframe keeps exactly the clip's frames); audio, if any, is copied too.
 * Otherwise the clip is re-encoded (libx264, ``-preset veryfast -crf 18``, AAC audio) with an accurate
   input seek, so the first frame is exactly ``clip.start_frame``.
 * Either way exactly ``clip.num_frames`` video frames are written (``-frames:v``).
@@ -56,8 +57,12 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
     fdur = float(times[1] - times[0]) if idx.count > 1 else 0.04
     end_s = float(times[clip.end_frame]) if clip.end_frame < idx.count else float(times[-1]) + fdur
     kfs = keyframes if keyframes is not None else [float(times[i]) for i in idx.keyframe_numbers()]
-    on_key = any(abs(k - start_s) < fdur / 2 for k in kfs)
-    mode = "copy" if on_key else "reencode"
+    end_t = float(times[clip.end_frame]) if clip.end_frame < idx.count else None
+    starts_on_key = any(abs(k - start_s) < fdur / 2 for k in kfs)
+    # packets are cut in decode order: with B-frames only a cut at a keyframe (or the end of the file)
+    # keeps exactly the clip's frames, so stream copy needs keyframes at both ends
+    ends_on_key = end_t is None or any(abs(k - end_t) < fdur / 2 for k in kfs)
+    mode = "copy" if (starts_on_key and ends_on_key) else "reencode"
 
     remote = is_remote(dst_url)
     if remote:
@@ -76,10 +81,11 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
         else:
             out_kw.update({"c:v": "libx264", "preset": preset, "crf": crf, "pix_fmt": "yuv420p",
                            "c:a": "aac", "b:a": "128k"})
-        stream = ffmpeg.output(inp, tmp, **out_kw).global_args("-nostdin", "-hide_banner", "-loglevel", "error")
-        args = ffmpeg.compile(stream, cmd=ffmpeg_exe(), overwrite_output=True)
+        stream = ffmpeg.output(inp, tmp, **out_kw).global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-y")
+        args = ffmpeg.compile(stream, cmd=ffmpeg_exe())
         # ffmpeg-python cannot repeat -map: add the optional audio map before the output name
-        args = [*args[:-1], "-map", "0:a:0?", args[-1]]
+        k = args.index(tmp)
+        args = [*args[:k], "-map", "0:a:0?", *args[k:]]
         proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip()[-600:]

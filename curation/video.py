@@ -178,3 +178,11 @@ def iter_decoded(path: str, thread_type: str = "AUTO", container=None) -> Iterat
     finally:
         if own:
             container.close()
+
+
+def run_ffmpeg(*args: str, what: str = "ffmpeg") -> None:
+    """Run the bundled ffmpeg binary quietly (``-y``), raising RuntimeError with its stderr on failure."""
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *map(str, args)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {proc.stderr.decode('utf-8', 'replace').strip()[-2000:]}")
