@@ -39,17 +39,19 @@ def code_version(**opts) -> str:
     return CODE_VERSION + (":" + ",".join(f"{k}={opts[k]}" for k in sorted(opts)) if opts else "")
 
 
-def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None,
-                     seek: bool = True) -> Iterator[tuple[int, float, object]]:
+def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, seek: bool = True,
+                     min_seek_gap: int | None = None) -> Iterator[tuple[int, float, object]]:
     """Yield ``(frame_number, pts_s, av.VideoFrame)`` for each requested frame, in increasing order.
 
     Duplicates are removed and numbers outside ``[0, frame_count)`` ignored. A requested frame that
     cannot be decoded (corrupt packets) is replaced by the next decodable frame (its true number is
-    yielded). Raises VideoError when nothing can be decoded.
+    yielded). Raises VideoError when nothing can be decoded. ``seek=False`` decodes sequentially from
+    the start; ``min_seek_gap`` (default SEEK_MIN_GAP) is the number of frames a seek must skip.
     """
     import av
 
     idx = index or frame_index(path)
+    gap = SEEK_MIN_GAP if min_seek_gap is None else int(min_seek_gap)
     targets = sorted({int(f) for f in frame_numbers if 0 <= int(f) < idx.count})
     if not targets:
         return
@@ -70,7 +72,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None,
             if seek:
                 kf = int(keyframes[np.searchsorted(keyframes, t, side="right") - 1])
                 # seek only when it skips enough frames to pay for flushing the threaded decoder
-                if kf > 0 and kf - (pos + 1) > SEEK_MIN_GAP:
+                if kf > 0 and kf - (pos + 1) > gap:
                     container.seek(int(idx.pts[kf]), stream=stream, backward=True, any_frame=False)
                     frames = container.decode(stream)
                     pos = kf - 1  # nothing before kf will be used

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from curation.clipfiles import keyframe_times, write_clip_file
+from curation.clips import Clip
+from curation.frames import decode_frames_at
+from curation.probe import probe_video
+from longvila.errors import VideoError
+
+
+def _frame(path, n):
+    return next(f.to_ndarray(format="gray").astype(int) for _, _, f in decode_frames_at(str(path), [n]))
+
+
+def test_copy_when_clip_spans_keyframes(gop_video, tmp_path, leftovers):
+    path, cuts = gop_video  # keyframes every 25 frames, cuts at 50 and 125, 175 frames
+    assert keyframe_times(str(path))[:3] == pytest.approx([0.0, 1.0, 2.0])
+    clip = Clip(index=3, shot_index=1, start_frame=50, end_frame=125, start_s=2.0, end_s=5.0)
+    dst = tmp_path / "out dir" / "00003.mp4"
+    rep = write_clip_file(str(path), clip, str(dst))
+    assert rep["mode"] == "copy" and rep["frames"] == 75
+    p = probe_video(str(dst))
+    assert p.frame_count == 75 and p.duration_s == pytest.approx(3.0) and p.has_audio
+    # same pictures: the clip's first frame is the source's frame 50 (lossless copy)
+    assert np.array_equal(_frame(dst, 0), _frame(path, 50))
+    assert leftovers(tmp_path) == []
+
+
+def test_reencode_when_clip_starts_between_keyframes(gop_video, tmp_path, leftovers):
+    path, _ = gop_video
+    # inside the first shot (testsrc2: moving, so neighbouring frames differ)
+    clip = Clip(index=0, shot_index=0, start_frame=10, end_frame=47, start_s=0.4, end_s=1.88)
+    dst = tmp_path / "00000.mp4"
+    rep = write_clip_file(str(path), clip, str(dst))
+    assert rep["mode"] == "reencode"
+    p = probe_video(str(dst))
+    assert p.frame_count == 37 and p.duration_s == pytest.approx(1.48)
+    # frame-accurate start: the first frame matches source frame 10 better than its neighbours
+    first = _frame(dst, 0)
+    err = {n: np.abs(first - _frame(path, n)).mean() for n in (9, 10, 11)}
+    assert err[10] < 3.0 and err[10] < err[9] and err[10] < err[11], err
+    assert leftovers(tmp_path) == []
+
+
+def test_end_on_non_keyframe_forces_reencode(gop_video, tmp_path):
+    path, _ = gop_video
+    clip = Clip(index=0, shot_index=0, start_frame=0, end_frame=40, start_s=0.0, end_s=1.6)
+    rep = write_clip_file(str(path), clip, str(tmp_path / "a.mp4"), keyframes=keyframe_times(str(path)))
+    assert rep["mode"] == "reencode" and probe_video(str(tmp_path / "a.mp4")).frame_count == 40
+
+
+def test_bad_clip_and_bad_source(gop_video, bad_inputs, tmp_path, leftovers):
+    path, _ = gop_video
+    with pytest.raises(VideoError, match="outside"):
+        write_clip_file(str(path), Clip(0, 0, 170, 400, 6.8, 16.0), str(tmp_path / "x.mp4"))
+    root, expect = bad_inputs
+    for name, verdict in expect.items():
+        if verdict == "error":
+            with pytest.raises(VideoError) as ei:
+                write_clip_file(str(root / name), Clip(0, 0, 0, 10, 0.0, 0.4), str(tmp_path / "y.mp4"))
+            assert name in str(ei.value)
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_odd_names_are_passed_safely(bad_inputs, tmp_path):
+    root, _ = bad_inputs
+    src = root / "$(touch pwned).mp4"
+    dst = tmp_path / "quote's $(x) \"clip\".mp4"
+    rep = write_clip_file(str(src), Clip(0, 0, 0, 30, 0.0, 1.2), str(dst))
+    assert dst.exists() and rep["frames"] == 30
+    assert not (tmp_path / "pwned").exists() and not (root / "pwned").exists()
