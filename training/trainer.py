@@ -155,6 +155,14 @@ def _flat_allreduce(params: list[torch.nn.Parameter]) -> None:
         off += n
 
 
+def _scale_grads(params, factor: float) -> None:
+    if factor == 1.0:
+        return
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+
+
 def _allreduce_scalar(x: float, group=None) -> float:
     if _world() == 1:
         return x
@@ -455,8 +463,11 @@ def _train(args: TrainArgs, device, rank: int, world: int, log: Log, pipes) -> d
             mbs = [collate_rows([cur_rows.rows[i] for i in mb], pad_id) for mb in idx]
         else:
             mbs = [smoke_source.batch(step * dp_size * accum + a * dp_size + dp_rank) for a in range(accum)]
+            for b in mbs:
+                if b.get("segment_ids") is None:
+                    b["segment_ids"] = torch.where(b["attention_mask"].bool(), 0, -1).long()
         n_sup_local = sum(_supervised(b["labels"], b.get("segment_ids")) for b in mbs)
-        n_tok_local = sum(int((b["segment_ids"] > 0).sum()) if b.get("segment_ids") is not None
+        n_tok_local = sum(int((b["segment_ids"] >= 0).sum()) if b.get("segment_ids") is not None
                           else int(b["attention_mask"].sum()) if b.get("attention_mask") is not None
                           else b["input_ids"].numel() for b in mbs)
         # global counts: every SP rank of a group holds the same rows -> sum over the DP group only
@@ -470,8 +481,18 @@ def _train(args: TrainArgs, device, rank: int, world: int, log: Log, pipes) -> d
             if b.get("pixel_values") is not None:
                 b["pixel_values"] = b["pixel_values"].to(dtype)
             if use_sp:
+                if grad_ckpt:
+                    # the backward must run inside the MM-SP attention context: let mmsp_loss run it on
+                    # (local token-loss sum / n_glob) and rescale so the grads accumulate as sum / n_sup
+                    n_glob = _supervised(b["labels"].cpu(), b["segment_ids"].cpu())
+                    c = n_glob / n_sup
+                    _scale_grads(params, 1.0 / c)
+                    loss, n_glob = mmsp_loss(model, b, groups, backward=True)
+                    _scale_grads(params, c)
+                    loss_sum_local += float(loss.detach()) * n_glob
+                    continue
                 loss, n_glob = mmsp_loss(model, b, groups)
-                # mmsp_loss: this rank's token-loss sum / the SP group's supervised count
+                # value: the SP group's mean token loss; gradient: this rank's share of the token sum / n_glob
                 part = loss * float(n_glob)
             else:
                 fwd = {k: b[k] for k in ("input_ids", "labels", "pixel_values", "segment_ids", "position_ids",
@@ -479,7 +500,7 @@ def _train(args: TrainArgs, device, rank: int, world: int, log: Log, pipes) -> d
                 if "segment_ids" in fwd:
                     fwd.pop("attention_mask", None)
                 out = model(**fwd)
-                n_b = _supervised(b["labels"].cpu(), b.get("segment_ids").cpu() if b.get("segment_ids") is not None else None)
+                n_b = _supervised(b["labels"].cpu(), b["segment_ids"].cpu() if b.get("segment_ids") is not None else None)
                 part = out.loss * float(n_b)
             (part / n_sup).backward()
             loss_sum_local += float(part.detach())
@@ -490,8 +511,8 @@ def _train(args: TrainArgs, device, rank: int, world: int, log: Log, pipes) -> d
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        # every SP rank summed its own token share; DP groups hold different rows -> sum over the world
-        loss_val = _allreduce_scalar(loss_sum_local) / n_sup
+        # loss_sum_local is the token-loss sum of this SP group's rows (same on every SP rank): sum over DP
+        loss_val = (_allreduce_scalar(loss_sum_local, groups.dp_group) if dp_size > 1 else loss_sum_local) / n_sup
         dt = time.perf_counter() - t0
         tokens_total += int(n_tok)
         losses.append(loss_val)

@@ -96,7 +96,7 @@ def stage_datasets(lake, tmp_path_factory) -> dict:
     return out
 
 
-def run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout: float = 300,
+def _run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout: float = 180,
               check: bool = True) -> subprocess.CompletedProcess:
     """Run the trainer as a subprocess (torchrun when nproc > 1)."""
     e = dict(os.environ)
@@ -104,7 +104,7 @@ def run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout:
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
     e.update(env or {})
     if nproc > 1:
-        cmd = [PY, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", "0",
+        cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "training.train", *args]
     else:
         cmd = [PY, "-m", "training.train", *args]
@@ -112,3 +112,9 @@ def run_train(args: list[str], nproc: int = 1, env: dict | None = None, timeout:
     if check and p.returncode != 0:
         raise AssertionError(f"trainer failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+@pytest.fixture(scope="session")
+def run_train():
+    """The trainer as a subprocess: run_train(args, nproc=1, env=None, timeout=300, check=True)."""
+    return _run_train

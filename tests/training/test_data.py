@@ -50,9 +50,9 @@ def test_packing_keeps_samples_apart(stage_datasets, processor):
     for row in rows:
         seg = row.segment_ids
         assert row.input_ids.numel() <= 256
-        k = int(seg.max())
-        assert k == len(row.sample_ids)
-        for s in range(1, k + 1):
+        k = int(seg.max()) + 1
+        assert k == len(row.sample_ids) and int(seg.min()) == 0
+        for s in range(k):
             pos = row.position_ids[seg == s]
             assert torch.equal(pos, torch.arange(pos.numel()))  # positions restart per sample
         # frames of the row: exactly one image block per frame, in order

@@ -1,5 +1,6 @@
 """Sequence packing: several tokenised samples in one row, with segment ids so that attention never
-crosses samples (the MM-SP attention and the reference path both honour `segment_ids`), position ids
+crosses samples (the MM-SP attention and the model's reference path both honour `segment_ids`: 0..k-1
+for the k samples of a row, -1 for padding; see training.sp.sharding), position ids
 restarting at 0 for every sample, and labels of -100 on prompts and padding.
 
 A tokenised sample is a dict with `input_ids` and `labels` (1-D long tensors, prompt already masked)
@@ -20,7 +21,7 @@ IGNORE_INDEX = -100
 class PackedRow:
     input_ids: torch.Tensor          # (L,)
     labels: torch.Tensor             # (L,)
-    segment_ids: torch.Tensor        # (L,)  1..k for the k samples, 0 for padding
+    segment_ids: torch.Tensor        # (L,)  0..k-1 for the k samples, -1 for padding
     position_ids: torch.Tensor       # (L,)  restart at 0 for each sample
     pixel_values: torch.Tensor | None  # (F, C, H, W) frames of all samples in the row, in order
     sample_ids: list[str] = field(default_factory=list)
@@ -66,7 +67,7 @@ def pack_samples(samples: list[dict], max_length: int, pad_token_id: int = 0, pa
 
 def _concat(b: list[dict], pad_token_id: int, pad_to: int | None) -> PackedRow:
     ids, labels, seg, pos, pix, sids = [], [], [], [], [], []
-    for k, s in enumerate(b, start=1):
+    for k, s in enumerate(b):
         n = _len(s)
         ids.append(s["input_ids"].reshape(-1).long())
         lab = s["labels"].reshape(-1).long().clone()
@@ -91,7 +92,7 @@ def pad_row(row: PackedRow, length: int, pad_token_id: int = 0) -> PackedRow:
     return PackedRow(
         torch.cat([row.input_ids, torch.full((n,), pad_token_id, dtype=torch.long)]),
         torch.cat([row.labels, torch.full((n,), IGNORE_INDEX, dtype=torch.long)]),
-        torch.cat([row.segment_ids, torch.zeros(n, dtype=torch.long)]),
+        torch.cat([row.segment_ids, torch.full((n,), -1, dtype=torch.long)]),
         torch.cat([row.position_ids, torch.arange(n, dtype=torch.long)]),
         row.pixel_values,
         row.sample_ids,
@@ -108,7 +109,7 @@ def collate_rows(rows: list[PackedRow], pad_token_id: int = 0) -> dict:
         "labels": torch.stack([r.labels for r in rows]),
         "segment_ids": torch.stack([r.segment_ids for r in rows]),
         "position_ids": torch.stack([r.position_ids for r in rows]),
-        "attention_mask": torch.stack([(r.segment_ids > 0).long() for r in rows]),
+        "attention_mask": torch.stack([(r.segment_ids >= 0).long() for r in rows]),
         "pixel_values": torch.cat(pix) if pix else None,
         "sample_ids": [r.sample_ids for r in rows],
     }
@@ -116,9 +117,9 @@ def collate_rows(rows: list[PackedRow], pad_token_id: int = 0) -> dict:
 
 
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(B, L, L) boolean mask: causal and within the same non-zero segment (reference for tests)."""
+    """(B, L, L) boolean mask: causal and within the same real segment (reference for tests)."""
     s = segment_ids
-    same = (s[:, :, None] == s[:, None, :]) & (s[:, :, None] > 0)
+    same = (s[:, :, None] == s[:, None, :]) & (s[:, :, None] >= 0)
     L = s.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     return same & causal
