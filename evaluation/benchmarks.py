@@ -75,6 +75,9 @@ def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = 
     ulysses = ulysses or max(1, nproc // ring)
     if ulysses * ring != nproc:
         raise ValueError(f"ulysses ({ulysses}) x ring ({ring}) must equal nproc ({nproc})")
+    if video is not None:
+        # fail fast, here, on a bad haystack (names the file) rather than in every rank
+        load_haystack(video, fps=cfg.fps, max_frames=1, size=cfg.frame_size)
     with tempfile.TemporaryDirectory(prefix="niah-sp-") as wd:
         if video is None:
             video = str(Path(wd) / "haystack.mp4")
@@ -107,7 +110,7 @@ def _free_port() -> int:
 
 def run_videomme_benchmark(checkpoint: str | Any, questions: str, video_dir: str, out_dir: str,
                            subtitle_dir: str | None = None, num_frames: int = 8, subtitles: str = "auto",
-                           progress: ProgressFn | None = None) -> VideoMMEResult:
+                           max_new_tokens: int = 8, progress: ProgressFn | None = None) -> VideoMMEResult:
     """`checkpoint` is a checkpoint path, or any answerer callable(frames, prompt) -> str."""
     qs = load_questions(questions, subtitle_dir=subtitle_dir)
     if callable(checkpoint):
@@ -115,7 +118,7 @@ def run_videomme_benchmark(checkpoint: str | Any, questions: str, video_dir: str
     else:
         from .runner import load_runner
 
-        answerer = load_runner(str(checkpoint), max_new_tokens=8)
+        answerer = load_runner(str(checkpoint), max_new_tokens=max_new_tokens)
     result = evaluate_videomme(answerer, qs, video_dir, num_frames=num_frames, subtitles=subtitles,
                                progress=progress)
     write_videomme_outputs(result, out_dir)
@@ -124,7 +127,8 @@ def run_videomme_benchmark(checkpoint: str | Any, questions: str, video_dir: str
 
 def run_caption_benchmark(checkpoint: str | Any, references: str | Sequence[CaptionItem], out_dir: str,
                           judge: Any = None, num_frames: int = 8, retries: int = 2,
-                          video_dir: str | None = None, progress: ProgressFn | None = None) -> CaptionScoreResult:
+                          video_dir: str | None = None, max_new_tokens: int = 64,
+                          progress: ProgressFn | None = None) -> CaptionScoreResult:
     """Caption every reference video with the checkpoint and score the captions.
 
     `references`: a JSON/JSONL file (see caption_score.load_references) or CaptionItems; a video is
@@ -143,7 +147,7 @@ def run_caption_benchmark(checkpoint: str | Any, references: str | Sequence[Capt
     else:
         from .runner import load_runner
 
-        captioner = load_runner(str(checkpoint), max_new_tokens=64)
+        captioner = load_runner(str(checkpoint), max_new_tokens=max_new_tokens)
 
     def frames_for(it: CaptionItem) -> list:
         path = it.video or (lio.join(video_dir, f"{it.video_id}.mp4") if video_dir else None)

@@ -169,21 +169,26 @@ def parse_judge_reply(reply: Any) -> dict:
         if not text.strip():
             raise JudgeReplyError("empty reply")
         candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-        obj = None
+        # the first top-level object that has a score field; else the first object at all
+        obj, first = None, None
         for cand in candidates:
             for chunk in _objects(cand):
+                parsed = None
                 for loader in (json.loads, ast.literal_eval):
                     try:
                         parsed = loader(chunk)
                     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                         continue
-                    if isinstance(parsed, dict):
-                        obj = parsed
-                        break
-                if obj is not None:
+                    break
+                if not isinstance(parsed, dict):
+                    continue
+                first = first if first is not None else parsed
+                if any(str(k).strip().lower() == "score" for k in parsed):
+                    obj = parsed
                     break
             if obj is not None:
                 break
+        obj = obj if obj is not None else first
         if obj is None:
             m = _SCORE_TEXT.search(text)
             if not m:

@@ -74,7 +74,7 @@ def make_videomme_fixture(root: str, n_videos: int = 6, seed: int = 0, size: int
         word = SUB_WORDS[(i + seed) % len(SUB_WORDS)] if subtitle_every and i % subtitle_every == 0 else None
         rgb = COLOURS[colour]
         make_synthetic_video(str(root_p / "videos" / f"{file_id}.mp4"),
-                             shots=[(seconds, f"color=c=0x{rgb[0]:02X}{rgb[1]:02X}{rgb[2]:02X}")],
+                             shots=[(seconds, f"color=c=0x{rgb[0]:02X}{rgb[1]:02X}{rgb[2]:02X}:s={{s}}:r={{r}}")],
                              fps=fps, size=(size, size))
         if word:
             lio.write_text(str(root_p / "subtitle" / f"{file_id}.srt"), _srt(word, seconds))
