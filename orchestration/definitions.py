@@ -28,7 +28,9 @@ from dagster import (
     define_asset_job,
 )
 
+from assets import captions as captions_assets
 from assets import curation as curation_assets
+from assets import evaluation as evaluation_assets
 from longvila.settings import ensure_dagster_home
 
 from .executors import executor_from_env
@@ -38,7 +40,7 @@ from .sensors import new_video_sensor
 
 # Every module here exposes `defs: dagster.Definitions` (and optionally `demo_summary(instance)`).
 # Listed explicitly, in lineage order; a layer joins the list when its module exists.
-ASSET_MODULES: list[ModuleType] = [curation_assets]
+ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, evaluation_assets]
 
 AUTOMATION_SENSOR_INTERVAL_S = 30
 

@@ -51,6 +51,7 @@ class BatchOutcome:
     seconds: float
     run_id: str
     failures: list[dict] = field(default_factory=list)  # {"step", "description", "metadata"}
+    group_seconds: dict = field(default_factory=dict)  # asset group -> seconds of its steps (checks included)
 
 
 def register(subparsers) -> None:
@@ -64,11 +65,13 @@ def register(subparsers) -> None:
                    "when given, no corpus is generated")
     p.add_argument("--storage", help="fsspec URL of the lake (default LONGVILA_STORAGE or data/lake)")
     p.add_argument("--skip-generate", action="store_true", help="do not generate the sample corpus")
+    p.add_argument("--verbose", action="store_true", help="show Dagster's own step logs (INFO)")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
-    return run_demo(source=args.source, storage=args.storage, skip_generate=args.skip_generate)
+    return run_demo(source=args.source, storage=args.storage, skip_generate=args.skip_generate,
+                    log_level="INFO" if args.verbose else "CRITICAL")
 
 
 def generate_corpus(dest: str, log=print) -> dict:
@@ -149,7 +152,24 @@ def plan_batches(asset_graph, keys) -> list[tuple[object, list]]:
     return batches
 
 
-def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: str) -> BatchOutcome:
+def _group_seconds(defs, instance, run_id: str, asset_keys) -> dict:
+    """Seconds spent per asset group in a run (an asset check's step counts for its asset's group)."""
+    graph = defs.resolve_asset_graph()
+    ops = {k.to_python_identifier(): (graph.get(k).group_name or "default") for k in asset_keys}
+    out: dict = {}
+    for st in instance.get_run_step_stats(run_id):
+        if st.start_time is None or st.end_time is None:
+            continue
+        match = max((op for op in ops if st.step_key == op or st.step_key.startswith(op + "_")),
+                    key=len, default=None)
+        group = ops[match] if match else "other"
+        out[group] = out.get(group, 0.0) + (st.end_time - st.start_time)
+    return out
+
+
+def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: str,
+              log_level: str = "CRITICAL") -> BatchOutcome:
+    """One in-process run of `asset_keys` (and their checks) for one partition key (or none)."""
     job = defs.resolve_implicit_job_def_def_for_assets(asset_keys)
     t0 = time.perf_counter()
     result = job.execute_in_process(
@@ -158,6 +178,7 @@ def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: s
         asset_selection=list(asset_keys),
         raise_on_error=False,
         tags={"longvila/launched_by": "demo"},
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
     )
     return BatchOutcome(
         label=label,
@@ -166,10 +187,11 @@ def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: s
         seconds=time.perf_counter() - t0,
         run_id=result.run_id,
         failures=_failures(result),
+        group_seconds=_group_seconds(defs, instance, result.run_id, asset_keys),
     )
 
 
-def materialize_all(defs, instance, log=print) -> list[BatchOutcome]:
+def materialize_all(defs, instance, log=print, log_level: str = "CRITICAL") -> list[BatchOutcome]:
     """Materialise every materialisable asset of `defs` (see the module docstring)."""
     from orchestration.partitions import videos
 
@@ -180,7 +202,7 @@ def materialize_all(defs, instance, log=print) -> list[BatchOutcome]:
         names = ", ".join(k.to_user_string() for k in batch)
         if pdef is None:
             log(f"materialising {len(batch)} unpartitioned asset(s): {names}")
-            outcomes.append(run_batch(defs, instance, batch, None, "(unpartitioned)"))
+            outcomes.append(run_batch(defs, instance, batch, None, "(unpartitioned)", log_level))
             _log_outcome(outcomes[-1], log)
             continue
         if getattr(pdef, "name", None) == videos.name:
@@ -189,7 +211,7 @@ def materialize_all(defs, instance, log=print) -> list[BatchOutcome]:
             pkeys = list(pdef.get_partition_keys(dynamic_partitions_store=instance))
         log(f"materialising {len(batch)} asset(s) for {len(pkeys)} partition(s): {names}")
         for pk in pkeys:
-            outcomes.append(run_batch(defs, instance, batch, pk, pk))
+            outcomes.append(run_batch(defs, instance, batch, pk, pk, log_level))
             _log_outcome(outcomes[-1], log)
     return outcomes
 
@@ -208,6 +230,7 @@ def run_demo(
     skip_generate: bool = False,
     modules: Optional[list[ModuleType]] = None,
     log=print,
+    log_level: str = "CRITICAL",
 ) -> int:
     """The `longvila demo` command; `modules` restricts the asset modules (tests). Returns the exit code."""
     from longvila.settings import default_source, ensure_dagster_home, project_root
@@ -238,7 +261,7 @@ def run_demo(
     for rel, why in scan.rejected.items():
         log(f"  rejected {rel!r}: {why}")
 
-    outcomes = materialize_all(defs, instance, log)
+    outcomes = materialize_all(defs, instance, log, log_level)
     total = time.perf_counter() - t_start
 
     manifest = scan.manifest.get("videos", {})
@@ -260,6 +283,13 @@ def run_demo(
             log(f"\n== {m.__name__} ==")
             for line in lines:
                 log("  " + line)
+    groups: dict = {}
+    for o in outcomes:
+        for g, sec in o.group_seconds.items():
+            groups[g] = groups.get(g, 0.0) + sec
+    log("\n== time per asset group (sum of step durations, checks included) ==")
+    for g, sec in sorted(groups.items(), key=lambda kv: -kv[1]):
+        log(f"  {g:<24} {sec:8.1f}s")
     failed = [o for o in outcomes if not o.success]
     video_s = sum(o.seconds for o in per_video)
     log(f"\n{len(outcomes)} run(s), {len(failed)} failed; per-video runs {video_s:.1f}s "

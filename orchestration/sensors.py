@@ -126,6 +126,7 @@ def list_source(lake: LakeResource) -> tuple[list[SourceFile], dict, int]:
     files: list[SourceFile] = []
     rejected: dict = {}
     ignored = 0
+    fs.invalidate_cache()  # a long-lived sensor process must not see a cached (stale) S3 listing
     found = fs.find(root_path, detail=True, withdirs=False)
     for path, info in sorted(found.items()):
         path = path.rstrip("/")

@@ -1,0 +1,159 @@
+"""The merged Definitions, resources/config parsing, executors, batch planning and check logic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import (
+    AssetKey,
+    DefaultSensorStatus,
+    Definitions,
+    DynamicPartitionsDefinition,
+    EnvVar,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from assets.curation import clip_problems, tile_problems
+from orchestration.demo import plan_batches
+from orchestration.executors import executor_from_env
+from orchestration.resources import CurationConfig, LakeResource
+
+REPO = Path(__file__).resolve().parents[2]
+CURATION = {"raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "video_frames"}
+
+
+def test_merged_definitions():
+    from orchestration.definitions import ASSET_MODULES, defs
+
+    g = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in g.materializable_asset_keys}
+    assert CURATION <= keys
+    for k in CURATION:
+        node = g.get(AssetKey(k))
+        assert node.partitions_def.name == "videos" and node.code_version
+        if k != "raw_video":
+            assert node.automation_condition is not None
+    checks = {c.name for c in g.asset_check_keys}
+    assert {"probe_is_sane", "shots_tile_video", "clips_within_bounds", "clip_frame_counts",
+            "video_frame_count"} <= checks
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors["new_video_sensor"].default_status == DefaultSensorStatus.RUNNING
+    assert sensors["automation_sensor"].default_status == DefaultSensorStatus.RUNNING
+    assert defs.resolve_job_def("curation_lineage") is not None
+    assert isinstance(defs.resources["lake"], LakeResource)
+    assert all(hasattr(m, "defs") for m in ASSET_MODULES)
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    proc = subprocess.run([str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w",
+                           "workspace.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Validation successful" in proc.stderr + proc.stdout
+
+
+def test_executors(monkeypatch):
+    assert executor_from_env("multiprocess").name == "multiprocess"
+    assert executor_from_env("in_process").name == "in_process"
+    monkeypatch.setenv("LONGVILA_EXECUTOR", "in-process")
+    assert executor_from_env().name == "in_process"
+    with pytest.raises(ValueError, match="LONGVILA_EXECUTOR"):
+        executor_from_env("celery-on-mars")
+    try:
+        import dagster_k8s  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="dagster-k8s"):
+            executor_from_env("k8s")
+    else:
+        assert executor_from_env("k8s").name == "k8s_job_executor"
+
+
+def test_lake_resource_env_and_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("LONGVILA_SOURCE", "s3://bucket/raw/")
+    monkeypatch.setenv("LONGVILA_STORAGE", str(tmp_path / "lake"))
+    monkeypatch.setenv("LONGVILA_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    lake = LakeResource.from_env()
+    assert isinstance(lake.source, EnvVar) and lake.source.env_var_name == "LONGVILA_SOURCE"
+    assert lake.source_root == "s3://bucket/raw"
+    st = lake.settings()
+    assert st.storage_options_for("s3://bucket/x") == {
+        "key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    assert lake.layer_url("shots", "a-0123abcd") == f"{tmp_path}/lake/shots/a-0123abcd.parquet"
+    assert lake.read_manifest()["videos"] == {}
+    explicit = LakeResource(source="/x", storage="/y", s3_endpoint_url="http://e")
+    assert explicit.settings().s3.endpoint_url == "http://e" and explicit.manifest_url() == "/y/manifest/videos.json"
+
+
+def test_curation_config(monkeypatch):
+    monkeypatch.setenv("LONGVILA_SHOT_DETECTOR", "content")
+    monkeypatch.setenv("LONGVILA_SHOT_DETECTOR_OPTIONS", '{"threshold": 30}')
+    monkeypatch.setenv("LONGVILA_MAX_CLIP_S", "5")
+    monkeypatch.setenv("LONGVILA_WRITE_CLIP_FILES", "yes")
+    cfg = CurationConfig.from_env()
+    assert cfg.detector == "content" and cfg.detector_options == {"threshold": 30}
+    assert cfg.max_clip_s == 5.0 and cfg.write_clip_files is True and cfg.frames_per_clip == 8
+    with pytest.raises(ValueError):
+        CurationConfig(min_clip_s=3, max_clip_s=2)
+    from assets.curation import code_versions
+
+    a, b = code_versions(CurationConfig()), code_versions(cfg)
+    assert a["video_shots"] != b["video_shots"] and a["video_clips"] != b["video_clips"]
+    assert a["video_probe"] == b["video_probe"] and a["video_frames"] == b["video_frames"]
+    assert "clip_files" in b
+
+
+def test_plan_batches_orders_by_dependency_and_partitioning():
+    vids = DynamicPartitionsDefinition(name="videos")
+    stages = StaticPartitionsDefinition(["s1", "s2"])
+
+    @asset(partitions_def=vids)
+    def a(): ...
+
+    @asset(partitions_def=vids, deps=[a])
+    def b(): ...
+
+    @asset(deps=[b])
+    def dataset(): ...
+
+    @asset(partitions_def=stages, deps=[dataset])
+    def train(): ...
+
+    @asset(deps=[train])
+    def report(): ...
+
+    @asset(partitions_def=vids, deps=[a])
+    def c(): ...
+
+    g = Definitions(assets=[a, b, c, dataset, train, report]).resolve_asset_graph()
+    batches = [(getattr(p, "name", None) or (p and "static"), [k.to_user_string() for k in ks])
+               for p, ks in plan_batches(g, g.materializable_asset_keys)]
+    assert batches == [("videos", ["a", "b", "c"]), (None, ["dataset"]), ("static", ["train"]), (None, ["report"])]
+
+
+def test_check_logic():
+    assert tile_problems([(0, 10), (10, 25)], 25) == []
+    assert any("gap" in p for p in tile_problems([(0, 10), (11, 25)], 25))
+    assert any("overlap" in p for p in tile_problems([(0, 10), (9, 25)], 25))
+    assert any("not 0" in p for p in tile_problems([(1, 25)], 25))
+    assert any("video has 30" in p for p in tile_problems([(0, 25)], 30))
+    assert tile_problems([], 5)
+
+    from curation.clips import Clip
+    from curation.shots import Shot
+
+    shots = {0: Shot(0, 0, 100, 0.0, 4.0), 1: Shot(1, 100, 400, 4.0, 16.0)}
+    ok = [Clip(0, 0, 0, 100, 0.0, 4.0), Clip(1, 1, 100, 350, 4.0, 14.0)]
+    assert clip_problems(ok, shots, 1.0, 10.0) == []
+    bad = [Clip(0, 0, 50, 150, 2.0, 6.0), Clip(1, 1, 100, 110, 4.0, 4.4), Clip(2, 7, 0, 1, 0.0, 2.0)]
+    probs = clip_problems(bad, shots, 1.0, 10.0)
+    assert any("leaves shot 0" in p for p in probs)
+    assert any("clip 1 lasts 0.400s" in p for p in probs)
+    assert any("unknown shot 7" in p for p in probs)

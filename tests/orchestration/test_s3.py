@@ -1,0 +1,121 @@
+"""Source and lake on S3 (a real moto_server on a loopback port, reached through s3fs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from longvila.keys import partition_key_for
+
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
+
+BUCKET = "longvila-test"
+CREDS = dict(aws_access_key_id="testing", aws_secret_access_key="testing", aws_region="us-east-1")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory):
+    exe = Path(sys.executable).with_name("moto_server")
+    if not exe.exists():
+        pytest.skip("moto_server (moto[server]) is not installed")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1)
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start on {url}")
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture()
+def s3(moto_endpoint, monkeypatch):
+    import boto3
+
+    # only for the boto3 client below and anything reading the environment; the lake gets them explicitly
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    objs = client.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    for o in objs:
+        client.delete_object(Bucket=BUCKET, Key=o["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _keys(client, prefix: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {o["Key"] for p in pages for o in p.get("Contents", [])}
+
+
+def test_sensor_and_assets_on_s3(s3, moto_endpoint, small_video_cache, helpers):
+    s3.upload_file(str(small_video_cache[0]), BUCKET, "raw/a.mp4")
+    s3.upload_file(str(small_video_cache[1]), BUCKET, "raw/dir/b c.mp4")
+    s3.put_object(Bucket=BUCKET, Key="raw/bad.mp4", Body=b"not a video at all\n" * 10)
+    s3.put_object(Bucket=BUCKET, Key="raw/notes.txt", Body=b"ignored")
+
+    defs, lake = helpers.curation_defs(f"s3://{BUCKET}/raw", f"s3://{BUCKET}/lake",
+                                       s3_endpoint_url=moto_endpoint, **CREDS)
+    inst = DagsterInstance.ephemeral()
+    ka, kb, kbad = (partition_key_for(r) for r in ("a.mp4", "dir/b c.mp4", "bad.mp4"))
+
+    r1 = helpers.tick(inst, lake)
+    assert sorted(r.partition_key for r in r1.run_requests) == sorted([ka, kb, kbad])
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key="lake/manifest/videos.json")["Body"].read())
+    assert manifest["videos"][kb]["url"] == f"s3://{BUCKET}/raw/dir/b c.mp4"
+
+    outcomes = {k: helpers.run_partition(defs, inst, k) for k in (ka, kb, kbad)}
+    assert outcomes[ka].success and outcomes[kb].success
+    assert not outcomes[kbad].success
+    assert "bad.mp4" in outcomes[kbad].failures[0]["description"]
+    assert outcomes[kbad].failures[0]["metadata"]["url"] == f"s3://{BUCKET}/raw/bad.mp4"
+
+    written = _keys(s3, "lake/")
+    for k in (ka, kb):
+        assert {f"lake/probe/{k}.json", f"lake/shots/{k}.parquet", f"lake/clips/{k}.parquet",
+                f"lake/clip_frames/{k}.parquet", f"lake/video_frames/{k}.parquet"} <= written
+    assert not [w for w in written if kbad in w]
+    probe = json.loads(s3.get_object(Bucket=BUCKET, Key=f"lake/probe/{ka}.json")["Body"].read())
+    assert probe["path"] == f"s3://{BUCKET}/raw/a.mp4" and probe["frame_count"] == 60
+
+    # a changed object (new ETag, new bytes) is detected; the others are not touched
+    s3.upload_file(str(small_video_cache[2]), BUCKET, "raw/a.mp4")
+    r2 = helpers.tick(inst, lake, r1.cursor)
+    assert [r.partition_key for r in r2.run_requests] == [ka]
+    # a deleted object is reported and its partition removed
+    s3.delete_object(Bucket=BUCKET, Key="raw/bad.mp4")
+    r3 = helpers.tick(inst, lake, r2.cursor)
+    assert list(r3.run_requests) == []
+    assert kbad not in inst.get_dynamic_partitions("videos")
+    assert lake.read_manifest()["videos"][kbad]["status"] == "deleted"
