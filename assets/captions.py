@@ -82,6 +82,7 @@ class CaptionModelsResource(ConfigurableResource):
     timeout_s: float = Field(default=120.0, description="HTTP read timeout per request")
     max_retries: int = Field(default=3, description="HTTP retries (connection errors, timeouts, 429, 5xx)")
     device: str = Field(default="cpu", description="torch device for local models")
+    torch_threads: Optional[int] = Field(default=None, description="torch CPU threads while generating (None: 1 for smoke models)")
     models_dir: Optional[str] = Field(default=None, description="where smoke models are built (default <root>/data/models)")
 
     @classmethod
@@ -91,12 +92,13 @@ class CaptionModelsResource(ConfigurableResource):
             llm_backend=cfg.llm.backend, llm_model=cfg.llm.model, llm_endpoint=cfg.llm.endpoint,
             api_key_env=cfg.vlm.api_key_env, batch_size=cfg.vlm.batch_size, concurrency=cfg.vlm.concurrency,
             timeout_s=cfg.vlm.timeout_s, max_retries=cfg.vlm.max_retries, device=cfg.vlm.device,
-            models_dir=cfg.models_dir,
+            torch_threads=cfg.vlm.torch_threads, models_dir=cfg.models_dir,
         )
 
     def config(self, base: CaptioningConfig) -> CaptioningConfig:
         common = dict(api_key_env=self.api_key_env, batch_size=self.batch_size, concurrency=self.concurrency,
-                      timeout_s=self.timeout_s, max_retries=self.max_retries, device=self.device)
+                      timeout_s=self.timeout_s, max_retries=self.max_retries, device=self.device,
+                      torch_threads=self.torch_threads)
         return base.replace(
             vlm=ModelSettings(backend=self.vlm_backend, model=self.vlm_model, endpoint=self.vlm_endpoint, **common),
             llm=ModelSettings(backend=self.llm_backend, model=self.llm_model, endpoint=self.llm_endpoint, **common),

@@ -20,8 +20,10 @@
 | LONGVILA_QA_MAX_NEW_TOKENS | 1024 | question-answer reply length |
 | LONGVILA_LLM_MAX_ATTEMPTS | 3 | attempts per structured reply before the video is recorded as failed |
 | LONGVILA_CAPTION_PROMPT / LONGVILA_SUMMARY_PROMPT / LONGVILA_QA_PROMPT | `v1` | prompt versions in `curation/prompts/` |
+| LONGVILA_PROMPTS_DIR | `curation/prompts` | folder of the prompt files |
 | LONGVILA_MODELS_DIR | `<root>/data/models` | where the smoke models are built (cached) |
 | LONGVILA_CAPTION_DEVICE | `cpu` | torch device for local models |
+| LONGVILA_CAPTION_TORCH_THREADS | unset | torch CPU threads while generating (unset: 1 for the smoke models, torch's default otherwise) |
 
 The model ids, prompt tags (version + content hash) and the decoding parameters make up the code
 versions (`code_versions`), so changing a model or editing a prompt marks exactly the affected
@@ -58,6 +60,7 @@ class ModelSettings:
     timeout_s: float = 120.0
     max_retries: int = 3
     device: str = "cpu"
+    torch_threads: int | None = None  # None: 1 for the smoke models, torch's default otherwise
 
     def __post_init__(self):
         if self.backend not in ("local", "openai"):
@@ -80,6 +83,7 @@ class CaptioningConfig:
     qa_max_new_tokens: int = 1024
     max_attempts: int = 3
     models_dir: str | None = None
+    prompts_dir: str | None = None
 
     @classmethod
     def from_env(cls) -> "CaptioningConfig":
@@ -90,6 +94,7 @@ class CaptioningConfig:
             timeout_s=_env("LONGVILA_CAPTION_TIMEOUT_S", 120.0, float),
             max_retries=_env("LONGVILA_CAPTION_MAX_RETRIES", 3, int),
             device=_env("LONGVILA_CAPTION_DEVICE", "cpu"),
+            torch_threads=_env("LONGVILA_CAPTION_TORCH_THREADS", None, int),
         )
         return cls(
             vlm=ModelSettings(backend=_env("LONGVILA_CAPTION_BACKEND", "local"), model=_env("LONGVILA_CAPTION_MODEL", SMOKE),
@@ -106,6 +111,7 @@ class CaptioningConfig:
             qa_max_new_tokens=_env("LONGVILA_QA_MAX_NEW_TOKENS", 1024, int),
             max_attempts=_env("LONGVILA_LLM_MAX_ATTEMPTS", 3, int),
             models_dir=_env("LONGVILA_MODELS_DIR", None),
+            prompts_dir=_env("LONGVILA_PROMPTS_DIR", None),
         )
 
     def replace(self, **changes) -> "CaptioningConfig":
@@ -128,9 +134,9 @@ def model_id(ms: ModelSettings, role: str) -> str:
 
 
 def code_versions(cfg: CaptioningConfig) -> dict[str, str]:
-    cap = load_prompt("clip_caption", cfg.caption_prompt)
-    summ = load_prompt("video_summary", cfg.summary_prompt)
-    qa = load_prompt("video_qa", cfg.qa_prompt)
+    cap = load_prompt("clip_caption", cfg.caption_prompt, cfg.prompts_dir)
+    summ = load_prompt("video_summary", cfg.summary_prompt, cfg.prompts_dir)
+    qa = load_prompt("video_qa", cfg.qa_prompt, cfg.prompts_dir)
     vlm, llm = model_id(cfg.vlm, "vlm"), model_id(cfg.llm, "llm")
     dec = f"lang={cfg.language}:attempts={cfg.max_attempts}"
     return {
@@ -158,13 +164,14 @@ def make_backend(ms: ModelSettings, role: str, models_dir: str | None = None):
 
         paths = ensure_smoke_models(models_dir or str(project_root() / "data" / "models"))
         path = paths.vlm if role == "vlm" else paths.llm
-    key = (path, role, ms.batch_size, ms.device)
+    threads = ms.torch_threads if ms.torch_threads else (1 if ms.model == SMOKE else None)
+    key = (path, role, ms.batch_size, ms.device, threads)
     with _LOCK:
         if key not in _BACKENDS:
             from .local import LocalChatBackend
 
             _BACKENDS[key] = LocalChatBackend(path, kind=role, batch_size=ms.batch_size, device=ms.device,
-                                              model_id=model_id(ms, role))
+                                              model_id=model_id(ms, role), num_threads=threads)
         return _BACKENDS[key]
 
 
@@ -172,7 +179,7 @@ def make_captioner(cfg: CaptioningConfig, backend=None):
     from .captioner import ClipCaptioner
 
     return ClipCaptioner(backend or make_backend(cfg.vlm, "vlm", cfg.resolved_models_dir()),
-                         prompt=load_prompt("clip_caption", cfg.caption_prompt),
+                         prompt=load_prompt("clip_caption", cfg.caption_prompt, cfg.prompts_dir),
                          max_new_tokens=cfg.caption_max_new_tokens, max_chars=cfg.caption_max_chars,
                          language=cfg.language)
 
@@ -181,8 +188,8 @@ def make_annotator(cfg: CaptioningConfig, backend=None):
     from .annotate import VideoAnnotator
 
     return VideoAnnotator(backend or make_backend(cfg.llm, "llm", cfg.resolved_models_dir()),
-                          summary_prompt=load_prompt("video_summary", cfg.summary_prompt),
-                          qa_prompt=load_prompt("video_qa", cfg.qa_prompt),
+                          summary_prompt=load_prompt("video_summary", cfg.summary_prompt, cfg.prompts_dir),
+                          qa_prompt=load_prompt("video_qa", cfg.qa_prompt, cfg.prompts_dir),
                           summary_max_new_tokens=cfg.summary_max_new_tokens,
                           qa_max_new_tokens=cfg.qa_max_new_tokens, max_attempts=cfg.max_attempts,
                           language=cfg.language)

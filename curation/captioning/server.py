@@ -9,8 +9,11 @@ Endpoints: `POST /v1/chat/completions` (text + base64 data-URL images, `max_toke
 `--batch-size`, waiting at most `--batch-wait-ms`) and run as one `generate` call.
 
 With `--fault-injection`, `POST /admin/fault` sets a failure mode for tests and `GET /admin/stats`
-reports request counts: `{"mode": "none" | "slow" | "error" | "invalid_json" | "garbage",
-"count": N (-1 = until reset), "delay_s": S, "status": 500}`.
+reports request counts: `{"mode": "none" | "slow" | "error" | "invalid_json" | "garbage" | "reply",
+"count": N (-1 = until reset), "delay_s": S, "status": 500, "text": "..."}`: `slow` waits S seconds
+before answering, `error` answers HTTP `status`, `garbage` answers a non-JSON body, `invalid_json`
+and `reply` replace the model's text with unparseable JSON or with `text` (e.g. a reply in another
+language or one that breaks the schema), for the next N requests.
 
 Why not `transformers serve`: it needs extra packages that are not installed here (fastapi,
 openai, ...), does not apply `response_format` json schemas, and has no fault injection for tests.
@@ -81,6 +84,7 @@ class _Fault:
         self.count = 0
         self.delay_s = 0.0
         self.status = 500
+        self.text = ""
         self.requests = 0
 
     def set(self, spec: dict):
@@ -89,16 +93,17 @@ class _Fault:
             self.count = int(spec.get("count", -1))
             self.delay_s = float(spec.get("delay_s", 0.0))
             self.status = int(spec.get("status", 500))
+            self.text = str(spec.get("text", ""))
 
-    def take(self) -> tuple[str, float, int]:
+    def take(self) -> tuple[str, float, int, str]:
         """Count a request and return the fault that applies to it."""
         with self.lock:
             self.requests += 1
             if self.mode == "none" or self.count == 0:
-                return "none", 0.0, 200
+                return "none", 0.0, 200, ""
             if self.count > 0:
                 self.count -= 1
-            return self.mode, self.delay_s, self.status
+            return self.mode, self.delay_s, self.status, self.text
 
 
 def _decode_part(p: dict) -> dict:
@@ -194,7 +199,7 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
                 return self._send(200, {"ok": True})
             if self.path not in ("/v1/chat/completions", "/chat/completions"):
                 return self._error(404, f"no route {self.path}")
-            mode, delay, status = fault.take()
+            mode, delay, status, fixed = fault.take()
             if api_key and self.headers.get("Authorization") != f"Bearer {api_key}":
                 return self._error(401, "invalid API key", "authentication_error")
             if mode == "slow":
@@ -213,7 +218,7 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
                 rep = batchers[name].submit(req)
             except Exception as e:  # noqa: BLE001
                 return self._error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
-            text = rep.text if mode != "invalid_json" else "this is {not valid JSON"
+            text = {"invalid_json": "this is {not valid JSON", "reply": fixed}.get(mode, rep.text)
             return self._send(
                 200,
                 {
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads while generating")
     ap.add_argument("--fault-injection", action="store_true")
     a = ap.parse_args(argv)
     from .local import LocalChatBackend
@@ -256,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         if not path:
             ap.error(f"--model expects NAME=PATH, got {spec!r}")
-        models[name] = LocalChatBackend(path, batch_size=a.batch_size, device=a.device, model_id=name)
+        models[name] = LocalChatBackend(path, batch_size=a.batch_size, device=a.device, model_id=name,
+                                        num_threads=a.threads)
     srv = make_server(models, a.host, a.port, batch_size=a.batch_size, batch_wait_s=a.batch_wait_ms / 1000,
                       api_key=a.api_key, fault_injection=a.fault_injection)
     port = srv.server_address[1]
