@@ -292,9 +292,8 @@ def _cursor_for(manifest: dict) -> str:
     )
 
 
-def _previous_from(cursor_state: Optional[dict], lake: LakeResource) -> dict:
+def _previous_from(cursor_state: Optional[dict], manifest: dict) -> dict:
     """Previous state: the lake manifest, overridden by the cursor's fingerprints when present."""
-    manifest = lake.read_manifest()
     if cursor_state is None:
         return manifest
     vids = {}
@@ -309,7 +308,8 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
                         hash_budget_s: Optional[float] = HASH_BUDGET_S):
     """Body of the sensor (also callable directly in tests with `build_sensor_context`)."""
     log = context.log
-    prev = _previous_from(_cursor_state(context.cursor), lake)
+    lake_manifest = lake.read_manifest()
+    prev = _previous_from(_cursor_state(context.cursor), lake_manifest)
     try:
         res = scan_source(lake, previous=prev, hash_budget_s=hash_budget_s, log=log.error)
     except InputError as e:
@@ -319,7 +319,11 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
     for k in res.deleted:
         log.warning(f"video deleted from the source: {res.manifest['videos'][k].get('relpath')!r} "
                     f"(partition {k}); partition removed, marked deleted in the manifest")
-    write_manifest(lake, res.manifest)
+    # rewrite the manifest only when something in it changed (not on every 30 s tick)
+    if (res.manifest["videos"], res.manifest["rejected"]) != (
+        lake_manifest.get("videos"), lake_manifest.get("rejected")
+    ):
+        write_manifest(lake, res.manifest)
     log.info(f"scan of {lake.source_root}: {res.summary()}")
     run_requests = [
         RunRequest(

@@ -157,3 +157,33 @@ def test_check_logic():
     assert any("leaves shot 0" in p for p in probs)
     assert any("clip 1 lasts 0.400s" in p for p in probs)
     assert any("unknown shot 7" in p for p in probs)
+
+
+def test_clip_files_layer_when_enabled(tmp_path, small_video_cache):
+    import json
+    import shutil
+    import types
+
+    from dagster import DagsterInstance, in_process_executor
+
+    from assets.curation import build_curation_defs
+    from orchestration.definitions import build_defs
+    from orchestration.demo import run_batch
+    from orchestration.sensors import register_videos
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    shutil.copyfile(small_video_cache[0], src / "v.mp4")
+    lake = LakeResource(source=str(src), storage=str(tmp_path / "lake"))
+    mod = types.SimpleNamespace(defs=build_curation_defs(CurationConfig(write_clip_files=True)))
+    defs = build_defs(modules=[mod], lake=lake, executor=in_process_executor)
+    g = defs.resolve_asset_graph()
+    assert AssetKey("clip_files") in g.materializable_asset_keys
+    inst = DagsterInstance.ephemeral()
+    (key,) = register_videos(inst, lake).new
+    o = run_batch(defs, inst, list(g.materializable_asset_keys), key, key)
+    assert o.success, o.failures
+    index = json.loads((tmp_path / "lake" / "clip_files" / key / "index.json").read_text())
+    assert len(index["clips"]) == 2
+    for rec in index["clips"]:
+        assert Path(rec["url"]).is_file() and rec["frames"] == 30

@@ -113,3 +113,14 @@ def test_hash_budget_defers_to_next_tick(tmp_path, source):
     assert res.new == [] and len(res.deferred) == 2 and res.deleted == []
     res2 = scan_source(lake, previous=res.manifest, hash_budget_s=60.0)
     assert len(res2.new) == 2 and not res2.deferred
+
+
+def test_manifest_rewritten_only_on_change(tmp_path, source, helpers):
+    inst = DagsterInstance.ephemeral()
+    lake = LakeResource(source=str(source), storage=str(tmp_path / "lake"))
+    r1 = helpers.tick(inst, lake)
+    m = tmp_path / "lake" / "manifest" / "videos.json"
+    before = m.stat().st_mtime_ns, m.read_bytes()
+    time.sleep(0.01)
+    helpers.tick(inst, lake, r1.cursor)
+    assert (m.stat().st_mtime_ns, m.read_bytes()) == before
