@@ -114,6 +114,8 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         embed = self.get_input_embeddings()
         embeds = embed(input_ids)
         mask = input_ids == self.config.image_token_id
+        if input_ids.device.type == "meta":  # shape-only run (architecture validation without weights)
+            return embeds
         n_img_tokens = int(mask.sum())
         if image_features is None:
             if n_img_tokens:
@@ -154,7 +156,9 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids or inputs_embeds")
-            if image_features is None and pixel_values is not None and (input_ids == self.config.image_token_id).any():
+            if image_features is None and pixel_values is not None and (
+                input_ids.device.type == "meta" or bool((input_ids == self.config.image_token_id).any())
+            ):
                 image_features = self.get_image_features(pixel_values)
             inputs_embeds = self.merge_embeddings(input_ids, image_features)
         if segment_ids is not None:

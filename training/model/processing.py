@@ -157,6 +157,8 @@ class LongVILAProcessor(ProcessorMixin):
         n_video = sum(v.count(VIDEO_TOKEN) for _, v in turns)
         if n_video > 1:
             raise InputError(source, f"{n_video} <video> placeholders; at most one per conversation")
+        if n_video and num_frames == 0:
+            raise InputError(source, "a <video> placeholder but 0 frames")
         if n_video:
             turns = [(r, v.replace(VIDEO_TOKEN, IMAGE_TOKEN * num_frames)) for r, v in turns]
         n_img = sum(v.count(IMAGE_TOKEN) for _, v in turns)

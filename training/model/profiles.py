@@ -218,16 +218,23 @@ def load_checkpoint(
     device: str | torch.device = "cpu",
     attn_implementation: str | None = None,
     with_processor: bool = True,
+    local_files_only: bool | None = None,
 ):
     """Load ``(model, processor)`` through the normal ``from_pretrained`` path (local dir or hub id).
 
-    A hub id works only where the hub is reachable; offline it fails with an InputError naming it."""
+    A hub id works only where the hub is reachable (or already in the local HF cache); otherwise it fails
+    with an InputError naming it. ``local_files_only`` (default: the ``HF_HUB_OFFLINE`` setting) skips
+    the network look-up and its retries."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     from . import register  # noqa: F401  (Auto* registration)
 
     src = str(path_or_hub_id)
     kwargs: dict[str, Any] = {}
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    if local_files_only:
+        kwargs["local_files_only"] = True
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
@@ -236,16 +243,22 @@ def load_checkpoint(
     if not local and (src.startswith((".", "/", "~")) or os.sep in src and src.count("/") != 1):
         raise InputError(src, "no such checkpoint directory")
     try:
+        if not local and local_files_only:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(src, local_files_only=True)  # fails fast when not cached
         if str(device) == "meta":
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(src)
+            config = AutoConfig.from_pretrained(src, **{k: v for k, v in kwargs.items() if k == "local_files_only"})
             model = build_model(config, dtype=dtype or torch.float32, device="meta",
                                 attn_implementation=attn_implementation or "sdpa")
         else:
             model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
             model = model.to(device)
-        processor = AutoProcessor.from_pretrained(src) if with_processor else None
+        processor = (
+            AutoProcessor.from_pretrained(src, local_files_only=bool(local_files_only)) if with_processor else None
+        )
     except (OSError, ValueError) as exc:
         where = "local checkpoint" if local else "hub id (needs network access to the model hub)"
         raise InputError(src, f"cannot load {where}: {type(exc).__name__}: {exc}") from exc
