@@ -208,6 +208,12 @@ def make_bad_inputs(dest_dir: str) -> dict:
         # moov atom at the end (no faststart): a truncated file has no index at all
         (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
         out["truncated.mp4"] = "error"
+        # moov atom first ("faststart"): the index survives, the media data is cut off
+        fast = Path(td) / "faststart.mp4"
+        _run_ffmpeg(["-i", str(good), "-c", "copy", "-movflags", "+faststart", str(fast)], "faststart copy")
+        fdata = fast.read_bytes()
+        (d / "truncated_faststart.mp4").write_bytes(fdata[: len(fdata) * 6 // 10])
+        out["truncated_faststart.mp4"] = "error"
         (d / "not_a_video.mp4").write_text("this is a text file pretending to be a video\n" * 20)
         out["not_a_video.mp4"] = "error"
         _run_ffmpeg(["-f", "lavfi", "-i", "sine=frequency=330:duration=2", "-c:a", "aac", str(d / "audio_only.m4a")],

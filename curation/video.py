@@ -87,11 +87,21 @@ class FrameIndex:
         return np.flatnonzero(self.key)
 
 
-def frame_index(path: str, container=None) -> FrameIndex:
+# a file whose header lists more frames than can be read (beyond this slack) is truncated
+TRUNCATION_SLACK = 2
+
+
+def truncation_error(path: str, header_frames: int, readable: int) -> VideoError:
+    return VideoError(path, f"truncated or corrupt: the header lists {header_frames} video frames but only "
+                            f"{readable} can be read")
+
+
+def frame_index(path: str, container=None, strict: bool = True) -> FrameIndex:
     """Demux the first video stream and return its presentation-order FrameIndex.
 
     Packets without a pts (rare: raw streams) get dts or a running count. Raises VideoError when the
-    stream has no packets or demuxing fails before any packet is read.
+    stream has no packets, or (``strict``) when demuxing stops early or yields fewer packets than the
+    header's frame count (a truncated file whose index survived, e.g. a cut "faststart" MP4).
     """
     import av
 
@@ -102,6 +112,8 @@ def frame_index(path: str, container=None) -> FrameIndex:
         stream = container.streams.video[0]
     pts: list[int] = []
     key: list[bool] = []
+    header_frames = int(stream.frames or 0)
+    failed = False
     try:
         try:
             for pkt in container.demux(stream):
@@ -115,13 +127,15 @@ def frame_index(path: str, container=None) -> FrameIndex:
         except av.error.FFmpegError as e:
             if not pts:
                 raise VideoError(path, f"demuxing failed ({_short(e)})") from None
-            # truncated tail: keep what was readable
+            failed = True  # truncated tail
         tb = float(stream.time_base) if stream.time_base else 1.0
     finally:
         if own:
             container.close()
     if not pts:
         raise VideoError(path, "video stream has no packets")
+    if strict and (failed or (header_frames and len(pts) < header_frames - TRUNCATION_SLACK)):
+        raise truncation_error(path, header_frames, len(pts))
     order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
     p = np.asarray(pts, dtype=np.int64)[order]
     k = np.asarray(key, dtype=bool)[order]

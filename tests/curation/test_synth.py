@@ -34,6 +34,6 @@ def test_corpus_and_bad_inputs_catalogues(corpus, bad_inputs):
         assert info["transnetv2_test.mp4"]["cuts"] is None
     broot, expect = bad_inputs
     assert {"zero_bytes.mp4", "truncated.mp4", "not_a_video.mp4", "audio_only.m4a", "audio_only.mp4",
-            "no_decodable_frames.mp4"} <= {k for k, v in expect.items() if v == "error"}
+            "no_decodable_frames.mp4", "truncated_faststart.mp4"} <= {k for k, v in expect.items() if v == "error"}
     assert sum(1 for v in expect.values() if v == "ok") == 4
     assert all((broot / name).exists() for name in expect)
