@@ -98,9 +98,12 @@ def frame_split(num_frames: int, sp_size: int) -> list[tuple[int, int]]:
 class _GatherFrames(torch.autograd.Function):
     """All-gather per-rank frame embeddings of uneven counts into [N, T, D] (SP-rank order).
 
-    Backward: the gradient of the gathered tensor differs per rank (each rank's loss covers other tokens), so
-    it is summed over the group and each rank keeps the rows of its own frames (all_reduce + slice; NCCL
-    uses reduce_scatter_tensor; gloo has no reduce_scatter)."""
+    Forward: pad each rank's block to the largest count, ``all_gather``, drop the padding.
+    Backward: the gradient of the gathered tensor differs per rank (each rank's loss covers other tokens),
+    so the adjoint is a SUM over the group of each owner's rows: ``reduce_scatter_tensor`` on the padded
+    blocks (gloo in torch >= 2.x and NCCL both have it), falling back to ``all_reduce`` + slice.
+    ``torch.distributed.nn.functional.all_gather`` has the same adjoint but needs equal sizes on every
+    rank and is deprecated, hence this Function."""
 
     @staticmethod
     def forward(ctx, local, counts, rank, group):
@@ -119,20 +122,18 @@ class _GatherFrames(torch.autograd.Function):
         counts, rank, group = ctx.counts, ctx.rank, ctx.group
         m = max(counts)
         g = g.contiguous()
-        if dist.get_backend(group) == "nccl":
-            chunks = []
-            off = 0
-            for c in counts:
-                blk = g.new_zeros((m,) + tuple(g.shape[1:]))
-                blk[:c] = g[off:off + c]
-                chunks.append(blk)
-                off += c
-            out = torch.empty_like(chunks[0])
-            dist.reduce_scatter_tensor(out, torch.cat(chunks, 0), group=group)
-            return out[: counts[rank]], None, None, None
-        dist.all_reduce(g, group=group)
-        start = sum(counts[:rank])
-        return g[start:start + counts[rank]].contiguous(), None, None, None
+        blocks = g.new_zeros((len(counts) * m,) + tuple(g.shape[1:]))
+        off = 0
+        for r, c in enumerate(counts):
+            blocks[r * m:r * m + c] = g[off:off + c]
+            off += c
+        out = g.new_empty((m,) + tuple(g.shape[1:]))
+        try:
+            dist.reduce_scatter_tensor(out, blocks, group=group)
+        except (RuntimeError, NotImplementedError, ValueError):  # backend without reduce_scatter
+            dist.all_reduce(blocks, group=group)
+            out = blocks[rank * m:(rank + 1) * m]
+        return out[: counts[rank]].contiguous(), None, None, None
 
 
 def encode_frames(model, pixel_values: torch.Tensor | None, groups: SPGroups | None) -> torch.Tensor | None:
