@@ -88,6 +88,7 @@ def main(argv=None) -> int:
                     help="skip TransNetV2 on the 10-minute video (it takes minutes on 2 CPU cores)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    ap.add_argument("--only-video", default=None, choices=["synthetic_10min", "transnetv2_test"])
     args = ap.parse_args(argv)
     out = Path(args.out)
     long_v, long_cuts = ensure_long_video(out)
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
     def shots_fn(path, det):
         return lambda: [s.start_frame for s in detect_shots(str(path), detector=det)[1:]]
 
+    if args.only_video:
+        videos = [v for v in videos if v[0] == args.only_video]
     rows = []
     for vname, path, truth in videos:
         n = frame_index(str(path)).count

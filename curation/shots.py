@@ -68,7 +68,7 @@ class Shot:
 # ---------------------------------------------------------------------------------------------
 # defaults and versions
 
-FAST_DEFAULTS = dict(hist_threshold=0.25, hist_floor=0.08, ratio=3.0, pix_min=0.04, window=12,
+FAST_DEFAULTS = dict(hist_threshold=0.25, hist_floor=0.02, ratio=3.0, pix_min=0.04, window=12,
                      min_shot_frames=6, bins=16, grid=64, skip_loop_filter=True)
 TRANSNET_DEFAULTS = dict(threshold=0.5)
 CONTENT_DEFAULTS = dict(threshold=27.0, min_scene_len=6)
@@ -91,7 +91,7 @@ def _resolve_opts(detector: str, opts: dict) -> dict:
 
 
 def code_version(detector: str = "fast", **opts) -> str:
-    """Algorithm + parameters, e.g. ``shots-fast-v1:bins=16,grid=64,hist_floor=0.08,...``."""
+    """Algorithm + parameters, e.g. ``shots-fast-v1:bins=16,grid=64,hist_floor=0.02,...``."""
     o = _resolve_opts(detector, opts)
     return _VERSIONS[detector] + ":" + ",".join(f"{k}={o[k]}" for k in sorted(o))
 

@@ -80,7 +80,7 @@ def test_single_shot_video(corpus):
 
 def test_code_version_names_algorithm_and_parameters():
     v = code_version("fast")
-    assert v.startswith("shots-fast-v1:") and "hist_threshold=0.25" in v
+    assert v.startswith("shots-fast-v1:") and "hist_threshold=0.25" in v and "hist_floor=0.02" in v
     assert code_version("fast", hist_threshold=0.3) != v
     assert code_version("fast", hist_threshold=0.25) == v
     assert code_version("transnetv2").startswith("shots-transnetv2-v1:")
@@ -98,9 +98,10 @@ def test_fast_decision_rule_on_synthetic_scores():
     p = rng.uniform(0.01, 0.03, n)      # pixel difference: small motion
     p[100:200] = rng.uniform(0.3, 0.4, 100)  # a high-motion stretch: must not be cut
     h[49] = 0.8                          # a colour cut between frames 49 and 50
-    p[299], h[299] = 0.5, 0.12           # a same-palette cut: large pixel jump, modest histogram change
+    p[299], h[299] = 0.5, 0.06           # a same-palette cut: large pixel jump, small histogram change
+    p[350], h[350] = 0.5, 0.0            # an isolated pixel spike with no colour change at all: not a cut
     h[300] = 0.7                         # a second candidate 1 frame later: suppressed (min_shot_frames)
-    cuts = fast_cuts_from_scores(h, p, hist_threshold=0.25, hist_floor=0.08, ratio=3.0, pix_min=0.04,
+    cuts = fast_cuts_from_scores(h, p, hist_threshold=0.25, hist_floor=0.02, ratio=3.0, pix_min=0.04,
                                  window=12, min_shot_frames=6)
     assert cuts == [50, 300]  # the pixel jump at 299->300 is the stronger of the two candidates
 
@@ -137,3 +138,16 @@ def test_unknown_detector(corpus):
     root, _ = corpus
     with pytest.raises(ValueError):
         detect_shots(str(root / "single_shot.mp4"), detector="magic")
+
+
+def test_fast_finds_same_palette_and_equal_luma_cuts(tmp_path):
+    """Cuts a histogram alone misses (mirrored picture) and a grey-only detector misses (equal luma)."""
+    from curation.synth import make_synthetic_video
+
+    p = tmp_path / "hard.mp4"
+    cuts = make_synthetic_video(str(p), [(2.0, "testsrc2=s={s}:r={r}"), (2.0, "testsrc2=s={s}:r={r},hflip"),
+                                         (2.0, "color=c=0xFF0000:s={s}:r={r}"),  # red, Y ~ 76
+                                         (2.0, "color=c=0x008200:s={s}:r={r}")],  # green, Y ~ 76
+                                fps=25, size=(320, 180))
+    assert cuts == [50, 100, 150]
+    assert [s.start_frame for s in detect_shots(str(p))[1:]] == cuts
