@@ -84,6 +84,10 @@ class EvalSettings(ConfigurableResource):
     videomme_videos: Optional[str] = Field(default=None, description="video folder for the question file")
     videomme_subtitles: Optional[str] = Field(default=None, description="subtitle folder (<videoID>.srt)")
     num_frames: int = Field(default=8, description="frames per video for VideoMME and captioning")
+    videomme_max_new_tokens: int = Field(default=8, description="reply length budget for multiple choice")
+    videomme_scoring: str = Field(default="generate", description="generate (free-form reply, letter "
+                                  "extracted; the official protocol) or option_logits (highest letter logit)")
+    caption_max_new_tokens: int = Field(default=64, description="caption length budget")
     judge: str = Field(default="none", description="caption judge: none | local:PATH | openai:URL#MODEL")
     max_caption_videos: int = Field(default=4, description="videos captioned per run")
     regression_tolerance: float = Field(default=0.05, description="allowed drop of a headline metric")
@@ -343,7 +347,9 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
         t0 = time.perf_counter()
         try:
             res = run_videomme_benchmark(ckpt, questions, videos, out, subtitle_dir=subs,
-                                         num_frames=eval_settings.num_frames, progress=_progress(context))
+                                         num_frames=eval_settings.num_frames,
+                                         max_new_tokens=eval_settings.videomme_max_new_tokens,
+                                         scoring=eval_settings.videomme_scoring, progress=_progress(context))
         except InputError as exc:
             raise Failure(description=f"VideoMME evaluation failed on bad input: {exc}") from exc
         s = res.summary()
@@ -353,6 +359,7 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
             "no_answer": s["without_subtitles"]["overall"]["no_answer"],
             "errors": s["errors"],
             "inputs": source,
+            "scoring": res.scoring,
             "questions_path": MetadataValue.path(questions),
             "checkpoint_path": MetadataValue.path(ckpt),
             "table": MetadataValue.md(res.to_markdown()),
@@ -389,7 +396,9 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
         t0 = time.perf_counter()
         try:
             res = run_caption_benchmark(ckpt, items, out, judge=eval_settings.judge,
-                                        num_frames=eval_settings.num_frames, progress=_progress(context))
+                                        num_frames=eval_settings.num_frames,
+                                        max_new_tokens=eval_settings.caption_max_new_tokens,
+                                        progress=_progress(context))
         except InputError as exc:
             raise Failure(description=f"caption score failed on bad input: {exc}") from exc
         s = res.summary()

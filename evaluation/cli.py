@@ -79,6 +79,10 @@ def register(subparsers) -> None:
     v.add_argument("--subtitles", default=None, help="subtitle folder (<videoID>.srt)")
     v.add_argument("--num-frames", type=int, default=8)
     v.add_argument("--subtitle-mode", choices=["auto", "never", "always"], default="auto")
+    v.add_argument("--scoring", choices=["generate", "option_logits"], default="generate",
+                   help="generate: free-form reply + letter extraction (official); option_logits: letter "
+                        "with the highest first-token logit")
+    v.add_argument("--max-new-tokens", type=int, default=8)
     v.add_argument("--make-fixture", default=None, metavar="DIR",
                    help="generate a small VideoMME-format fixture in DIR and evaluate on it")
     v.set_defaults(func=cmd_videomme)
@@ -90,6 +94,7 @@ def register(subparsers) -> None:
     c.add_argument("--judge", default="none", help="none | local:PATH | openai:URL#MODEL")
     c.add_argument("--num-frames", type=int, default=8)
     c.add_argument("--retries", type=int, default=2)
+    c.add_argument("--max-new-tokens", type=int, default=64, help="caption length budget")
     c.add_argument("--make-fixture", default=None, metavar="DIR",
                    help="generate fixture videos and reference captions in DIR and evaluate on them")
     c.set_defaults(func=cmd_caption)
@@ -139,6 +144,7 @@ def cmd_videomme(args: argparse.Namespace) -> int:
     try:
         res = run_videomme_benchmark(args.checkpoint, questions, videos, out, subtitle_dir=subs,
                                      num_frames=args.num_frames, subtitles=args.subtitle_mode,
+                                     max_new_tokens=args.max_new_tokens, scoring=args.scoring,
                                      progress=_progress(args))
     except InputError as exc:
         print(f"error: {exc}")
@@ -167,7 +173,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     out = _out(args, "caption")
     try:
         res = run_caption_benchmark(args.checkpoint, refs, out, judge=args.judge, num_frames=args.num_frames,
-                                    retries=args.retries, video_dir=args.videos, progress=_progress(args))
+                                    retries=args.retries, video_dir=args.videos,
+                                    max_new_tokens=args.max_new_tokens, progress=_progress(args))
     except InputError as exc:
         print(f"error: {exc}")
         return 2

@@ -9,6 +9,8 @@
   and needs a single prefill, which is what the MM-SP sharded runner (`evaluation.sharded`) also
   computes, so both give the same decision.
 * `runner.target_logits(frames, prompt, target)`: the logits rows used above (for comparisons).
+* `runner.choice_scores(frames, prompt, letters)`: the logit of each option letter as the first reply
+  token (VideoMME `scoring="option_logits"`: multiple choice by likelihood, always yields a letter).
 
 `load_runner(checkpoint)` loads a checkpoint directory (or hub id) with
 `training.model.load_checkpoint`.
@@ -22,7 +24,7 @@ import torch
 
 from longvila.errors import InputError
 
-__all__ = ["ModelRunner", "load_runner", "build_inputs", "append_target"]
+__all__ = ["ModelRunner", "load_runner", "build_inputs", "append_target", "letter_scores"]
 
 VIDEO_TOKEN = "<video>"
 
@@ -94,6 +96,18 @@ class ModelRunner:
         return self.processor.decode(logits.argmax(-1).tolist(), skip_special_tokens=True)
 
     @torch.no_grad()
+    def next_token_logits(self, frames: Sequence[Any], prompt: str) -> torch.Tensor:
+        """[vocab] logits of the first reply token."""
+        batch = self._to(build_inputs(self.processor, frames, prompt))
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         pixel_values=batch["pixel_values"], logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+    def choice_scores(self, frames: Sequence[Any], prompt: str, letters: Sequence[str]) -> dict[str, float]:
+        """Logit of each option letter as the first reply token (multiple choice by likelihood)."""
+        return letter_scores(self.next_token_logits(frames, prompt), self.processor.tokenizer, letters)
+
+    @torch.no_grad()
     def generate_ids(self, frames: Sequence[Any], prompt: str, max_new_tokens: int) -> list[int]:
         """Greedy token ids after the prompt (no eos truncation)."""
         batch = self._to(build_inputs(self.processor, frames, prompt))
@@ -104,6 +118,16 @@ class ModelRunner:
             do_sample=False, pad_token_id=self.processor.pad_token_id,
         )
         return out[0, n:].tolist()
+
+
+def letter_scores(logits: torch.Tensor, tokenizer: Any, letters: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for letter in letters:
+        ids = tokenizer.encode(letter, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"option letter {letter!r} encodes to no token")
+        out[letter] = float(logits[ids[0]])
+    return out
 
 
 def load_runner(checkpoint: str, max_new_tokens: int = 16, device: str = "cpu") -> ModelRunner:

@@ -88,6 +88,13 @@ class ShardedRunner:
         logits = self.target_logits(frames, prompt, target)
         return self.processor.decode(logits.argmax(-1).tolist(), skip_special_tokens=True)
 
+    def choice_scores(self, frames: Sequence[Any], prompt: str, letters: Sequence[str]) -> dict[str, float]:
+        from .runner import letter_scores
+
+        batch = build_inputs(self.processor, frames, prompt)
+        row = self._rows(batch, [batch["input_ids"].shape[1] - 1])[0]
+        return letter_scores(row, self.processor.tokenizer, letters)
+
     def generate_ids(self, frames: Sequence[Any], prompt: str, max_new_tokens: int, stop_at_eos: bool = False) -> list[int]:
         """Greedy decoding by repeated sharded prefill (one prefill per new token)."""
         base = build_inputs(self.processor, frames, prompt)
@@ -168,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             frames = assemble_frames(haystack, needles[s.needle].image, s)
             logits = runner.target_logits(frames, niah_prompt(needles[s.needle].question), needles[s.needle].answer)
             gen = runner.generate_ids(frames, niah_prompt(needles[s.needle].question), 4)
+            choice = runner.choice_scores(frames, niah_prompt(needles[s.needle].question), ["A", "B", "C", "D"])
             if rank == 0:
-                torch.save({"logits": logits.cpu(), "generated": gen, "frame_count": s.frame_count}, args.dump_logits)
+                torch.save({"logits": logits.cpu(), "generated": gen, "choice": choice,
+                            "frame_count": s.frame_count}, args.dump_logits)
         result = run_niah(runner, haystack, cfg, progress=printer("[niah-sp] ") if rank == 0 else None)
         result.method = f"{result.method} (MM-SP sharded prefill, sp={world}: ulysses={ulysses} ring={args.ring})"
         result.config.update({"haystack_source": f"video:{args.video}", "checkpoint": args.checkpoint,

@@ -262,6 +262,7 @@ Answerer = Callable[[list, str], str]
 class VideoMMEResult:
     records: list[dict]
     modes: list[str] = field(default_factory=list)
+    scoring: str = "generate"
 
     def _acc(self, recs: Iterable[dict]) -> dict:
         recs = [r for r in recs if r.get("error") is None]
@@ -287,7 +288,8 @@ class VideoMMEResult:
         return [r for r in self.records if r.get("error")]
 
     def summary(self) -> dict:
-        out: dict[str, Any] = {"modes": self.modes, "errors": len({r["question_id"] for r in self.errors})}
+        out: dict[str, Any] = {"modes": self.modes, "scoring": self.scoring,
+                               "errors": len({r["question_id"] for r in self.errors})}
         for mode in self.modes:
             recs = [r for r in self.records if r["mode"] == mode]
             out[mode] = {
@@ -327,14 +329,22 @@ def evaluate_videomme(
     frame_size: int | None = None,
     subtitles: str = "auto",
     strict: bool = False,
+    scoring: str = "generate",
     progress: ProgressFn | None = None,
 ) -> VideoMMEResult:
     """Ask `answerer(frames, prompt) -> reply` every question; frames are sampled once per video.
 
     subtitles: "auto" (with-subtitles pass too when any question has subtitles), "never", "always".
+    scoring: "generate" (the official protocol: free-form reply, letter extracted) or "option_logits"
+    (the answerer's `choice_scores(frames, prompt, letters)`: the letter with the highest first-token
+    logit; always answers, so a random model scores near chance instead of near zero).
     A missing or undecodable video fails its own questions (recorded with `error`, excluded from the
     accuracy and counted in summary["errors"]) unless `strict`, which raises.
     """
+    if scoring not in ("generate", "option_logits"):
+        raise ValueError(f"scoring must be generate/option_logits, got {scoring!r}")
+    if scoring == "option_logits" and not hasattr(answerer, "choice_scores"):
+        raise TypeError("scoring='option_logits' needs an answerer with choice_scores(frames, prompt, letters)")
     if subtitles not in ("auto", "never", "always"):
         raise ValueError(f"subtitles must be auto/never/always, got {subtitles!r}")
     has_subs = any(q.subtitles for q in questions)
@@ -372,14 +382,20 @@ def evaluate_videomme(
                 }
                 if frames is not None:
                     prompt = videomme_prompt(q, with_subtitles=(mode == "with_subtitles"))
-                    reply = answerer(frames, prompt)
-                    rec["reply"] = reply
-                    rec["predicted"] = extract_choice(reply, q.options)
+                    if scoring == "option_logits":
+                        scores = answerer.choice_scores(frames, prompt, q.letters)
+                        rec["scores"] = scores
+                        rec["reply"] = max(scores, key=scores.get)
+                        rec["predicted"] = rec["reply"]
+                    else:
+                        reply = answerer(frames, prompt)
+                        rec["reply"] = reply
+                        rec["predicted"] = extract_choice(reply, q.options)
                     rec["correct"] = rec["predicted"] == q.answer
                 records.append(rec)
                 done += 1
                 tick(done, total, f"videomme {q.question_id} ({mode})")
-    return VideoMMEResult(records=records, modes=modes)
+    return VideoMMEResult(records=records, modes=modes, scoring=scoring)
 
 
 def write_videomme_outputs(result: VideoMMEResult, out_dir: str) -> dict[str, str]:

@@ -56,6 +56,8 @@ def test_world2_matches_world1(smoke_checkpoint, smoke_runner, haystack_video, t
     assert dumped["frame_count"] == 9 and dumped["logits"].shape == ref.shape
     torch.testing.assert_close(dumped["logits"], ref, atol=2e-4, rtol=1e-4)
     assert dumped["generated"] == smoke_runner.generate_ids(frames, prompt, 4)
+    ref_choice = smoke_runner.choice_scores(frames, prompt, ["A", "B", "C", "D"])
+    assert dumped["choice"] == pytest.approx(ref_choice, abs=2e-4)
 
 
 def test_launcher_rejects_a_bad_haystack_before_launching(smoke_checkpoint, tmp_path):

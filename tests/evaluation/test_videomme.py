@@ -178,3 +178,18 @@ def test_smoke_checkpoint_end_to_end(smoke_checkpoint, videomme_fixture, tmp_pat
     assert saved["summary"]["without_subtitles"]["overall"]["total"] == 9
     assert "| duration |" in (tmp_path / "out" / "summary.md").read_text()
     assert leftovers(tmp_path) == []
+
+
+def test_option_logit_scoring_always_answers(smoke_runner, videomme_fixture):
+    fx = videomme_fixture
+    qs = load_questions(fx["parquet"])
+    res = evaluate_videomme(smoke_runner, qs, fx["video_dir"], num_frames=2, scoring="option_logits")
+    assert res.scoring == "option_logits" and res.summary()["scoring"] == "option_logits"
+    for r in res.records:
+        assert r["predicted"] in ("A", "B", "C", "D") and set(r["scores"]) == {"A", "B", "C", "D"}
+        assert r["predicted"] == max(r["scores"], key=r["scores"].get)
+    assert res.summary()["without_subtitles"]["overall"]["no_answer"] == 0
+    with pytest.raises(TypeError):
+        evaluate_videomme(fixture_oracle, qs, fx["video_dir"], scoring="option_logits")
+    with pytest.raises(ValueError):
+        evaluate_videomme(fixture_oracle, qs, fx["video_dir"], scoring="vibes")
