@@ -2,10 +2,11 @@
 
 Decoding strategy (``decode_frames_at``): demux once to get the presentation-order index and the
 keyframes, then walk the sorted target frames with one threaded PyAV decoder. For each target the
-decoder either keeps decoding forward (when the target is in the GOP being decoded or the next one) or
-seeks to the keyframe at or before the target when that keyframe lies ahead of the current position.
-So no frame is ever decoded twice, nothing after the last target is decoded, and GOPs that contain
-no target are skipped entirely. Only the selected frames are converted to RGB, and the conversion is
+decoder either keeps decoding forward or, when the keyframe at or before the target lies more than
+``SEEK_MIN_GAP`` frames ahead of the current position, seeks to that keyframe. So no frame is ever
+decoded twice, nothing after the last target is decoded, and GOPs that contain no target are skipped
+entirely. Inside the decoded stretches, non-reference frames (most B-frames) that are not targets are
+not decoded at all (``skip_frame=NONREF`` per packet; targets and every frame they depend on are). Only the selected frames are converted to RGB, and the conversion is
 fused with the resize (swscale), at the target size.
 
 Resize policy: **aspect-preserving resize so that the longer side equals ``size``, then pad to a
@@ -39,14 +40,28 @@ def code_version(**opts) -> str:
     return CODE_VERSION + (":" + ",".join(f"{k}={opts[k]}" for k in sorted(opts)) if opts else "")
 
 
+def _decode_packets(container, stream, target_pts: set, skip_nonref: bool):
+    """Decode packet by packet; non-reference frames that are not targets are not decoded at all.
+
+    ``skip_frame = NONREF`` is set per packet (frame-threaded decoders copy it at submission), so a
+    target is always decoded, and so is every frame other frames depend on.
+    """
+    cc = stream.codec_context
+    for pkt in container.demux(stream):
+        if skip_nonref:
+            cc.skip_frame = "DEFAULT" if (pkt.pts is None or pkt.pts in target_pts) else "NONREF"
+        yield from cc.decode(pkt)
+
+
 def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, seek: bool = True,
-                     min_seek_gap: int | None = None) -> Iterator[tuple[int, float, object]]:
+                     min_seek_gap: int | None = None, skip_nonref: bool = True) -> Iterator[tuple[int, float, object]]:
     """Yield ``(frame_number, pts_s, av.VideoFrame)`` for each requested frame, in increasing order.
 
     Duplicates are removed and numbers outside ``[0, frame_count)`` ignored. A requested frame that
     cannot be decoded (corrupt packets) is replaced by the next decodable frame (its true number is
     yielded). Raises VideoError when nothing can be decoded. ``seek=False`` decodes sequentially from
-    the start; ``min_seek_gap`` (default SEEK_MIN_GAP) is the number of frames a seek must skip.
+    the start; ``min_seek_gap`` (default SEEK_MIN_GAP) is the number of frames a seek must skip;
+    ``skip_nonref`` skips decoding the non-reference frames (most B-frames) that are not requested.
     """
     import av
 
@@ -57,6 +72,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
         return
     times = idx.times()
     pts_to_num = {int(p): i for i, p in enumerate(idx.pts)}
+    target_pts = {int(idx.pts[t]) for t in targets}
     keyframes = idx.keyframe_numbers()
     if len(keyframes) == 0 or keyframes[0] != 0:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
@@ -65,7 +81,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
     yielded = 0
     try:
         pos = -1  # frame number of the last decoded frame
-        frames = container.decode(stream)
+        frames = _decode_packets(container, stream, target_pts, skip_nonref)
         ti = 0
         while ti < len(targets):
             t = targets[ti]
@@ -74,15 +90,15 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
                 # seek only when it skips enough frames to pay for flushing the threaded decoder
                 if kf > 0 and kf - (pos + 1) > gap:
                     container.seek(int(idx.pts[kf]), stream=stream, backward=True, any_frame=False)
-                    frames = container.decode(stream)
+                    frames = _decode_packets(container, stream, target_pts, skip_nonref)
                     pos = kf - 1  # nothing before kf will be used
             got = None
             try:
                 for fr in frames:
                     num = pts_to_num.get(fr.pts) if fr.pts is not None else None
                     if num is None:
-                        if seek:
-                            # a frame we cannot place: restart without seeking from the beginning
+                        if seek or skip_nonref:
+                            # a frame we cannot place: restart, counting every decoded frame
                             raise _NoPts()
                         num = pos + 1
                     if num < pos + 1 and seek:
@@ -104,7 +120,8 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
                 ti += 1
     except _NoPts:
         container.close()
-        yield from decode_frames_at(path, [t for t in targets if t > pos], index=idx, seek=False)
+        yield from decode_frames_at(path, [t for t in targets if t > pos], index=idx, seek=False,
+                                    skip_nonref=False)
         return
     finally:
         container.close()

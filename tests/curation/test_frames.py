@@ -63,10 +63,11 @@ def test_sampled_frames_match_sequential_decode(gop_video):
     seek = {n: f.to_ndarray(format="gray") for n, _, f in decode_frames_at(str(path), targets, index=idx,
                                                                            min_seek_gap=0)}
     seq = {n: f.to_ndarray(format="gray") for n, _, f in decode_frames_at(str(path), targets, index=idx,
-                                                                          seek=False)}
-    assert sorted(seek) == targets == sorted(seq)
+                                                                          seek=False, skip_nonref=False)}
+    default = {n: f.to_ndarray(format="gray") for n, _, f in decode_frames_at(str(path), targets, index=idx)}
+    assert sorted(seek) == targets == sorted(seq) == sorted(default)
     for n in targets:
-        assert np.array_equal(seek[n], seq[n]), n
+        assert np.array_equal(seek[n], seq[n]) and np.array_equal(default[n], seq[n]), n
 
 
 def test_sample_video_frames_counts(corpus):
