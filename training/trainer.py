@@ -82,6 +82,17 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def die_with_parent() -> None:
+    """Under torchrun: SIGKILL this rank if the torchrun agent dies (no orphaned ranks)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        from .launch import set_parent_death_signal
+
+        ppid = os.getppid()
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != ppid:
+            os._exit(137)
+
+
 def init_distributed() -> torch.device:
     """Initialise torch.distributed from torchrun's environment (gloo on CPU, nccl on GPU)."""
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 0 and not dist.is_initialized():
@@ -274,6 +285,7 @@ def load_stage_records(args: TrainArgs, stage, log: Log) -> tuple[list[dict], li
 def train(args: TrainArgs) -> dict:
     """Train one stage (or the smoke batches without a recipe); returns a result dict (rank 0 writes
     it to <output_dir>/result.json)."""
+    die_with_parent()
     device = init_distributed()
     rank, world = _rank(), _world()
     if args.num_threads:

@@ -51,9 +51,10 @@ def clip_caption_map(table: pa.Table, source: str) -> dict[int, str]:
     """clip index -> caption text (empty / missing captions skipped)."""
     ci = _col(table, ("clip_index", "index", "clip"), source)
     cc = _col(table, ("caption", "text", "clip_caption"), source)
+    ok = table.column("ok").to_pylist() if "ok" in table.column_names else [True] * table.num_rows
     out = {}
-    for i, c in zip(table.column(ci).to_pylist(), table.column(cc).to_pylist()):
-        if isinstance(c, str) and c.strip():
+    for i, c, good in zip(table.column(ci).to_pylist(), table.column(cc).to_pylist(), ok):
+        if good and isinstance(c, str) and c.strip():
             out[int(i)] = c.strip()
     return out
 

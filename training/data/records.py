@@ -156,8 +156,57 @@ def _records_from_webdataset(path: str, kind: str) -> list[dict]:
     return out
 
 
+def _frames_of(url: str, cache: dict) -> list[bytes]:
+    """All JPEG frames of a `video_frames` Parquet file (VIDEO_FRAMES schema), in frame order."""
+    if url not in cache:
+        if not lio.exists(url):
+            raise InputError(url, "frames file referenced by the dataset does not exist")
+        t = lio.read_parquet(url, columns=["frame_number", "jpeg"])
+        order = sorted(range(t.num_rows), key=lambda i: t.column("frame_number")[i].as_py())
+        jp = t.column("jpeg").to_pylist()
+        cache[url] = [jp[i] for i in order]
+    return cache[url]
+
+
+def _records_from_llava_jsonl(ds_dir: str, manifest: dict, kind: str) -> list[dict]:
+    """The curated long-video SFT dataset (curation.captioning.dataset): manifest.json + records-<hash>.jsonl
+    whose records reference the whole video's frames (`frames.path`, a video_frames Parquet file)."""
+    import hashlib
+
+    rurl = lio.join(ds_dir, manifest["records"])
+    if not lio.exists(rurl):
+        raise InputError(rurl, "records file named by the manifest is missing")
+    body = lio.read_bytes(rurl)
+    if manifest.get("sha256") and hashlib.sha256(body).hexdigest() != manifest["sha256"]:
+        raise InputError(rurl, "records file does not match the manifest's sha256")
+    storage = ds_dir.rstrip("/").rsplit("/", 2)[0]
+    cache: dict = {}
+    out = []
+    for i, line in enumerate(body.decode("utf-8").splitlines()):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        fr = r.get("frames") or {}
+        frames: list[bytes] = []
+        if fr.get("path"):
+            url = fr["path"]
+            if not (lio.is_remote(url) or url.startswith("/")):
+                url = lio.join(storage, url)
+            frames = _frames_of(url, cache)
+        out.append({
+            "sample_id": str(r.get("id") or f"{r.get('video_key', 'rec')}-{i:05d}"),
+            "kind": kind,
+            "video_key": str(r.get("video_key") or ""),
+            "conversations": _norm_conversations(r["conversations"], f"{rurl} line {i + 1}"),
+            "frames": frames,
+            "meta": json.dumps({k: r.get(k) for k in ("question_type", "video") if k in r}, sort_keys=True),
+        })
+    return out
+
+
 def read_records(path: str, kind: str = "external") -> list[dict]:
-    """Records of a stage dataset directory, a Parquet file, or a webdataset .tar shard (local or URL)."""
+    """Records of a stage dataset directory, the curated long-video SFT dataset directory, a Parquet
+    file, or a webdataset .tar shard (local or URL)."""
     p = str(path)
     if p.endswith(".tar"):
         return _records_from_webdataset(p, kind)
@@ -166,6 +215,11 @@ def read_records(path: str, kind: str = "external") -> list[dict]:
             raise InputError(p, "no such Parquet file")
         return _records_from_table(lio.read_parquet(p), p, kind)
     # a directory: our own stage dataset layout, or a folder of parquet / tar shards
+    mf = lio.join(p, MANIFEST_FILE)
+    if lio.exists(mf):
+        manifest = lio.read_json(mf)
+        if manifest.get("format") == "llava-conversations-jsonl":
+            return _records_from_llava_jsonl(p, manifest, kind)
     sp = lio.join(p, SAMPLES_FILE)
     if lio.exists(sp):
         return _records_from_table(lio.read_parquet(sp), sp, kind)

@@ -1,0 +1,314 @@
+"""Training assets (group ``training``): one dataset and one checkpoint asset per LongVILA stage.
+
+    clip_captions, clip_frames (all videos) ─> stage1_dataset ─> stage1_alignment
+    clip_captions, clip_frames (all videos) ─> stage2_dataset ─> stage2_pretraining  (after stage 1)
+    clip_captions, clip_frames (all videos) ─> stage3_dataset ─> stage3_short_sft    (after stage 2)
+    (generated passkey set)                 ─> stage4_dataset ─> stage4_context_extension (after 3)
+    long_video_sft_dataset                                    ─> stage5_long_sft     (after 4)
+    stage5_long_sft ─> training_lineage_report (markdown: raw videos -> datasets -> checkpoints)
+
+Each stage asset launches ``torchrun -m training.train`` through Dagster Pipes (the launcher is the
+``training_launcher`` resource: a local subprocess by default, Kubernetes via ``PipesK8sClient`` when
+configured). Only rank 0 opens the Pipes context; it streams the logs and reports final loss, tokens/s,
+the loss curve (PNG, inline markdown) and the checkpoint's content hash as the data version. The run
+always passes ``--resume``: a re-run after a cancelled/failed one continues from the last checkpoint
+whose configuration fingerprint matches. ``forward_termination=True`` plus parent-death signals
+(training.launch) guarantee that no rank outlives a cancelled run.
+
+Configuration (fixed when the Definitions load, since it decides code versions):
+
+| env var | default | meaning |
+|---|---|---|
+| LONGVILA_RECIPE | smoke | recipe name or path (training/recipes/*.yaml) |
+
+``training_launcher`` resource fields: see `TrainingLauncher`.
+"""
+
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from dagster import (
+    AllPartitionMapping,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    ConfigurableResource,
+    DataVersion,
+    Definitions,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    PipesSubprocessClient,
+    asset,
+)
+from pydantic import Field
+
+from longvila import io as lio
+from longvila import layout
+from longvila.errors import InputError
+from orchestration.partitions import videos
+from orchestration.resources import LakeResource
+from training.data.build import BUILD_VERSION, build_stage_dataset
+from training.recipes import STAGE_NAMES, Recipe, load_recipe
+from training.trainer import TRAINER_VERSION
+
+GROUP = "training"
+CLIP_CAPTIONS = AssetKey("clip_captions")
+CLIP_FRAMES = AssetKey("clip_frames")
+LONG_VIDEO_SFT = AssetKey("long_video_sft_dataset")
+STAGE_KEYS = [AssetKey(n) for n in STAGE_NAMES]
+DATASET_KEYS = {1: AssetKey("stage1_dataset"), 2: AssetKey("stage2_dataset"), 3: AssetKey("stage3_dataset"),
+                4: AssetKey("stage4_dataset"), 5: LONG_VIDEO_SFT}
+LINEAGE_REPORT = AssetKey("training_lineage_report")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class TrainingLauncher(ConfigurableResource):
+    """How the stage assets launch ``torchrun -m training.train`` (Dagster Pipes).
+
+    backend ``subprocess`` (default): ``python -m training.launch`` (torchrun that dies with its
+    launcher) on this machine via ``PipesSubprocessClient(forward_termination=True)``.
+    backend ``k8s``: one pod per stage via ``dagster_k8s.PipesK8sClient`` (install
+    ``dagster-k8s==0.29.*``; imported lazily). The pod runs ``k8s_image`` (this repository installed),
+    ``torchrun --nproc-per-node <gpus>`` on one node with ``k8s_gpus`` GPUs (nccl, bf16); the storage
+    root and checkpoint root must then be shared (``s3://`` lake, or a PVC mounted at the same path via
+    ``k8s_base_pod_spec``). UNTESTED here (no cluster); multi-node stages need a rendezvous (e.g. the
+    Kubeflow PyTorchJob operator) and are not wired.
+    """
+
+    backend: str = Field(default="subprocess", description="subprocess | k8s")
+    nproc_per_node: Optional[int] = Field(default=None, description="ranks per stage; default: the stage's SP degree "
+                                                                    "(data parallel = nproc / SP)")
+    max_steps: Optional[int] = Field(default=None, description="override the recipe's steps per stage (demos/tests)")
+    num_threads: Optional[int] = Field(default=None, description="torch threads per rank (CPU)")
+    checkpoint_every: Optional[int] = Field(default=None, description="override the recipe's checkpoint interval")
+    checkpoint_root: Optional[str] = Field(default=None, description="local directory for stage checkpoints; "
+                                                                     "default: <storage>/checkpoints when local")
+    extra_env: dict[str, str] = Field(default_factory=dict, description="environment for the ranks")
+    k8s_image: Optional[str] = Field(default=None, description="container image (k8s backend)")
+    k8s_namespace: Optional[str] = Field(default=None, description="namespace (k8s backend)")
+    k8s_gpus: int = Field(default=8, description="GPUs of the pod = ranks (k8s backend)")
+    k8s_base_pod_spec: Optional[dict[str, Any]] = Field(default=None, description="merged into the pod spec")
+
+    def ckpt_root(self, lake: LakeResource) -> str:
+        if self.checkpoint_root:
+            return self.checkpoint_root
+        st = lake.storage_root
+        if lio.is_remote(st):
+            return str(Path(os.environ.get("LONGVILA_ROOT", os.getcwd())) / "data" / "checkpoints")
+        return layout.join(st, "checkpoints")
+
+    def run(self, context: AssetExecutionContext, train_args: list[str], nproc: int) -> MaterializeResult:
+        if self.backend == "subprocess":
+            cmd = [sys.executable, "-m", "training.launch", "--standalone", "--nproc-per-node", str(nproc),
+                   "-m", "training.train", *train_args]
+            env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
+            if self.num_threads:
+                env["OMP_NUM_THREADS"] = str(self.num_threads)
+            pp = os.environ.get("PYTHONPATH", "")
+            env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
+            context.log.info("launching: " + " ".join(cmd))
+            client = PipesSubprocessClient(forward_termination=True, cwd=str(REPO_ROOT))
+            return client.run(context=context, command=cmd, env=env).get_materialize_result()
+        if self.backend == "k8s":
+            try:
+                from dagster_k8s import PipesK8sClient  # noqa: PLC0415 - optional dependency
+            except ImportError as e:
+                raise Failure("backend k8s needs dagster-k8s (pip install 'dagster-k8s==0.29.*')") from e
+            if not self.k8s_image:
+                raise Failure("backend k8s needs k8s_image")
+            cmd = ["torchrun", "--standalone", "--nproc-per-node", str(self.k8s_gpus), "-m", "training.train",
+                   *train_args]
+            spec = dict(self.k8s_base_pod_spec or {})
+            spec.setdefault("containers", [{"name": "trainer",
+                                            "resources": {"limits": {"nvidia.com/gpu": self.k8s_gpus}}}])
+            return PipesK8sClient().run(
+                context=context, image=self.k8s_image, command=cmd, namespace=self.k8s_namespace,
+                base_pod_spec=spec, env=dict(self.extra_env),
+            ).get_materialize_result()
+        raise Failure(f"unknown training_launcher backend {self.backend!r} (subprocess | k8s)")
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def recipe_from_env() -> Recipe:
+    return load_recipe(os.environ.get("LONGVILA_RECIPE", "smoke"))
+
+
+def _latest_record(instance, key: AssetKey, partition: Optional[str] = None):
+    recs = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
+    return recs[0] if recs else None
+
+
+def _data_version(record) -> Optional[str]:
+    if record is None:
+        return None
+    return (record.asset_materialization.tags or {}).get("dagster/data_version")
+
+
+def dataset_dir_for(storage: str, stage_index: int) -> str:
+    if stage_index == 5:
+        return layout.dataset_dir(storage, "long_video_sft")
+    return layout.dataset_dir(storage, f"stage{stage_index}_dataset")
+
+
+def _md_table(rows: list[dict], limit: int = 10) -> str:
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows[:limit]:
+        out.append("| " + " | ".join(str(r.get(c, ""))[:64] for c in cols) + " |")
+    if len(rows) > limit:
+        out.append(f"| ... {len(rows) - limit} more |" + " |" * (len(cols) - 1))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------- assets
+
+
+def _dataset_asset(recipe: Recipe, n: int):
+    stage = recipe.stage(n)
+    kind = stage.data.kind
+    caption_kinds = ("captions", "caption_and_qa")
+    deps = ([AssetDep(CLIP_CAPTIONS, partition_mapping=AllPartitionMapping()),
+             AssetDep(CLIP_FRAMES, partition_mapping=AllPartitionMapping())] if kind in caption_kinds else [])
+    data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
+                         sort_keys=True, default=str)
+    import hashlib
+
+    cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
+
+    @asset(key=DATASET_KEYS[n], deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
+           description=f"Stage-{n} dataset ({kind}) of recipe {recipe.name}: samples.parquet + manifest.json "
+                       f"under datasets/stage{n}_dataset/.")
+    def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        storage = lake.storage_root
+        keys: list[str] = []
+        versions: dict[str, dict] = {}
+        if kind in caption_kinds:
+            keys = sorted(context.instance.get_dynamic_partitions(videos.name))
+            for k in keys:
+                versions[k] = {
+                    "clip_captions_data_version": _data_version(_latest_record(context.instance, CLIP_CAPTIONS, k)),
+                    "clip_frames_data_version": _data_version(_latest_record(context.instance, CLIP_FRAMES, k)),
+                }
+        t0 = time.perf_counter()
+        out = dataset_dir_for(storage, n)
+        try:
+            manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
+                                           versions=versions, log=context.log.info)
+        except InputError as e:
+            raise Failure(str(e), metadata={"videos": len(keys)}) from e
+        inputs = manifest.get("inputs", [])
+        return MaterializeResult(
+            data_version=DataVersion(manifest["content_hash"]),
+            metadata={
+                "path": MetadataValue.path(out),
+                "num_samples": manifest["num_samples"],
+                "num_videos": len(manifest.get("video_keys", [])),
+                "kind": kind,
+                "manifest": MetadataValue.json(manifest),
+                "inputs": MetadataValue.md(_md_table(inputs)),
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+        )
+
+    return _ds
+
+
+def _stage_asset(recipe: Recipe, n: int):
+    stage = recipe.stage(n)
+    deps = [DATASET_KEYS[n]] + ([STAGE_KEYS[n - 2]] if n > 1 else [])
+
+    @asset(key=STAGE_KEYS[n - 1], deps=deps, group_name=GROUP, pool="training",
+           code_version=f"{TRAINER_VERSION}:{recipe.name}:{recipe.stage_fingerprint(n)}", kinds={"pytorch"},
+           description=f"Stage {n} ({stage.name}) of recipe {recipe.name}: trains {list(stage.trainable)}"
+                       f"{' with LoRA' if stage.lora else ''} at max length {stage.max_length}, "
+                       f"{stage.num_frames} frames, SP {stage.ulysses_degree}x{stage.ring_degree}; "
+                       "the checkpoint's content hash is the data version.")
+    def _st(context: AssetExecutionContext, lake: LakeResource, training_launcher: TrainingLauncher) -> MaterializeResult:
+        storage = lake.storage_root
+        root = training_launcher.ckpt_root(lake)
+        out_dir = layout.join(root, stage.name)
+        data_dir = dataset_dir_for(storage, n)
+        if not lio.exists(lio.join(data_dir, "manifest.json")):
+            raise Failure(f"{data_dir}: stage-{n} dataset not materialised")
+        args = ["--recipe", recipe.source or recipe.name, "--stage", stage.name, "--data", data_dir,
+                "--output-dir", out_dir, "--metrics-out", layout.join(out_dir, "metrics.jsonl"),
+                "--seed", str(recipe.seed), "--resume"]
+        if n > 1:
+            prev = layout.join(root, STAGE_NAMES[n - 2], "final")
+            if not Path(prev).exists():
+                raise Failure(f"{prev}: the previous stage's checkpoint is missing; materialise {STAGE_NAMES[n - 2]}")
+            args += ["--init-from", prev]
+        else:
+            args += ["--profile", recipe.model_profile]
+        if training_launcher.max_steps:
+            args += ["--max-steps", str(training_launcher.max_steps)]
+        if training_launcher.checkpoint_every is not None:
+            args += ["--checkpoint-every", str(training_launcher.checkpoint_every)]
+        if training_launcher.num_threads:
+            args += ["--num-threads", str(training_launcher.num_threads)]
+        nproc = training_launcher.nproc_per_node or stage.sp_degree
+        res = training_launcher.run(context, args, nproc)
+        md = dict(res.metadata or {})
+        md["recipe"] = recipe.name
+        md["stage_config"] = MetadataValue.json({"trainable": list(stage.trainable), "max_length": stage.max_length,
+                                                 "num_frames": stage.num_frames, "lora": bool(stage.lora),
+                                                 "sp": [stage.ulysses_degree, stage.ring_degree],
+                                                 "rope_theta": [p.rope_theta for p in stage.phases] or stage.rope_theta})
+        md["dataset"] = MetadataValue.path(data_dir)
+        return MaterializeResult(metadata=md, data_version=res.data_version)
+
+    return _st
+
+
+@asset(key=LINEAGE_REPORT, deps=[STAGE_KEYS[-1]], group_name=GROUP, code_version="lineage-report-v1",
+       kinds={"markdown"},
+       description="Lineage audit of the final checkpoint: every raw video (key, sha256), dataset manifest, "
+                   "code version and stage checkpoint hash it derives from (also: `longvila lineage`).")
+def training_lineage_report(context: AssetExecutionContext) -> MaterializeResult:
+    from orchestration.lineage import lineage, to_markdown
+
+    rep = lineage(context.instance, STAGE_NAMES[-1])
+    md = to_markdown(rep)
+    return MaterializeResult(
+        data_version=DataVersion(__import__("hashlib").sha256(md.encode()).hexdigest()),
+        metadata={"report": MetadataValue.md(md), "raw_videos": len(rep["raw_videos"]),
+                  "steps": len(rep["nodes"])},
+    )
+
+
+def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
+    recipe = recipe or recipe_from_env()
+    assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
+    assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
+    assets_.append(training_lineage_report)
+    return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
+
+
+defs = build_training_defs()
+
+
+def demo_summary(instance) -> list[str]:
+    lines = []
+    for key in STAGE_KEYS:
+        rec = _latest_record(instance, key)
+        if rec is None:
+            lines.append(f"{key.to_user_string()}: not materialised")
+            continue
+        md = rec.asset_materialization.metadata
+        fl = md.get("final_loss")
+        tps = md.get("tokens_per_s")
+        lines.append(f"{key.to_user_string()}: final loss {getattr(fl, 'value', fl):.4f}, "
+                     f"{getattr(tps, 'value', tps):.0f} tokens/s, checkpoint {(_data_version(rec) or '')[:12]}")
+    return lines
