@@ -15,8 +15,12 @@ before answering, `error` answers HTTP `status`, `garbage` answers a non-JSON bo
 and `reply` replace the model's text with unparseable JSON or with `text` (e.g. a reply in another
 language or one that breaks the schema), for the next N requests.
 
-Why not `transformers serve`: it needs extra packages that are not installed here (fastapi,
-openai, ...), does not apply `response_format` json schemas, and has no fault injection for tests.
+Why not `transformers serve` (checked with transformers 5.24): it needs the `serving` extra
+(fastapi, openai, ...; pip-installable), and its chat-completions handler rejects requests that carry
+`response_format` (listed in `UNUSED_CHAT_COMPLETION_FIELDS` in
+`transformers/cli/serving/chat_completion.py`), so it cannot serve schema-constrained replies; it also
+has no fault injection for tests. The client (`openai_http.OpenAIChatBackend`) works against any
+server that implements the API, vLLM and SGLang included.
 """
 
 from __future__ import annotations
