@@ -195,6 +195,8 @@ def _summary_text(obj: Any) -> Optional[str]:
     if isinstance(obj, str):
         return obj
     if isinstance(obj, dict):
+        if obj.get("ok") is False:  # a failed summary record of the captioning pipeline
+            return None
         for k in ("summary", "caption", "text", "description"):
             if isinstance(obj.get(k), str) and obj[k].strip():
                 return obj[k]

@@ -410,13 +410,12 @@ def make_judge(spec: str | None) -> tuple[Any | None, str]:
 
         return LocalChatBackend(rest, kind="llm"), f"local:{rest}"
     if kind == "openai" and rest:
-        import importlib
-        import os
+        from curation.captioning.openai_http import OpenAIChatBackend
 
         url, _, model = rest.partition("#")
-        mod = importlib.import_module("curation.captioning.openai_compat")
-        cls = getattr(mod, "OpenAIChatBackend")
-        return cls(base_url=url, model=model or "default", api_key=os.environ.get("OPENAI_API_KEY")), spec
+        if not model:
+            raise ValueError(f"judge spec {spec!r} names no model: use openai:URL#MODEL")
+        return OpenAIChatBackend(url, model, api_key_env="OPENAI_API_KEY"), spec
     raise ValueError(f"judge spec must be none, local:PATH or openai:URL#MODEL, got {spec!r}")
 
 
