@@ -121,6 +121,36 @@ def test_registered_attention_world1_identical_to_sdpa(arch, mmsp_name):
         assert rel(model(input_ids=ids, position_ids=pos).logits[0, 8:], doc1) > 1e-3
 
 
+def test_batch_context_nesting_and_validation():
+    from training.sp.attention import current_batch_context
+
+    assert current_batch_context() is None
+    seg = torch.zeros(1, 4, dtype=torch.long)
+    with sp_batch_context(seg, groups=None) as outer:
+        with sp_batch_context(None, groups=None, causal=False) as inner:
+            assert current_batch_context() is inner
+        assert current_batch_context() is outer
+    assert current_batch_context() is None
+    with pytest.raises(ValueError, match="batch, local_seq"):
+        with sp_batch_context(torch.zeros(4, dtype=torch.long)):
+            pass
+    with pytest.raises(ValueError, match="unknown"):
+        with sp_batch_context(None, mode="stripe"):
+            pass
+
+
+def test_unsupported_features_fail_loudly(mmsp_name):
+    from training.sp.attention import mmsp_attention_forward
+
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="dropout"):
+        mmsp_attention_forward(None, q, q, q, None, dropout=0.1)
+    with pytest.raises(NotImplementedError, match="sliding-window"):
+        mmsp_attention_forward(None, q, q, q, None, sliding_window=2)
+    with pytest.raises(ValueError, match="2-D padding mask"):
+        mmsp_attention_forward(None, q, q, q, torch.ones(1, 1, 4, 4, dtype=torch.bool))
+
+
 def test_registered_attention_generate(mmsp_name):
     """Decoding with a KV cache (query shorter than keys) in one process gives sdpa's greedy tokens."""
     ref = tiny_llm("qwen2", attn="sdpa", initializer_range=0.3)

@@ -130,13 +130,14 @@ def sp_attention(
 
 
 # --------------------------------------------------------------------------- transformers integration
-_STATE = threading.local()
+# Process-wide (not thread-local): autograd may run recomputation (activation checkpointing) on another
+# thread. With activation checkpointing keep the context open across backward as well.
+_STACK: list = []
+_LOCK = threading.Lock()
 
 
 def _ctx_stack() -> list:
-    if not hasattr(_STATE, "stack"):
-        _STATE.stack = []
-    return _STATE.stack
+    return _STACK
 
 
 _UNSET: Any = object()
@@ -148,20 +149,27 @@ def sp_batch_context(
     segment_ids_local: torch.Tensor | None = None, *, groups: SPGroups | None = _UNSET, mode: str = "auto",
     causal: bool | None = None,
 ) -> Iterator[dict]:
-    """Per-forward context read by the registered ``mmsp`` attention function.
+    """Per-forward context read by the registered ``mmsp`` attention function (process-wide, innermost wins).
+
+    Open it around the model call on local shards; with activation checkpointing, keep it open around the
+    backward pass too (recomputed attention reads it again).
 
     segment_ids_local: [B, S_local] document ids of this rank's tokens (negative = padding), or None (one
     document per row; a 2-D ``attention_mask`` passed to the model is then used for padding).
     groups: SP groups to use (default: :func:`training.sp.groups.get_sp_groups`; ``None`` = no SP).
     mode: attention mode (see :func:`sp_attention`). causal: override the module's ``is_causal``.
     """
+    if segment_ids_local is not None and segment_ids_local.dim() != 2:
+        raise ValueError(f"segment_ids_local must be [batch, local_seq], got shape {tuple(segment_ids_local.shape)}")
+    layout_scheme(mode)
     entry = {"segment_ids": segment_ids_local, "groups": groups, "mode": mode, "causal": causal}
-    stack = _ctx_stack()
-    stack.append(entry)
+    with _LOCK:
+        _STACK.append(entry)
     try:
         yield entry
     finally:
-        stack.pop()
+        with _LOCK:
+            _STACK.remove(entry)
 
 
 def current_batch_context() -> dict | None:
@@ -174,6 +182,10 @@ def mmsp_attention_forward(module, query, key, value, attention_mask, scaling=No
     (attn_output [B, S, Hq, D], None)."""
     if dropout and dropout > 0:
         raise ValueError("mmsp attention does not implement attention dropout (set attention_dropout=0)")
+    if kwargs.get("sliding_window") is not None:
+        raise NotImplementedError("mmsp attention does not implement sliding-window attention (use_sliding_window=False)")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("mmsp attention does not implement attention sinks")
     CALL_COUNT["mmsp"] += 1
     ctx = current_batch_context() or {}
     groups = ctx.get("groups", _UNSET)

@@ -129,7 +129,11 @@ def pad_to(x: torch.Tensor, dim: int, length: int, value: float | int = 0) -> to
 
 
 def unshard(x_local: torch.Tensor, dim: int, groups: Any, *, scheme: str = "zigzag") -> torch.Tensor:
-    """Differentiable all-gather over the SP group + reorder to global order (tests, inference, logits)."""
+    """Differentiable all-gather over the SP group + reorder to global order (tests, inference, logits).
+
+    Backward keeps this rank's slice of the incoming gradient (exact when every rank computes the same
+    function of the full tensor, e.g. a loss on unsharded logits); see :func:`training.sp.comm.all_gather_cat`.
+    """
     from .comm import all_gather_cat
 
     if groups is None or getattr(groups, "sp_size", 1) == 1:

@@ -27,6 +27,7 @@ forces it everywhere). Both are exact to rounding.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,25 @@ def _plan(spec: RingSpec, my_rank: int, owner: int):
     return blocks
 
 
+# Optional per-step compute timing (thread CPU time, so it measures work even on an oversubscribed machine):
+# when enabled, every ring step appends (phase, step, seconds) -- used by bench/mmsp.py to compute the
+# critical path a ring would have on dedicated cores.
+_STEP_TIMES: list | None = None
+
+
+def record_step_times(enabled: bool) -> None:
+    global _STEP_TIMES
+    _STEP_TIMES = [] if enabled else None
+
+
+def pop_step_times() -> list:
+    global _STEP_TIMES
+    out = list(_STEP_TIMES or [])
+    if _STEP_TIMES is not None:
+        _STEP_TIMES = []
+    return out
+
+
 # forward block statistics of the last ring call in this process: "computed"/"skipped" block pairs and
 # "work" = number of (query, key) score entries evaluated (a diagonal block counts its lower triangle)
 LAST_FORWARD_STATS: dict = {}
@@ -240,11 +260,14 @@ class _RingAttention(torch.autograd.Function):
             if step < R - 1:
                 ex.start([kv])
             owner = (r - step) % R
+            t0 = time.thread_time() if _STEP_TIMES is not None else 0.0
             kc, vc = _expand(kv[0], spec.n_rep), _expand(kv[1], spec.n_rep)
             for qs, ks, diag, keep in _plan(spec, r, owner):
                 keep = None if keep is None else keep.to(q.device)
                 o_b, l_b = block_forward(q[:, :, qs], kc[:, :, ks], vc[:, :, ks], spec.scale, diag, keep)
                 merge_(out[:, :, qs], lse[:, :, qs], o_b, l_b)
+            if _STEP_TIMES is not None:
+                _STEP_TIMES.append(("fwd", step, time.thread_time() - t0))
             if step < R - 1:
                 kv = ex.wait()[0]
         out_q = out.to(q.dtype)
@@ -275,6 +298,7 @@ class _RingAttention(torch.autograd.Function):
             if sends:
                 ex.start(sends)
             owner = (r - step) % R
+            t0 = time.thread_time() if _STEP_TIMES is not None else 0.0
             kc, vc = _expand(kv[0], spec.n_rep), _expand(kv[1], spec.n_rep)
             dk = torch.zeros(kc.shape, dtype=acc, device=q.device)
             dv = torch.zeros(vc.shape, dtype=acc, device=q.device)
@@ -288,6 +312,8 @@ class _RingAttention(torch.autograd.Function):
                 dk[:, :, ks] += dk_b
                 dv[:, :, ks] += dv_b
             g = torch.stack([_reduce(dk, spec.n_rep), _reduce(dv, spec.n_rep)])
+            if _STEP_TIMES is not None:
+                _STEP_TIMES.append(("bwd", step, time.thread_time() - t0))
             if sends:
                 recv = ex.wait()
                 if step < R - 1:
