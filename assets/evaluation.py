@@ -128,17 +128,25 @@ def _meta_value(v: Any) -> Any:
 
 
 def resolve_checkpoint(context: AssetExecutionContext, lake: Any, stage_asset: str) -> str:
-    """The upstream stage's checkpoint directory (metadata ``checkpoint_path``, else the layout)."""
-    path = None
+    """The upstream stage's exported checkpoint directory. Candidates, first loadable wins: the latest
+    materialisation's metadata ``checkpoint_path`` or ``checkpoint`` (what the training assets report),
+    then ``<checkpoint_dir>/final`` (the trainer's export) and ``<checkpoint_dir>`` itself, with
+    ``checkpoint_dir = longvila.layout.checkpoint_dir(storage, stage_asset)``."""
+    candidates = []
     mat = _latest_materialization(context.instance, AssetKey(stage_asset))
-    if mat is not None and "checkpoint_path" in (mat.metadata or {}):
-        path = str(_meta_value(mat.metadata["checkpoint_path"]))
-    if not path:
-        path = layout.checkpoint_dir(lake.storage_root, stage_asset)
-    if not lio.exists(path, lake.settings()):
-        raise Failure(description=f"checkpoint of {stage_asset} not found at {path}",
-                      metadata={"checkpoint_path": MetadataValue.path(path)})
-    return path
+    for key in ("checkpoint_path", "checkpoint"):
+        if mat is not None and key in (mat.metadata or {}):
+            v = str(_meta_value(mat.metadata[key]) or "")
+            if v:
+                candidates.append(v)
+    base = layout.checkpoint_dir(lake.storage_root, stage_asset)
+    candidates += [lio.join(base, "final"), base]
+    for path in candidates:
+        if lio.exists(lio.join(path, "config.json"), lake.settings()):
+            return path
+    raise Failure(description=f"checkpoint of {stage_asset} not found (looked for config.json in "
+                              f"{', '.join(candidates)})",
+                  metadata={"checkpoint_path": MetadataValue.path(candidates[0])})
 
 
 def _first_layer_file(lake: Any, layer: str) -> Optional[str]:

@@ -18,9 +18,15 @@ SETTINGS = dict(niah_frame_counts=[2, 4], niah_depths=[0.0, 100.0], niah_needles
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory, smoke_checkpoint) -> str:
+def lake(tmp_path_factory, smoke_checkpoint, haystack_video) -> str:
+    """A lake with the stage-5 checkpoint and one video's `video_frames` layer file (the haystack)."""
+    from curation.frames import sample_video_frames
+    from longvila import io as lio
+
     root = tmp_path_factory.mktemp("lake")
     shutil.copytree(smoke_checkpoint, layout.checkpoint_dir(str(root), "stage5_long_sft"))
+    lio.write_parquet(sample_video_frames(haystack_video, fps=1.0, max_frames=8, size=64),
+                      layout.layer_path(str(root), "video_frames", "haystack-0123abcd"))
     return str(root)
 
 
@@ -56,6 +62,7 @@ def test_materialise_all_benchmarks_with_metadata_and_checks(lake):
     niah = mats["niah_stage5"]
     assert 0.0 <= niah["accuracy"].value <= 1.0 and niah["samples"].value == 4
     assert niah["scoring"].value == "teacher_forced_greedy"
+    assert niah["haystack"].value.startswith("video_frames:") and "haystack-0123abcd" in niah["haystack"].value
     png_md = niah["heatmap"].value
     assert png_md.startswith("![V-NIAH heatmap](data:image/png;base64,")
     assert base64.b64decode(png_md.split(",", 1)[1].rstrip(")"))[:4] == b"\x89PNG"
@@ -99,6 +106,23 @@ def test_regression_against_the_previous_materialisation(lake):
     assert ae.regression_result(0.8, 0.76, 0.05, "accuracy").passed
     assert ae.regression_result(None, 0.5, 0.05, "accuracy").passed
     assert not ae.regression_result(0.5, None, 0.05, "accuracy").passed
+
+
+def test_checkpoint_from_the_stage_metadata_or_the_trainer_export(lake, tmp_path, smoke_checkpoint):
+    from dagster import build_asset_context
+
+    inst = DagsterInstance.ephemeral()
+    res = LakeResource(storage=lake)
+    ctx = build_asset_context(instance=inst)
+    assert ae.resolve_checkpoint(ctx, res, "stage5_long_sft") == layout.checkpoint_dir(lake, "stage5_long_sft")
+    # the trainer exports <checkpoints>/<stage>/final
+    other = tmp_path / "lake2"
+    shutil.copytree(smoke_checkpoint, layout.checkpoint_dir(str(other), "stage5_long_sft") + "/final")
+    assert ae.resolve_checkpoint(ctx, LakeResource(storage=str(other)), "stage5_long_sft").endswith("/final")
+    # the training asset's metadata wins (key "checkpoint", as assets/training.py reports it)
+    inst.report_runless_asset_event(AssetMaterialization(asset_key="stage5_long_sft",
+                                                         metadata={"checkpoint": smoke_checkpoint}))
+    assert ae.resolve_checkpoint(ctx, res, "stage5_long_sft") == smoke_checkpoint
 
 
 def test_missing_checkpoint_fails_with_a_clear_message(tmp_path):
