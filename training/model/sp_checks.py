@@ -77,7 +77,8 @@ def _grad_errors(model, ref: dict[str, torch.Tensor]) -> tuple[float, float, str
     return worst_rel, worst_abs, worst_name
 
 
-def case_vlm_grads(ckpt: str, dtype: str, data: dict, configs: list, mode: str = "auto") -> list[dict]:
+def case_vlm_grads(ckpt: str, dtype: str, data: dict, configs: list, mode: str = "auto",
+                   count_over: str = "sp") -> list[dict]:
     """For each (U, R) in ``configs``: loss and all parameter gradients of mmsp_loss + sync_gradients vs the
     plain model. Returns per-config error figures (identical on every rank after the reductions)."""
     from training.sp.sharding import mmsp_loss, sync_gradients
@@ -93,18 +94,18 @@ def case_vlm_grads(ckpt: str, dtype: str, data: dict, configs: list, mode: str =
         groups = _groups(u, r)
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        loss, n_tok = mmsp_loss(model, batch, groups, mode=mode)
+        loss, n_tok = mmsp_loss(model, batch, groups, mode=mode, count_over=count_over)
         loss.backward()
         t_fb = time.perf_counter() - t0
         # negative control: before the SP reduction each rank holds only a partial gradient
         unsynced, _, _ = _grad_errors(model, ref)
-        sync_gradients(model, groups)
+        sync_gradients(model, groups, dp_reduce="mean" if count_over == "sp" else "sum")
         rel, ab, name = _grad_errors(model, ref)
         n_ref = int((batch["labels"][:, 1:] != -100).sum())
         out.append({
             "ulysses": u, "ring": r, "loss_ref": float(ref_loss), "loss_sp": float(loss),
             "loss_abs": abs(float(loss) - float(ref_loss)), "loss_rel": abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)),
-            "tokens_sp": n_tok, "frames": int(batch["pixel_values"].shape[0]), "seq_len": int(batch["input_ids"].shape[1]),
+            "tokens_sp": n_tok, "tokens_ref": n_ref, "frames": int(batch["pixel_values"].shape[0]), "seq_len": int(batch["input_ids"].shape[1]),
             "grad_rel": rel, "grad_abs": ab, "worst_param": name, "unsynced_grad_rel": unsynced,
             "seconds_fwd_bwd": t_fb, "params": sum(1 for _ in model.parameters()),
         })
