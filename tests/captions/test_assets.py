@@ -170,3 +170,27 @@ def test_prompt_edit_marks_only_its_assets_stale(tmp_path):
     assert [k for k in after if after[k] != after2[k]] == ["video_summary"]
     other_vlm = code_versions(CaptioningConfig(vlm=ModelSettings(model="Qwen/Qwen2-VL-2B-Instruct")))
     assert [k for k in before if before[k] != other_vlm[k]] == ["clip_captions"]
+
+
+def test_clip_captions_through_openai_compatible_server(curated_lake, smoke_paths, server, tmp_path):
+    """The asset with the HTTP backend against the real loopback server process."""
+    from dagster import AssetSelection, DagsterInstance
+
+    from assets.captions import CLIP_CAPTIONS, CaptionModelsResource
+    from longvila import io as lio
+    from longvila.layout import layer_path
+
+    server.fault("none")
+    storage = str(tmp_path / "lake")
+    shutil.copytree(curated_lake["storage"], storage)
+    key = sorted(curated_lake["keys"])[1]
+    defs, _ = _defs(smoke_paths)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [key])
+    models = CaptionModelsResource(vlm_backend="openai", vlm_model="smoke-vlm", vlm_endpoint=server.base_url, concurrency=3)
+    res = _materialize(defs, instance, storage, partition=key, caption_models=models,
+                       selection=AssetSelection.assets(CLIP_CAPTIONS) | AssetSelection.checks_for_assets(CLIP_CAPTIONS))
+    assert res.success
+    caps = lio.read_parquet(layer_path(storage, "captions", key)).to_pydict()
+    assert all(caps["ok"]) and all(m == f"smoke-vlm@{server.base_url}" for m in caps["model"])
+    assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()}["every_clip_captioned"]
