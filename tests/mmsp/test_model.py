@@ -355,3 +355,20 @@ def test_lora_targets_the_llm_attention(loaded):
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and ".llm." in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and any("o_proj" in n for n in trainable)
+
+
+def test_batched_left_padded_generation_matches_single_prompts(loaded):
+    model, proc = loaded
+    convs = [[{"from": "human", "value": "<video>\nWhat happens?"}],
+             [{"from": "human", "value": "<video>\nWhere does the scene take place, and who is there?"}]]
+    frames = [_frames(1, seed=3), _frames(3, seed=4)]
+    b = proc(conversations=convs, frames=frames, add_generation_prompt=True, padding_side="left")
+    gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        out = model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                             pixel_values=b["pixel_values"], **gen)
+        for i in range(2):
+            s = proc(conversations=[convs[i]], frames=[frames[i]], add_generation_prompt=True)
+            one = model.generate(input_ids=s["input_ids"], attention_mask=s["attention_mask"],
+                                 pixel_values=s["pixel_values"], **gen)
+            assert out[i, b["input_ids"].shape[1]:].tolist() == one[0, s["input_ids"].shape[1]:].tolist()
