@@ -14,7 +14,8 @@ Methods (all return the same frame numbers: `curation.frames.video_sample_number
 * naive per-frame seeking with PyAV: for every frame, seek to the preceding keyframe and decode up to
   it (no reuse between frames);
 * sequential: decode every frame with PyAV and keep the wanted ones.
-Times are wall-clock seconds, best of ``--repeats`` (the machine is shared).
+Times are wall-clock seconds, best of ``--repeats`` (the machine is shared); CPU-s = CPU seconds of the
+process (all threads), best of the runs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -92,13 +94,20 @@ def sequential(path, nums):
     return out
 
 
+def cpu_seconds() -> float:
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    return s.ru_utime + s.ru_stime
+
+
 def best(fn, repeats):
-    t_best, res = float("inf"), None
+    """(best wall seconds, best CPU seconds of this process incl. threads, result)."""
+    t_best, c_best, res = float("inf"), float("inf"), None
     for _ in range(repeats):
-        t = time.perf_counter()
+        c0, t = cpu_seconds(), time.perf_counter()
         res = fn()
         t_best = min(t_best, time.perf_counter() - t)
-    return t_best, res
+        c_best = min(c_best, cpu_seconds() - c0)
+    return t_best, c_best, res
 
 
 def main(argv=None) -> int:
@@ -117,6 +126,7 @@ def main(argv=None) -> int:
     except Exception as e:  # noqa: BLE001
         tc_error = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
     results: dict[tuple[str, int], float | str] = {}
+    cpus: dict[tuple[str, int], float] = {}
     for k in (64, 256):
         nums = video_sample_numbers(idx, fps=1000.0, max_frames=k)
         assert len(nums) == k
@@ -134,8 +144,9 @@ def main(argv=None) -> int:
                 results[(name, k)] = f"n/a ({tc_error})"
                 continue
             print(f"[{k} frames] {name} ...", flush=True)
-            sec, res = best(fn, args.repeats)
+            sec, cpu, res = best(fn, args.repeats)
             results[(name, k)] = sec
+            cpus[(name, k)] = cpu
             if name.startswith("ours: decode"):
                 ref = res
             elif name.startswith(("decord", "naive", "sequential")) and ref is not None:
@@ -151,8 +162,8 @@ def main(argv=None) -> int:
           f"cuts) — {platform.node()}, {os.cpu_count()} cores, load avg at end {os.getloadavg()[0]:.1f}; "
           f"best of {args.repeats}")
     print()
-    print("| method | 64 frames (s) | 256 frames (s) | 64: x best peer | 256: x best peer |")
-    print("|---|---:|---:|---:|---:|")
+    print("| method | 64 frames (s) | 256 frames (s) | 64: x best peer | 256: x best peer | CPU-s 64 | CPU-s 256 |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     peers = [n for n in names if not n.startswith("ours")]
     best_peer = {k: min((results[(n, k)] for n in peers if isinstance(results[(n, k)], float)), default=None)
                  for k in (64, 256)}
@@ -162,7 +173,8 @@ def main(argv=None) -> int:
             v = results[(n, k)]
             cells.append(f"{v:.2f}" if isinstance(v, float) else v)
             ratios.append(f"{best_peer[k] / v:.2f}" if isinstance(v, float) and best_peer[k] else "-")
-        print(f"| {n} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} |")
+        cpu = [f"{cpus[(n, k)]:.2f}" if (n, k) in cpus else "-" for k in (64, 256)]
+        print(f"| {n} | {cells[0]} | {cells[1]} | {ratios[0]} | {ratios[1]} | {cpu[0]} | {cpu[1]} |")
     print()
     print("x best peer = (fastest non-ours time) / (this time): > 1 means faster than every peer.")
     return 0

@@ -12,6 +12,8 @@ Videos:
 F1: a predicted cut matches a true cut within +-2 frames (one-to-one, greedy by distance).
 Throughput: frames / wall-clock seconds, best of ``--repeats`` runs (the machine is shared, so the
 best run is the least disturbed one); ratios are taken between numbers measured in the same run.
+CPU-s: CPU seconds (user + system, all threads, plus ffmpeg child processes), best of the runs — less
+sensitive to other load than wall time, but it does not reward using both cores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -72,13 +75,21 @@ def histogram_detector(path: Path) -> list[int]:
     return [int(start.frame_num) for start, _end in sm.get_scene_list()[1:]]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and of its finished children (ffmpeg)."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
 def timed(fn, repeats: int):
-    best, result = float("inf"), None
+    """(best wall seconds, best CPU seconds, result) over `repeats` runs."""
+    best, best_cpu, result = float("inf"), float("inf"), None
     for _ in range(repeats):
-        t = time.perf_counter()
+        c0, t = cpu_seconds(), time.perf_counter()
         result = fn()
         best = min(best, time.perf_counter() - t)
-    return best, result
+        best_cpu = min(best_cpu, cpu_seconds() - c0)
+    return best, best_cpu, result
 
 
 def main(argv=None) -> int:
@@ -89,6 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))
     ap.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     ap.add_argument("--only-video", default=None, choices=["synthetic_10min", "transnetv2_test"])
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of: decode,fast,content,adaptive,histogram,transnetv2 "
+                         "(decode and content are always run: they are the ratio baselines)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     long_v, long_cuts = ensure_long_video(out)
@@ -105,25 +119,28 @@ def main(argv=None) -> int:
     rows = []
     for vname, path, truth in videos:
         n = frame_index(str(path)).count
-        methods = [("ffmpeg decode-only", lambda p=path: ffmpeg_decode_only(p), args.repeats),
-                   ("fast (ours)", shots_fn(path, "fast"), args.repeats),
-                   ("PySceneDetect content", shots_fn(path, "content"), args.repeats),
-                   ("PySceneDetect adaptive", shots_fn(path, "adaptive"), args.repeats),
-                   ("PySceneDetect histogram", lambda p=path: histogram_detector(p), 1)]
+        methods = [("decode", "ffmpeg decode-only", lambda p=path: ffmpeg_decode_only(p), args.repeats),
+                   ("fast", "fast (ours)", shots_fn(path, "fast"), args.repeats),
+                   ("content", "PySceneDetect content", shots_fn(path, "content"), args.repeats),
+                   ("adaptive", "PySceneDetect adaptive", shots_fn(path, "adaptive"), args.repeats),
+                   ("histogram", "PySceneDetect histogram", lambda p=path: histogram_detector(p), args.repeats)]
         if not (args.skip_transnet_long and vname == "synthetic_10min"):
-            methods.append(("transnetv2", shots_fn(path, "transnetv2"), 1))
+            methods.append(("transnetv2", "transnetv2", shots_fn(path, "transnetv2"), 1))
+        if args.methods:
+            keep = set(args.methods.split(",")) | {"decode", "content"}
+            methods = [m for m in methods if m[0] in keep]
         results = {}
-        for name, fn, reps in methods:
+        for _key, name, fn, reps in methods:
             print(f"[{vname}] {name} ...", flush=True)
-            sec, cuts = timed(fn, reps)
-            results[name] = (sec, cuts)
-        base = results["ffmpeg decode-only"][0]
-        content_t = results["PySceneDetect content"][0]
-        ref = results.get("transnetv2", (None, None))[1]
-        for name, (sec, cuts) in results.items():
+            results[name] = timed(fn, reps)
+        base, base_cpu = results["ffmpeg decode-only"][:2]
+        content_t, content_cpu = results["PySceneDetect content"][:2]
+        ref = results.get("transnetv2", (None, None, None))[2]
+        for name, (sec, cpu, cuts) in results.items():
             row = {"video": vname, "method": name, "frames": n, "seconds": round(sec, 3),
                    "fps": round(n / sec, 1), "x_decode_only": round(base / sec, 3),
-                   "x_content": round(content_t / sec, 3)}
+                   "x_content": round(content_t / sec, 3), "cpu_s": round(cpu, 3),
+                   "cpu_x_decode_only": round(base_cpu / cpu, 3), "cpu_x_content": round(content_cpu / cpu, 3)}
             if cuts is not None:
                 row["shots"] = len(cuts) + 1
                 if truth is not None:
@@ -138,8 +155,9 @@ def main(argv=None) -> int:
           f"{os.getloadavg()[0]:.1f}; best of {args.repeats} for the fast methods)")
     print(f"# fast = {code_version('fast')}")
     print()
-    print("| video | method | frames/s | x ffmpeg decode-only | x PySceneDetect content | shots | precision | recall | F1 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| video | method | frames/s (wall) | x ffmpeg decode-only | x PySceneDetect content | "
+          "CPU-s | x decode-only (CPU) | x content (CPU) | shots | precision | recall | F1 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         fmt = lambda k: f"{r[k]:.3f}" if k in r else "n/a"  # noqa: E731
         shots = r.get("shots", "-")
@@ -147,7 +165,7 @@ def main(argv=None) -> int:
         if "f1" not in r and "f1_vs_transnetv2" in r:
             f1s = f"n/a (vs TransNetV2: {r['f1_vs_transnetv2']:.3f})"
         print(f"| {r['video']} | {r['method']} | {r['fps']:,.0f} | {r['x_decode_only']:.2f} | {r['x_content']:.2f} | "
-              f"{shots} | {fmt('precision') if 'precision' in r else 'n/a'} | "
+              f"{r['cpu_s']:.2f} | {r['cpu_x_decode_only']:.2f} | {r['cpu_x_content']:.2f} | {shots} | {fmt('precision') if 'precision' in r else 'n/a'} | "
               f"{fmt('recall') if 'recall' in r else 'n/a'} | {f1s} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
