@@ -194,3 +194,51 @@ def test_clip_captions_through_openai_compatible_server(curated_lake, smoke_path
     caps = lio.read_parquet(layer_path(storage, "captions", key)).to_pydict()
     assert all(caps["ok"]) and all(m == f"smoke-vlm@{server.base_url}" for m in caps["model"])
     assert {e.check_name: e.passed for e in res.get_asset_check_evaluations()}["every_clip_captioned"]
+
+
+@pytest.mark.s3
+def test_caption_assets_and_dataset_on_s3(curated_lake, smoke_paths, moto_endpoint, monkeypatch):
+    """The whole caption layer with the lake on S3 (moto_server through s3fs)."""
+    import os
+
+    import boto3
+    from dagster import DagsterInstance
+
+    from curation.captioning.dataset import load_long_video_sft
+    from longvila import io as lio
+    from longvila.layout import layer_path
+    from longvila.settings import S3Options, Settings
+    from orchestration.resources import LakeResource
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    bucket = "captions-test"
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    storage = f"s3://{bucket}/lake"
+    settings = Settings(storage=storage, s3=S3Options(endpoint_url=moto_endpoint, key="testing", secret="testing",
+                                                      region="us-east-1"))
+    key = sorted(curated_lake["keys"])[0]
+    for layer in ("probe", "clips", "clip_frames", "video_frames"):
+        local = layer_path(curated_lake["storage"], layer, key)
+        lio.write_bytes(layer_path(storage, layer, key), open(local, "rb").read(), settings)
+    defs, _ = _defs(smoke_paths)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [key])
+    lake = LakeResource(storage=storage, s3_endpoint_url=moto_endpoint, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", aws_region="us-east-1")
+    from dagster import materialize
+
+    per_video = [a for a in defs.assets if a.partitions_def is not None]
+    assert len(per_video) == 3
+    res = materialize(per_video, partition_key=key, instance=instance,
+                      resources={"lake": lake, "caption_models": defs.resources["caption_models"]}, raise_on_error=False)
+    assert res.success, [e.message for e in res.all_events if e.is_failure]
+    res = materialize([a for a in defs.assets if "long_video_sft_dataset" in a.key.to_user_string()], instance=instance,
+                      resources={"lake": lake}, raise_on_error=False)
+    assert res.success
+    for layer in ("captions", "summaries", "instructions"):
+        assert lio.exists(layer_path(storage, layer, key), settings)
+    manifest, records = load_long_video_sft(storage, settings)
+    assert list(manifest["videos"]) == [key] and manifest["num_records"] == len(records) > 0
+    assert not os.path.exists(os.path.join(os.getcwd(), bucket))
