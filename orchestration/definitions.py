@@ -31,6 +31,7 @@ from dagster import (
 from assets import captions as captions_assets
 from assets import curation as curation_assets
 from assets import evaluation as evaluation_assets
+from assets import training as training_assets
 from longvila.settings import ensure_dagster_home
 
 from .executors import executor_from_env
@@ -40,7 +41,7 @@ from .sensors import new_video_sensor
 
 # Every module here exposes `defs: dagster.Definitions` (and optionally `demo_summary(instance)`).
 # Listed explicitly, in lineage order; a layer joins the list when its module exists.
-ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, evaluation_assets]
+ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets]
 
 AUTOMATION_SENSOR_INTERVAL_S = 30
 
