@@ -8,7 +8,9 @@
   len(target tokens) tokens of greedy decoding whenever those match the target (the V-NIAH criterion),
   and needs a single prefill, which is what the MM-SP sharded runner (`evaluation.sharded`) also
   computes, so both give the same decision.
-* `runner.target_logits(frames, prompt, target)`: the logits rows used above (for comparisons).
+* `runner.target_logits(frames, prompt, target)`: the logits rows used above (for comparisons). The
+  visual embeddings of each frame object are cached (`FrameFeatureCache`), so a V-NIAH grid encodes
+  every haystack frame once instead of once per sample (cache_frames=False turns it off).
 * `runner.choice_scores(frames, prompt, letters)`: the logit of each option letter as the first reply
   token (VideoMME `scoring="option_logits"`: multiple choice by likelihood, always yields a letter).
 
@@ -24,7 +26,8 @@ import torch
 
 from longvila.errors import InputError
 
-__all__ = ["ModelRunner", "load_runner", "build_inputs", "append_target", "letter_scores"]
+__all__ = ["ModelRunner", "FrameFeatureCache", "load_runner", "build_inputs", "append_target", "letter_scores",
+           "prompt_ids"]
 
 VIDEO_TOKEN = "<video>"
 
@@ -49,12 +52,57 @@ def append_target(batch: dict, target_ids: Sequence[int]) -> tuple[dict, torch.T
     return out, torch.arange(n - 1, n - 1 + len(target_ids), device=ids.device)
 
 
+def prompt_ids(processor: Any, num_frames: int, prompt: str) -> list[int]:
+    """Token ids of `build_inputs` without preprocessing any pixels."""
+    conv = [{"from": "human", "value": f"{VIDEO_TOKEN}\n{prompt}"}]
+    ids, _ = processor.encode_conversation(conv, num_frames, add_generation_prompt=True)
+    return ids
+
+
+class FrameFeatureCache:
+    """Visual embeddings per frame object (LongVA's V-NIAH also embeds the haystack once): a V-NIAH
+    grid re-uses the same haystack frames in every sample, so each frame goes through the vision
+    tower and projector once. Keyed by the frame object's identity (a reference is kept, so the id
+    stays valid); least-recently-used entries beyond `max_frames` are dropped."""
+
+    def __init__(self, max_frames: int = 4096):
+        from collections import OrderedDict
+
+        self.max_frames = int(max_frames)
+        self._d: "OrderedDict[int, tuple[Any, torch.Tensor]]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def features(self, model: Any, processor: Any, frames: Sequence[Any], device: torch.device) -> torch.Tensor:
+        missing = list({id(f): f for f in frames if id(f) not in self._d}.values())
+        self.misses += len(missing)
+        self.hits += len(frames) - len(missing)
+        if missing:
+            pix = processor.preprocess_frames(missing).to(device)
+            with torch.no_grad():
+                feats = model.get_image_features(pix)
+            for f, t in zip(missing, feats):
+                self._d[id(f)] = (f, t)
+        out = []
+        for f in frames:
+            self._d.move_to_end(id(f))
+            out.append(self._d[id(f)][1])
+        while len(self._d) > self.max_frames:
+            self._d.popitem(last=False)
+        return torch.stack(out)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
 class ModelRunner:
-    def __init__(self, model: Any, processor: Any, max_new_tokens: int = 16, device: str | None = None):
+    def __init__(self, model: Any, processor: Any, max_new_tokens: int = 16, device: str | None = None,
+                 cache_frames: bool = True, max_cached_frames: int = 4096):
         self.model = model.eval()
         self.processor = processor
         self.max_new_tokens = int(max_new_tokens)
         self.device = torch.device(device) if device else next(model.parameters()).device
+        self.cache = FrameFeatureCache(max_cached_frames) if cache_frames else None
 
     def _to(self, batch: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -83,6 +131,13 @@ class ModelRunner:
     @torch.no_grad()
     def target_logits_ids(self, frames: Sequence[Any], prompt: str, target_ids: Sequence[int]) -> torch.Tensor:
         """[len(target_ids), vocab] logits predicting each target token (teacher forcing)."""
+        if self.cache is not None:
+            ids = prompt_ids(self.processor, len(frames), prompt)
+            n = len(ids)
+            input_ids = torch.tensor([ids + list(target_ids)], dtype=torch.long, device=self.device)
+            feats = self.cache.features(self.model, self.processor, list(frames), self.device)
+            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), image_features=feats)
+            return out.logits[0, n - 1 : n - 1 + len(target_ids)].float()
         batch, pos = append_target(self._to(build_inputs(self.processor, frames, prompt)), target_ids)
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          pixel_values=batch["pixel_values"])

@@ -199,3 +199,19 @@ def test_teacher_forced_greedy_equals_greedy_decoding(smoke_runner, haystack_vid
     other = [(t + 1) % 400 + 5 for t in gen]
     rows = smoke_runner.target_logits_ids(hay, prompt, other)
     assert rows.shape[0] == 5 and int(rows[0].argmax()) == gen[0]
+
+
+def test_frame_feature_cache_gives_identical_results(smoke_runner, haystack_video):
+    """The LongVA-style embedding cache changes nothing but the cost: same logits, same grid."""
+    from evaluation.runner import ModelRunner
+
+    plain = ModelRunner(smoke_runner.model, smoke_runner.processor, cache_frames=False)
+    cached = ModelRunner(smoke_runner.model, smoke_runner.processor, cache_frames=True)
+    hay = load_haystack(haystack_video, fps=1.0, max_frames=6, size=48)
+    cfg = NiahConfig(frame_counts=[3, 7], depths=[0, 50, 100], num_needles=1, frame_size=48)
+    a, b = run_niah(plain, hay, cfg), run_niah(cached, hay, cfg)
+    assert [r["prediction"] for r in a.records] == [r["prediction"] for r in b.records]
+    # 6 haystack frames + 1 needle encoded once each; every later use is a hit
+    assert cached.cache.misses == 7 and cached.cache.hits == sum(s for s in (3, 7) for _ in range(3)) - 7
+    prompt = "What is the word shown in the needle frame?"
+    assert (plain.target_logits(hay[:4], prompt, "apple") - cached.target_logits(hay[:4], prompt, "apple")).abs().max() < 1e-5
