@@ -17,7 +17,7 @@ import torch
 from longvila.errors import InputError
 
 from . import constrained
-from .types import ChatReply, ChatRequest, image_parts, to_pil
+from .types import BAD_INPUT, ChatReply, ChatRequest, image_parts, to_pil
 
 
 def _is_vision_config(cfg) -> bool:
@@ -120,9 +120,20 @@ class LocalChatBackend:
             for idx in groups.values():
                 for s in range(0, len(idx), self.batch_size):
                     chunk = idx[s : s + self.batch_size]
-                    for i, rep in zip(chunk, self._generate([requests[i] for i in chunk])):
+                    for i, rep in zip(chunk, self._generate_or_isolate([requests[i] for i in chunk])):
                         replies[i] = rep
         return replies  # type: ignore[return-value]
+
+    def _generate_or_isolate(self, batch: Sequence[ChatRequest]) -> list[ChatReply]:
+        """Generate a batch; if it fails, retry its requests one by one so that one bad request
+        (an undecodable frame, a prompt the template rejects) fails alone, as a failed reply."""
+        try:
+            return self._generate(batch)
+        except (ValueError, TypeError, OSError, RuntimeError) as e:
+            if len(batch) == 1:
+                return [ChatReply(text="", finish_reason="error", error=f"{type(e).__name__}: {e}"[:500],
+                                  error_kind=BAD_INPUT)]
+            return [self._generate_or_isolate([r])[0] for r in batch]
 
     def _encode(self, batch: Sequence[ChatRequest]):
         if self.kind == "vlm":

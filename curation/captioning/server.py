@@ -222,6 +222,8 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
                 rep = batchers[name].submit(req)
             except Exception as e:  # noqa: BLE001
                 return self._error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
+            if not rep.ok:  # the request itself could not be processed (e.g. an undecodable image)
+                return self._error(400, f"{rep.error_kind}: {rep.error}")
             text = {"invalid_json": "this is {not valid JSON", "reply": fixed}.get(mode, rep.text)
             return self._send(
                 200,

@@ -13,6 +13,7 @@ BAD_RESPONSE = "bad_response"  # the server's reply is not an OpenAI chat-comple
 INVALID_OUTPUT = "invalid_output"  # the model's text is unparseable / schema-invalid after retries
 EMPTY_INPUT = "empty_input"  # e.g. a clip with no frames
 REJECTED = "rejected"  # a reply that breaks a content rule (empty, wrong language)
+BAD_INPUT = "bad_input"  # the request itself cannot be processed (e.g. an undecodable frame)
 
 
 class BackendError(Exception):

@@ -140,3 +140,12 @@ def test_specialised_schema_bounds_timestamps(schema_of):
     props = s["properties"]["qa"]["items"]["properties"]
     assert props["start_s"]["maximum"] == props["end_s"]["maximum"] == 42
     assert schema_of("video_qa")["properties"]["qa"]["items"]["properties"]["end_s"]["maximum"] == 86400
+
+
+def test_undecodable_frame_fails_only_its_clip(vlm, frames):
+    from curation.captioning.types import BAD_INPUT
+
+    clips = [ClipInput(0, 0, 2, frames(2)), ClipInput(1, 2, 4, [b"\xff\xd8 not a jpeg"]), ClipInput(2, 4, 6, frames(1))]
+    res = ClipCaptioner(vlm, max_new_tokens=6).caption_clips(clips)
+    assert res[0].ok and res[2].ok
+    assert not res[1].ok and res[1].error_kind == BAD_INPUT and "UnidentifiedImageError" in res[1].error

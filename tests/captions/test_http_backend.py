@@ -97,3 +97,14 @@ def test_server_rejects_malformed_requests(srv):
     assert r.status_code == 400 and "data: URLs" in r.json()["error"]["message"]
     models = requests.get(f"http://127.0.0.1:{srv.port}/v1/models", timeout=5).json()
     assert {m["id"] for m in models["data"]} == {"smoke-vlm", "smoke-llm"}
+
+
+def test_undecodable_image_is_a_client_error_not_retried(srv, frames):
+    b = _backend(srv, "smoke-vlm", concurrency=2)
+    good = ChatRequest(messages=[{"role": "user", "content": [{"type": "image", "image": frames(1)[0]},
+                                                              {"type": "text", "text": "Describe."}]}], max_new_tokens=4)
+    bad = ChatRequest(messages=[{"role": "user", "content": [{"type": "image", "image": b"\xff\xd8 broken"},
+                                                             {"type": "text", "text": "Describe."}]}], max_new_tokens=4)
+    r_good, r_bad = b.chat([good, bad])
+    assert r_good.ok
+    assert not r_bad.ok and r_bad.error_kind == HTTP_ERROR and r_bad.attempts == 1 and "HTTP 400" in r_bad.error
