@@ -111,13 +111,44 @@ def rank_step(frames: int, u: int, r: int, steps: int) -> dict:
             "local_tokens": padded_length(S, groups) // P if groups else S, "seq": S}
 
 
+def accuracy_table() -> str:
+    """Loss and every parameter's gradient of the sharded smoke VLM vs the plain model (max relative errors,
+    worst parameter), packed rows + uneven frames + padding, float64 and float32."""
+    from training.model.profiles import create_smoke_checkpoint
+
+    data = dict(seed=4, batch_size=2, frames=(0, 5), pack=2)
+    lines = ["| config | world | dtype | loss rel. err | worst param grad rel. err | unsynced (control) |",
+             "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as tmp:
+        ck = create_smoke_checkpoint(Path(tmp) / "smoke")
+        for world, configs in ((2, [(2, 1), (1, 2)]), (4, [(4, 1), (1, 4), (2, 2), (1, 2)])):
+            with DistributedPool(world, timeout_s=600) as pool:
+                for dtype in ("float64", "float32"):
+                    res = pool.run("training.model.sp_checks:case_vlm_grads", ck, dtype, data, configs)
+                    for i, (u, r) in enumerate(configs):
+                        worst = max((x[i] for x in res), key=lambda z: z["grad_rel"])
+                        loss_rel = max(x[i]["loss_rel"] for x in res)
+                        tag = f"U={u} x R={r}" + (f" (DP={world // (u * r)})" if u * r < world else "")
+                        lines.append(f"| {tag} | {world} | {dtype} | {loss_rel:.1e} | {worst['grad_rel']:.1e} "
+                                     f"({worst['worst_param']}) | {worst['unsynced_grad_rel']:.1e} |")
+    return "Equivalence with the single-process model (smoke VLM, 2 packed rows, 0-5 frames per sample)\n\n" + \
+        "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", default=None, help="write the markdown table here too")
+    ap.add_argument("--accuracy-only", action="store_true", help="only the float64 / float32 equivalence table")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    acc = accuracy_table()
+    print(acc)
+    if args.accuracy_only:
+        if args.out:
+            Path(args.out).write_text(acc + "\n")
+        return
     rows = []
     base = rank_step(args.frames, 1, 1, args.steps)
     rows.append(("SP=1 (plain model)", 1, base))
@@ -142,7 +173,7 @@ def main() -> None:
             f"| {name} | {world} | {a['frames_rank']} | {a['vision_sharded']:.3f} | {a['vision_replicated']:.3f} | "
             f"{a['vision_replicated'] / max(a['vision_sharded'], 1e-9):.2f}x | {a['step_cpu']:.3f} | "
             f"{base['step_cpu'] / max(a['step_cpu'], 1e-9):.2f}x | {a['step_wall']:.3f} | {a['local_tokens']} |")
-    text = "\n".join(lines)
+    text = acc + "\n\n" + "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -100,7 +100,8 @@ class _GatherFrames(torch.autograd.Function):
 
     Forward: pad each rank's block to the largest count, ``all_gather``, drop the padding.
     Backward: the gradient of the gathered tensor differs per rank (each rank's loss covers other tokens),
-    so the adjoint is a SUM over the group of each owner's rows: ``reduce_scatter_tensor`` on the padded
+    so the adjoint is a SUM over the group of each owner's rows: ``reduce_scatter_single`` (formerly
+    ``reduce_scatter_tensor``) on the padded
     blocks (gloo in torch >= 2.x and NCCL both have it), falling back to ``all_reduce`` + slice.
     ``torch.distributed.nn.functional.all_gather`` has the same adjoint but needs equal sizes on every
     rank and is deprecated, hence this Function."""
@@ -128,8 +129,9 @@ class _GatherFrames(torch.autograd.Function):
             blocks[r * m:r * m + c] = g[off:off + c]
             off += c
         out = g.new_empty((m,) + tuple(g.shape[1:]))
+        rs = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor  # newer name first
         try:
-            dist.reduce_scatter_tensor(out, blocks, group=group)
+            rs(out, blocks, group=group)
         except (RuntimeError, NotImplementedError, ValueError):  # backend without reduce_scatter
             dist.all_reduce(blocks, group=group)
             out = blocks[rank * m:(rank + 1) * m]
