@@ -93,11 +93,33 @@ def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = 
             "--seed", str(cfg.seed), "--ulysses", str(ulysses), "--ring", str(ring),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(extra_env or {})}
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=timeout_s)
+        # own process group: on a timeout or an interrupt the whole torchrun tree is ended, no orphan ranks
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except BaseException:
+            _kill_group(proc)
+            raise
         if proc.returncode != 0:
-            tail = proc.stdout.decode("utf-8", "replace")[-4000:]
+            tail = out.decode("utf-8", "replace")[-4000:]
             raise RuntimeError(f"sharded V-NIAH failed (exit {proc.returncode}):\n{tail}")
     return read_niah_results(out_dir)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _free_port() -> int:

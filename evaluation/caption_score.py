@@ -421,7 +421,7 @@ def make_judge(spec: str | None) -> tuple[Any | None, str]:
 
 def write_caption_outputs(result: CaptionScoreResult, out_dir: str) -> dict[str, str]:
     paths = {"results": lio.join(out_dir, "results.json"), "summary": lio.join(out_dir, "summary.md")}
-    lio.write_json(paths["results"], result.to_json())
     lio.write_text(paths["summary"], "# Long-video caption score\n\n" + result.to_markdown() + "\n")
+    lio.write_json(paths["results"], result.to_json())  # last: marks a complete set of outputs
     return paths
 

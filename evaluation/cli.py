@@ -42,7 +42,8 @@ def _floats(s: str) -> list[float]:
 def _out(args: argparse.Namespace, benchmark: str) -> str:
     if args.out:
         return args.out
-    name = Path(str(args.checkpoint).rstrip("/")).name or "checkpoint"
+    p = Path(str(args.checkpoint).rstrip("/"))
+    name = (p.parent.name if p.name == "final" else p.name) or "checkpoint"  # trainer export: <stage>/final
     return layout.eval_dir(Settings().storage, benchmark, name)
 
 

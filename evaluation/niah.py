@@ -396,17 +396,17 @@ def heatmap_png(result: NiahResult, title: str | None = None) -> bytes:
 
 
 def write_niah_outputs(result: NiahResult, out_dir: str, title: str | None = None) -> dict[str, str]:
-    """Write results.json, heatmap.png and summary.md under `out_dir` (local or fsspec URL), each
-    atomically. Returns their paths."""
+    """Write heatmap.png, summary.md and results.json under `out_dir` (local or fsspec URL), each
+    atomically, results.json last (its presence marks a complete set). Returns their paths."""
     paths = {
         "results": lio.join(out_dir, "results.json"),
         "heatmap": lio.join(out_dir, "heatmap.png"),
         "summary": lio.join(out_dir, "summary.md"),
     }
-    lio.write_json(paths["results"], result.to_json())
     lio.write_bytes(paths["heatmap"], heatmap_png(result, title))
     lio.write_text(paths["summary"], f"# V-NIAH\n\naccuracy: {result.accuracy:.4f} "
                    f"({len(result.records)} samples, {result.method})\n\n{result.to_markdown()}\n")
+    lio.write_json(paths["results"], result.to_json())  # last: marks a complete set of outputs
     return paths
 
 

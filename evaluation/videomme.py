@@ -400,7 +400,7 @@ def evaluate_videomme(
 
 def write_videomme_outputs(result: VideoMMEResult, out_dir: str) -> dict[str, str]:
     paths = {"results": lio.join(out_dir, "results.json"), "summary": lio.join(out_dir, "summary.md")}
-    lio.write_json(paths["results"], result.to_json())
     lio.write_text(paths["summary"], "# VideoMME-format multiple choice\n\n" + result.to_markdown() + "\n")
+    lio.write_json(paths["results"], result.to_json())  # last: marks a complete set of outputs
     return paths
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -69,3 +70,26 @@ def test_launcher_rejects_a_bad_haystack_before_launching(smoke_checkpoint, tmp_
     with pytest.raises(InputError, match="bad.mp4"):
         run_niah_sharded(smoke_checkpoint, str(tmp_path / "out"), NiahConfig(**CFG), nproc=2, video=str(bad))
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_timeout_ends_every_rank(smoke_checkpoint, haystack_video, tmp_path):
+    """A sharded run past its time limit is ended with its whole process tree (no orphaned ranks)."""
+    import subprocess as sp
+    import time
+
+    out = tmp_path / "marker-out-dir"
+    with pytest.raises(sp.TimeoutExpired):
+        run_niah_sharded(smoke_checkpoint, str(out), NiahConfig(**CFG), nproc=2, video=haystack_video,
+                         timeout_s=2.0)
+    time.sleep(0.5)
+    alive = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if str(out) in cmd:
+                alive.append(cmd.replace("\0", " "))
+    assert alive == []
+    assert not (out / "results.json").exists()
