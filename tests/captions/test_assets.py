@@ -114,6 +114,7 @@ def test_caption_assets_end_to_end(curated_lake, smoke_paths):
         assert mat.tags["dagster/data_version"] == __import__("hashlib").sha256(
             lio.read_bytes(layer_path(storage, "captions", key))).hexdigest()
     assert total_records > 0  # smoke models are deterministic (greedy, then seeded sampling)
+    _check_prompt_edit_staleness(smoke_paths, instance, keys, storage)
     res = _materialize(defs, instance, storage)
     assert res.success
     assert all(e.passed for e in res.get_asset_check_evaluations()) == (total_records > 0)
@@ -123,6 +124,33 @@ def test_caption_assets_end_to_end(curated_lake, smoke_paths):
     for key in keys:
         data = lio.read_bytes(layer_path(storage, "instructions", key))
         assert manifest["videos"][key]["data_version"] == __import__("hashlib").sha256(data).hexdigest()
+
+
+def _check_prompt_edit_staleness(smoke_paths, instance, keys, storage):
+    """Through Dagster's own stale-status machinery: nothing is stale after the runs; editing the QA
+    prompt makes exactly video_instructions stale in every partition."""
+    import tempfile
+    from pathlib import Path
+
+    from dagster import Definitions
+
+    from assets.captions import CLIP_CAPTIONS, VIDEO_INSTRUCTIONS, VIDEO_SUMMARY
+    from curation.captioning.prompts import PROMPT_DIR
+    from orchestration.resources import LakeResource
+    from orchestration.staleness import stale_report
+
+    per_video = [CLIP_CAPTIONS, VIDEO_SUMMARY, VIDEO_INSTRUCTIONS]
+    with tempfile.TemporaryDirectory() as d:
+        shutil.copytree(PROMPT_DIR, d, dirs_exist_ok=True)
+        for edited in (False, True):
+            if edited:
+                qa = Path(d) / "video_qa.v1.txt"
+                qa.write_text(qa.read_text() + "Keep answers short.\n")
+            defs, _ = _defs(smoke_paths, prompts_dir=d)
+            merged = Definitions.merge(defs, Definitions(resources={"lake": LakeResource(storage=storage)}))
+            rep = stale_report(merged, instance, keys, asset_keys=per_video)
+            for key in keys:
+                assert rep.stale_assets(key) == ({"video_instructions"} if edited else set())
 
 
 def test_unreachable_captioning_server_fails_the_partition_and_writes_nothing(curated_lake, smoke_paths, tmp_path, unused_port):
@@ -242,3 +270,39 @@ def test_caption_assets_and_dataset_on_s3(curated_lake, smoke_paths, moto_endpoi
     manifest, records = load_long_video_sft(storage, settings)
     assert list(manifest["videos"]) == [key] and manifest["num_records"] == len(records) > 0
     assert not os.path.exists(os.path.join(os.getcwd(), bucket))
+
+
+def test_invalid_llm_replies_become_the_videos_failure_record(curated_lake, smoke_paths, server, tmp_path):
+    """Replies that stay unparseable after the retries: the runs succeed, the video's summary and
+    instructions are failure records, the checks say so, and the dataset lists the video as failed."""
+    from dagster import DagsterInstance
+
+    from assets.captions import CaptionModelsResource
+    from curation.captioning.dataset import instructions_report_path, load_long_video_sft
+    from longvila import io as lio
+    from longvila.layout import layer_path
+
+    storage = str(tmp_path / "lake")
+    shutil.copytree(curated_lake["storage"], storage)
+    key = sorted(curated_lake["keys"])[0]
+    defs, _ = _defs(smoke_paths)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [key])
+    models = CaptionModelsResource(llm_backend="openai", llm_model="smoke-llm", llm_endpoint=server.base_url,
+                                   models_dir=str(__import__("pathlib").Path(smoke_paths.root).parent))
+    server.fault("invalid_json", count=-1)
+    try:
+        res = _materialize(defs, instance, storage, partition=key, caption_models=models)
+    finally:
+        server.fault("none")
+    assert res.success
+    evals = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
+    assert evals["every_clip_captioned"] and not evals["summary_is_valid"] and not evals["instructions_generated"]
+    summary = lio.read_json(layer_path(storage, "summaries", key))
+    assert summary["ok"] is False and summary["attempts"] == 3 and "unparseable JSON" in summary["error"] and key in summary["error"]
+    report = lio.read_json(instructions_report_path(storage, key))
+    assert report["ok"] is False and report["num_records"] == 0
+    assert lio.read_bytes(layer_path(storage, "instructions", key)) == b""
+    assert _materialize(defs, instance, storage).success
+    manifest, records = load_long_video_sft(storage)
+    assert manifest["failed"] == {key: report["error"]} and records == []
