@@ -97,6 +97,13 @@ def test_world4_token_weighted_count_over_the_world(pool4, ckpts):
             assert r["tokens_sp"] == 2 * r["tokens_ref"] > 0
 
 
+def test_world4_with_activation_checkpointing(pool4, ckpts):
+    # recomputation during backward must run inside the MM-SP attention context (mmsp_loss(backward=True))
+    results = pool4.run(CASE, ckpts["qwen2"], "float64", DATA["packed"], [(2, 2)], "auto", "sp", True)
+    _check(results, 1e-10)
+    assert all(r[0]["grad_ckpt"] for r in results)
+
+
 def test_world4_logits_gathered_and_local(pool4, ckpts):
     results = pool4.run("training.model.sp_checks:case_vlm_logits", ckpts["qwen2"], "float64",
                         DATA["packed"], 2, 2)

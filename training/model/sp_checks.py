@@ -78,39 +78,55 @@ def _grad_errors(model, ref: dict[str, torch.Tensor]) -> tuple[float, float, str
 
 
 def case_vlm_grads(ckpt: str, dtype: str, data: dict, configs: list, mode: str = "auto",
-                   count_over: str = "sp") -> list[dict]:
+                   count_over: str = "sp", grad_ckpt: bool = False) -> list[dict]:
     """For each (U, R) in ``configs``: loss and all parameter gradients of mmsp_loss + sync_gradients vs the
-    plain model. Returns per-config error figures (identical on every rank after the reductions)."""
-    from training.sp.sharding import mmsp_loss, sync_gradients
-
+    plain model. Returns per-config error figures (identical on every rank after the reductions).
+    ``grad_ckpt``: the sharded runs use activation checkpointing (``mmsp_loss(..., backward=True)``)."""
     model, proc = _load(ckpt, dtype)
     batch = smoke_batch(proc, data)
     model.zero_grad(set_to_none=True)
     ref_loss = reference_loss(model, batch)
     ref_loss.backward()
-    ref = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+    ref = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+           for n, p in model.named_parameters()}
     out = []
-    for u, r in configs:
-        groups = _groups(u, r)
-        model.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
-        loss, n_tok = mmsp_loss(model, batch, groups, mode=mode, count_over=count_over)
-        loss.backward()
-        t_fb = time.perf_counter() - t0
-        # negative control: before the SP reduction each rank holds only a partial gradient
-        unsynced, _, _ = _grad_errors(model, ref)
-        sync_gradients(model, groups, dp_reduce="mean" if count_over == "sp" else "sum")
-        rel, ab, name = _grad_errors(model, ref)
-        n_ref = int((batch["labels"][:, 1:] != -100).sum())
-        out.append({
-            "ulysses": u, "ring": r, "loss_ref": float(ref_loss), "loss_sp": float(loss),
-            "loss_abs": abs(float(loss) - float(ref_loss)), "loss_rel": abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)),
-            "tokens_sp": n_tok, "tokens_ref": n_ref, "frames": int(batch["pixel_values"].shape[0]), "seq_len": int(batch["input_ids"].shape[1]),
-            "grad_rel": rel, "grad_abs": ab, "worst_param": name, "unsynced_grad_rel": unsynced,
-            "seconds_fwd_bwd": t_fb, "params": sum(1 for _ in model.parameters()),
-        })
+    if grad_ckpt:  # recomputation in backward must see the MM-SP attention context: backward=True
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        for u, r in configs:
+            out.append(_one_grad_case(model, batch, ref, ref_loss, u, r, mode, count_over, grad_ckpt))
+    finally:
+        if grad_ckpt:
+            model.gradient_checkpointing_disable()
     model.zero_grad(set_to_none=True)
     return out
+
+
+def _one_grad_case(model, batch, ref, ref_loss, u, r, mode, count_over, grad_ckpt) -> dict:
+    from training.sp.sharding import mmsp_loss, sync_gradients
+
+    groups = _groups(u, r)
+    model.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    loss, n_tok = mmsp_loss(model, batch, groups, mode=mode, count_over=count_over, backward=grad_ckpt)
+    if not grad_ckpt:
+        loss.backward()
+    t_fb = time.perf_counter() - t0
+    # negative control: before the SP reduction each rank holds only a partial gradient
+    unsynced, _, _ = _grad_errors(model, ref)
+    sync_gradients(model, groups, dp_reduce="mean" if count_over == "sp" else "sum")
+    rel, ab, name = _grad_errors(model, ref)
+    n_ref = int((batch["labels"][:, 1:] != -100).sum())
+    return {
+        "ulysses": u, "ring": r, "loss_ref": float(ref_loss), "loss_sp": float(loss),
+        "loss_abs": abs(float(loss) - float(ref_loss)),
+        "loss_rel": abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)),
+        "tokens_sp": n_tok, "tokens_ref": n_ref, "frames": int(batch["pixel_values"].shape[0]),
+        "seq_len": int(batch["input_ids"].shape[1]),
+        "grad_rel": rel, "grad_abs": ab, "worst_param": name, "unsynced_grad_rel": unsynced,
+        "seconds_fwd_bwd": t_fb, "params": sum(1 for _ in model.parameters()),
+        "grad_ckpt": bool(grad_ckpt and model.llm.is_gradient_checkpointing),
+    }
 
 
 def case_vlm_logits(ckpt: str, dtype: str, data: dict, u: int, r: int) -> dict:

@@ -6,6 +6,7 @@ Batch format (a dict; what :class:`training.model.smoke_data.SmokeBatchSource` a
                                         config.image_token_id per frame
     labels          LongTensor [B, S]   UNshifted targets (HF convention), -100 = not supervised
     segment_ids     LongTensor [B, S]   optional; packed rows: id >= 0 per sample, -1 = padding
+    position_ids    LongTensor [B, S]   optional; default: restart at 0 for every packed sample
     attention_mask  LongTensor [B, S]   optional; used (1 real / 0 padding) when segment_ids is absent
     pixel_values    Tensor [N, 3, H, W] optional; all frames of the batch, in the order their image-token
                                         blocks appear in input_ids (row-major)
@@ -217,8 +218,9 @@ def mmsp_forward(
             attn = packed_causal_mask(seg, embeds.dtype)
         else:
             attn = (seg >= 0).long()
-        out = model.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=positions_from_segments(seg),
-                        use_cache=False)
+        pos_ids = batch.get("position_ids")
+        pos_ids = positions_from_segments(seg) if pos_ids is None else pos_ids.to(device)
+        out = model.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos_ids, use_cache=False)
         pos = torch.arange(S, device=device).expand(B, S)
         return MMSPOutput(out.logits, shifted, pos, seg, S, S)
 
@@ -228,7 +230,8 @@ def mmsp_forward(
     ids = pad_to(input_ids, 1, L, 0)
     seg_p = pad_to(seg, 1, L, -1)
     shifted = shift_labels(pad_to(labels, 1, L, IGNORE_INDEX), seg_p)
-    pos_ids = positions_from_segments(seg_p)
+    given_pos = batch.get("position_ids")
+    pos_ids = positions_from_segments(seg_p) if given_pos is None else pad_to(given_pos.to(device), 1, L, 0)
     img_mask = ids == image_id
     n_img = int(img_mask.sum())
     n_feat = 0 if feats is None else feats.shape[0] * feats.shape[1]
