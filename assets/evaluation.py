@@ -310,7 +310,8 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
         t0 = time.perf_counter()
         try:
             if eval_settings.niah_nproc > 1:
-                res = run_niah_sharded(ckpt, out, cfg, nproc=eval_settings.niah_nproc)
+                res = run_niah_sharded(ckpt, out, cfg, nproc=eval_settings.niah_nproc,
+                                       frames_parquet=frames_parquet)
             else:
                 res = run_niah_benchmark(ckpt, out, cfg, frames_parquet=frames_parquet,
                                          progress=_progress(context), title=f"V-NIAH {stage_asset}")

@@ -67,7 +67,7 @@ def run_niah_benchmark(checkpoint: str, out_dir: str, config: NiahConfig | None 
 
 def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = None,
                      nproc: int = 2, ulysses: int | None = None, ring: int = 1,
-                     video: str | None = None, timeout_s: float = 1800.0,
+                     video: str | None = None, frames_parquet: str | None = None, timeout_s: float = 1800.0,
                      extra_env: dict | None = None) -> NiahResult:
     """Launch `torchrun --nproc-per-node nproc -m evaluation.sharded` (gloo on CPU, nccl on GPU) and
     read back the results rank 0 wrote. `ulysses * ring` must equal nproc (one SP group)."""
@@ -75,18 +75,21 @@ def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = 
     ulysses = ulysses or max(1, nproc // ring)
     if ulysses * ring != nproc:
         raise ValueError(f"ulysses ({ulysses}) x ring ({ring}) must equal nproc ({nproc})")
+    # fail fast, here, on a bad haystack (names the file) rather than in every rank
     if video is not None:
-        # fail fast, here, on a bad haystack (names the file) rather than in every rank
         load_haystack(video, fps=cfg.fps, max_frames=1, size=cfg.frame_size)
+    elif frames_parquet is not None:
+        haystack_from_frames_parquet(frames_parquet, max_frames=1, size=cfg.frame_size)
     with tempfile.TemporaryDirectory(prefix="niah-sp-") as wd:
-        if video is None:
+        if video is None and frames_parquet is None:
             video = str(Path(wd) / "haystack.mp4")
             synthetic_haystack(video, duration_s=max(max(cfg.frame_counts), 4), frame_size=cfg.frame_size,
                                fps=cfg.fps)
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
             "--master-port", str(_free_port()), "-m", "evaluation.sharded",
-            "--checkpoint", str(checkpoint), "--out", str(out_dir), "--video", str(video),
+            "--checkpoint", str(checkpoint), "--out", str(out_dir),
+            *(["--video", str(video)] if video else ["--frames-parquet", str(frames_parquet)]),
             "--frame-counts", ",".join(map(str, cfg.frame_counts)),
             "--depths", ",".join(f"{d:g}" for d in cfg.depths),
             "--needles", str(cfg.num_needles), "--fps", str(cfg.fps), "--frame-size", str(cfg.frame_size),

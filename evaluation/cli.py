@@ -114,10 +114,8 @@ def cmd_niah(args: argparse.Namespace) -> int:
     out = _out(args, "niah")
     try:
         if args.nproc > 1:
-            if args.frames_parquet:
-                raise InputError(args.frames_parquet, "--frames-parquet is not supported with --nproc > 1; use --video")
             res = run_niah_sharded(args.checkpoint, out, cfg, nproc=args.nproc, ulysses=args.ulysses,
-                                   ring=args.ring, video=args.video)
+                                   ring=args.ring, video=args.video, frames_parquet=args.frames_parquet)
         else:
             res = run_niah_benchmark(args.checkpoint, out, cfg, video=args.video,
                                      frames_parquet=args.frames_parquet, progress=_progress(args))

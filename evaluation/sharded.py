@@ -122,7 +122,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--video", required=True, help="haystack video (every rank decodes the same frames)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", help="haystack video (every rank decodes the same frames)")
+    src.add_argument("--frames-parquet", help="haystack from a video_frames layer file (local or fsspec URL)")
     p.add_argument("--frame-counts", default="8,16,32")
     p.add_argument("--depths", default="0,25,50,75,100")
     p.add_argument("--needles", type=int, default=2)
@@ -166,7 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                          fps=args.fps, frame_size=args.frame_size, seed=args.seed).validate()
         model, processor = load_checkpoint(args.checkpoint, device=device)
         runner = ShardedRunner(model, processor, groups, mode=args.mode, device=device)
-        haystack = load_haystack(args.video, fps=cfg.fps, max_frames=max(cfg.frame_counts), size=cfg.frame_size)
+        if args.video:
+            haystack = load_haystack(args.video, fps=cfg.fps, max_frames=max(cfg.frame_counts), size=cfg.frame_size)
+            source = f"video:{args.video}"
+        else:
+            from .niah import haystack_from_frames_parquet
+
+            haystack = haystack_from_frames_parquet(args.frames_parquet, max_frames=max(cfg.frame_counts),
+                                                    size=cfg.frame_size)
+            source = f"video_frames:{args.frames_parquet}"
         if args.dump_logits:
             from .niah import assemble_frames, build_grid, default_needles, niah_prompt
 
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                             "frame_count": s.frame_count}, args.dump_logits)
         result = run_niah(runner, haystack, cfg, progress=printer("[niah-sp] ") if rank == 0 else None)
         result.method = f"{result.method} (MM-SP sharded prefill, sp={world}: ulysses={ulysses} ring={args.ring})"
-        result.config.update({"haystack_source": f"video:{args.video}", "checkpoint": args.checkpoint,
+        result.config.update({"haystack_source": source, "checkpoint": args.checkpoint,
                               "sp_size": world, "ulysses": ulysses, "ring": args.ring})
         if rank == 0:
             write_niah_outputs(result, args.out)

@@ -24,9 +24,22 @@ def test_world2_matches_world1(smoke_checkpoint, smoke_runner, haystack_video, t
     cfg = NiahConfig(**CFG).validate()
     dump = tmp_path / "logits.pt"
     out = tmp_path / "sp"
+    # the ring case reads its haystack from a lake `video_frames` file instead of the video
+    if ring == 2:
+        from curation.frames import sample_video_frames
+        from evaluation.niah import haystack_from_frames_parquet
+        from longvila import io as lio
+
+        pq_path = str(tmp_path / "video_frames" / "hay.parquet")
+        lio.write_parquet(sample_video_frames(haystack_video, fps=1.0, max_frames=16, size=64), pq_path)
+        source = ["--frames-parquet", pq_path]
+        hay = haystack_from_frames_parquet(pq_path, max_frames=max(cfg.frame_counts), size=cfg.frame_size)
+    else:
+        source = ["--video", haystack_video]
+        hay = load_haystack(haystack_video, fps=cfg.fps, max_frames=max(cfg.frame_counts), size=cfg.frame_size)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
-        "-m", "evaluation.sharded", "--checkpoint", smoke_checkpoint, "--out", str(out), "--video", haystack_video,
+        "-m", "evaluation.sharded", "--checkpoint", smoke_checkpoint, "--out", str(out), *source,
         "--frame-counts", "3,9", "--depths", "0,50,100", "--needles", "2", "--frame-size", "48",
         "--ulysses", str(ulysses), "--ring", str(ring), "--dump-logits", str(dump),
     ]
@@ -40,8 +53,8 @@ def test_world2_matches_world1(smoke_checkpoint, smoke_runner, haystack_video, t
     assert "MM-SP sharded prefill, sp=2" in sharded.method
     assert sharded.config["ulysses"] == ulysses and sharded.config["ring"] == ring
 
-    # single process, same haystack decode, same needles
-    hay = load_haystack(haystack_video, fps=cfg.fps, max_frames=max(cfg.frame_counts), size=cfg.frame_size)
+    assert sharded.config["haystack_source"].startswith("video_frames:" if ring == 2 else "video:")
+    # single process, same haystack, same needles
     single = run_niah(smoke_runner, hay, cfg)
     assert [r["prediction"] for r in sharded.records] == [r["prediction"] for r in single.records]
     assert [r["correct"] for r in sharded.records] == [r["correct"] for r in single.records]
