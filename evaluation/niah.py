@@ -27,7 +27,7 @@ import io
 import math
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from longvila import io as lio
 from longvila.errors import InputError
