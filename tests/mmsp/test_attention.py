@@ -272,9 +272,12 @@ def test_llm_with_mmsp_matches_single_process(pool2, pool4, world, arch, dtype):
 
 
 @pytest.mark.distributed
-def test_llm_ulysses_world4(pool4):
-    cfg = dict(ulysses=4, ring=1, arch="qwen2", dtype="float64", B=1, T=30, overrides={"initializer_range": 0.3})
-    for r in pool4.run("training.sp.testing:case_llm", cfg):
+@pytest.mark.parametrize("world,U,R,mode", [(4, 4, 1, "ulysses"), (4, 1, 4, "zigzag_ring"), (2, 1, 2, "ring")])
+def test_llm_other_modes(pool2, pool4, world, U, R, mode):
+    pool = pool2 if world == 2 else pool4
+    cfg = dict(ulysses=U, ring=R, mode=mode, arch="qwen2", dtype="float64", B=1, T=30,
+               overrides={"initializer_range": 0.3})
+    for r in pool.run("training.sp.testing:case_llm", cfg):
         assert r["logits"] <= 1e-10 and r["grads"] <= 1e-10
 
 

@@ -109,15 +109,13 @@ class DistributedPool:
         errors = []
         while got < self.world_size:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or (errors and remaining < self.timeout_s - 5):
+            if remaining <= 0:
                 break
             try:
-                tid, rank, ok, value = self._results.get(timeout=min(remaining, 1.0) if errors else remaining)
+                tid, rank, ok, value = self._results.get(timeout=min(remaining, 2.0))
             except queue.Empty:
-                if errors:
-                    break
                 dead = [p.exitcode for p in self._procs if not p.is_alive()]
-                if dead:
+                if dead and not errors:
                     errors.append(f"worker processes died (exit codes {dead})")
                     break
                 continue
