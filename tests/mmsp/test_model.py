@@ -372,3 +372,28 @@ def test_batched_left_padded_generation_matches_single_prompts(loaded):
             one = model.generate(input_ids=s["input_ids"], attention_mask=s["attention_mask"],
                                  pixel_values=s["pixel_values"], **gen)
             assert out[i, b["input_ids"].shape[1]:].tolist() == one[0, s["input_ids"].shape[1]:].tolist()
+
+
+def test_mmsp_attention_in_a_single_process_matches_sdpa(ckpt):
+    import copy
+
+    from training.sp.sharding import enable_mmsp_attention
+
+    model, proc = load_checkpoint(ckpt, dtype=torch.float64)
+    mm = copy.deepcopy(model)
+    enable_mmsp_attention(mm)
+    assert mm.llm.config._attn_implementation == "mmsp"
+    b = proc(conversations=[[{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "Cat."}],
+                            [{"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Hi there, friend."}]],
+             frames=[_frames(2), []])
+    b.pop("frames_per_sample")
+    with torch.no_grad():
+        ref, got = model(**b), mm(**b)
+    real = b["attention_mask"].bool()
+    assert torch.allclose(got.logits[real], ref.logits[real], atol=1e-10, rtol=0)
+    assert abs(float(got.loss) - float(ref.loss)) < 1e-10
+    g = proc(conversations=[[{"from": "human", "value": "<video>\nWhy?"}]], frames=[_frames(2)], add_generation_prompt=True)
+    kw = dict(input_ids=g["input_ids"], attention_mask=g["attention_mask"], pixel_values=g["pixel_values"],
+              max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        assert torch.equal(model.generate(**kw), mm.generate(**kw))  # KV-cache decode steps included
