@@ -233,10 +233,13 @@ class _FastFeatures:
             planes = [np.concatenate([pv[None], pl]) for pv, pl in zip(self.prev, planes)]
         # histograms per frame and plane
         hists = []
+        shift = 8 - int(np.log2(self.bins))
         for pl in planes:
             m = len(pl)
-            q = (pl.reshape(m, -1) >> (8 - int(np.log2(self.bins)))).astype(np.int64)
-            q += (np.arange(m) * self.bins)[:, None]
+            q = pl.reshape(m, -1) >> shift  # uint8 bin of every sampled pixel
+            # one bincount for the whole chunk: bin ids offset per frame (fits uint16: m*bins < 65536)
+            q = q.astype(np.uint16 if m * self.bins < 65536 else np.int64)
+            q += (np.arange(m, dtype=q.dtype) * self.bins)[:, None]
             hh = np.bincount(q.ravel(), minlength=m * self.bins).reshape(m, self.bins)
             hists.append(hh / pl[0].size)
         H = np.stack(hists, axis=1)  # (m, 3, bins)
