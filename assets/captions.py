@@ -17,7 +17,8 @@ model ids and decoding parameters, so editing `curation/prompts/video_qa.v1.txt`
 `video_instructions` (and the dataset) stale, a new VLM marks `clip_captions` and everything below.
 
 Failure policy: a backend that is unreachable (connection refused, timeouts, 5xx after retries)
-fails the partition's run (retryable; nothing is written). Bad model output is data, not a crash:
+fails the partition's run (retryable; nothing is written); so does a configuration error (HTTP
+401/403/404: wrong key, endpoint or model name; not retryable). Bad model output is data, not a crash:
 a rejected caption is a row with ok = false and the reason; a summary or QA reply that stays invalid
 after the retries is written as the video's failure record (summary JSON `ok: false`,
 `instructions/<key>.report.json` `ok: false`, no records) and reported in the metadata and checks.
@@ -52,7 +53,7 @@ from pydantic import Field
 from assets.curation import CLIP_FRAMES, VIDEO_CLIPS, VIDEO_FRAMES, VIDEO_PROBE
 from curation.captioning import checks
 from curation.captioning.config import CaptioningConfig, ModelSettings, code_versions, make_annotator, make_captioner
-from curation.captioning.types import UNAVAILABLE
+from curation.captioning.types import CONFIG_ERROR, UNAVAILABLE
 from longvila import io as lio
 from longvila.errors import InputError
 from orchestration.partitions import videos
@@ -186,10 +187,11 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             raise _fail(context, "clip captions", e.reason, file=e.source) from None
         secs = time.perf_counter() - t0
         d = table.to_pydict()
-        unavailable = [e for e in d["error"] if e and e.startswith(UNAVAILABLE)]
-        if unavailable:
-            raise _fail(context, "clip captions", f"captioning backend unavailable for {len(unavailable)} clip(s): "
-                        f"{unavailable[0]}", retryable=True)
+        for kind, retryable in ((CONFIG_ERROR, False), (UNAVAILABLE, True)):
+            bad = [e for e in d["error"] if e and e.startswith(kind)]
+            if bad:
+                raise _fail(context, "clip captions", f"captioning backend {kind} for {len(bad)} clip(s): {bad[0]}",
+                            retryable=retryable)
         data = _parquet_bytes(table)
         out = lake.layer_url("captions", key)
         lio.write_bytes(out, data, lake.settings())
@@ -268,8 +270,8 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             rec = ann.summarize(key, captions_from_table(caps_table), duration, num_clips=caps_table.num_rows)
         except InputError as e:
             raise _fail(context, "video summary", e.reason, file=e.source) from None
-        if rec["error_kind"] == UNAVAILABLE:
-            raise _fail(context, "video summary", rec["error"], retryable=True)
+        if rec["error_kind"] in (UNAVAILABLE, CONFIG_ERROR):
+            raise _fail(context, "video summary", rec["error"], retryable=rec["error_kind"] == UNAVAILABLE)
         data = (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode("utf-8")
         out = lake.layer_url("summaries", key)
         lio.write_bytes(out, data, lake.settings())
@@ -319,8 +321,8 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             qa = ann.question_answers(key, captions_from_table(caps_table), duration, summary.get("summary", ""))
         except InputError as e:
             raise _fail(context, "video instructions", e.reason, file=e.source) from None
-        if qa["error_kind"] == UNAVAILABLE:
-            raise _fail(context, "video instructions", qa["error"], retryable=True)
+        if qa["error_kind"] in (UNAVAILABLE, CONFIG_ERROR):
+            raise _fail(context, "video instructions", qa["error"], retryable=qa["error_kind"] == UNAVAILABLE)
         records = instruction_records(key, summary, qa, video=video, frames_path=lake.layer_url("video_frames", key),
                                       duration_s=duration)
         coverage = question_type_coverage(records)

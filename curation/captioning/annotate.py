@@ -30,7 +30,7 @@ import jsonschema
 
 from .prompts import Prompt, load_prompt
 from .quality import language_problem
-from .types import EMPTY_INPUT, INVALID_OUTPUT, UNAVAILABLE, ChatBackend, ChatRequest
+from .types import CONFIG_ERROR, EMPTY_INPUT, INVALID_OUTPUT, UNAVAILABLE, ChatBackend, ChatRequest
 
 QUESTION_TYPES = ("Spatial", "Attribute", "Action", "Object", "OCR", "Synopsis", "Temporal")
 CAPTION_QUESTION = "Describe the video in detail."
@@ -142,8 +142,8 @@ class VideoAnnotator:
             if not rep.ok:
                 errors.append(f"attempt {attempt + 1}: {rep.error_kind}: {rep.error}")
                 kind = rep.error_kind or INVALID_OUTPUT
-                if rep.error_kind == UNAVAILABLE:
-                    break  # the backend already retried; more attempts would only wait longer
+                if rep.error_kind in (UNAVAILABLE, CONFIG_ERROR):
+                    break  # retried by the backend already / will fail the same way again
                 continue
             kind = INVALID_OUTPUT
             try:

@@ -4,10 +4,12 @@ or `curation.captioning.server`).
 * images are sent as base64 JPEG data URLs (`{"type": "image_url", "image_url": {"url": ...}}`);
 * JSON-schema requests use `response_format={"type": "json_schema", "json_schema": {...}}`;
 * requests run on a thread pool of `concurrency` workers;
-* connection errors, timeouts, HTTP 429 and 5xx are retried `max_retries` times with exponential
-  backoff and full jitter; any other HTTP status fails that request at once with the server's
-  message. A request that still fails is returned as a failed `ChatReply` (`error_kind`
-  "unavailable", "http_error" or "bad_response"): one bad request never crashes the batch.
+* connection errors, timeouts, HTTP 408/429/5xx and non-chat-completion bodies are retried
+  `max_retries` times with exponential backoff and full jitter; any other HTTP status fails that
+  request at once with the server's message (401/403/404 as "config_error": wrong key, endpoint or
+  model; others as "http_error": this request was refused). A request that still fails is returned as
+  a failed `ChatReply` (`error_kind` "unavailable", "config_error", "http_error" or "bad_response"):
+  one bad request never crashes the batch.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Sequence
 
 import requests
 
-from .types import BAD_RESPONSE, HTTP_ERROR, UNAVAILABLE, BackendError, ChatReply, ChatRequest, to_jpeg
+from .types import BAD_RESPONSE, CONFIG_ERROR, HTTP_ERROR, UNAVAILABLE, BackendError, ChatReply, ChatRequest, to_jpeg
 
 RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+CONFIG_STATUS = {401, 403, 404}
 
 
 def _encode_messages(messages: list[dict]) -> list[dict]:
@@ -112,6 +115,8 @@ class OpenAIChatBackend:
             raise BackendError(UNAVAILABLE, f"cannot connect to {url}: {type(e).__name__}") from e
         if resp.status_code in RETRY_STATUS:
             raise BackendError(UNAVAILABLE, f"HTTP {resp.status_code} from {url}: {resp.text[:200]}")
+        if resp.status_code in CONFIG_STATUS:
+            raise BackendError(CONFIG_ERROR, f"HTTP {resp.status_code} from {url}: {resp.text[:300]}")
         if resp.status_code != 200:
             raise BackendError(HTTP_ERROR, f"HTTP {resp.status_code} from {url}: {resp.text[:300]}")
         try:

@@ -8,7 +8,8 @@ from typing import Any, Protocol, Sequence
 
 # error kinds carried by a failed reply / caption / summary
 UNAVAILABLE = "unavailable"  # connection refused, timeouts, 5xx after all retries: infrastructure
-HTTP_ERROR = "http_error"  # a non-retryable HTTP status (4xx): configuration (model name, key, ...)
+HTTP_ERROR = "http_error"  # a non-retryable HTTP status for this request (400, 413, 422, ...)
+CONFIG_ERROR = "config_error"  # 401 / 403 / 404: wrong key, endpoint or model name; fails every request
 BAD_RESPONSE = "bad_response"  # the server's reply is not an OpenAI chat-completions object
 INVALID_OUTPUT = "invalid_output"  # the model's text is unparseable / schema-invalid after retries
 EMPTY_INPUT = "empty_input"  # e.g. a clip with no frames

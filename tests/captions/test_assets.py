@@ -306,3 +306,29 @@ def test_invalid_llm_replies_become_the_videos_failure_record(curated_lake, smok
     assert _materialize(defs, instance, storage).success
     manifest, records = load_long_video_sft(storage)
     assert manifest["failed"] == {key: report["error"]} and records == []
+
+
+def test_wrong_model_name_fails_the_partition_not_retryable(curated_lake, smoke_paths, server, tmp_path):
+    from dagster import AssetSelection, DagsterInstance
+
+    from assets.captions import CLIP_CAPTIONS, CaptionModelsResource
+    from longvila import io as lio
+    from longvila.layout import layer_path
+
+    server.fault("none")
+    storage = str(tmp_path / "lake")
+    shutil.copytree(curated_lake["storage"], storage)
+    key = sorted(curated_lake["keys"])[1]
+    for p in (layer_path(storage, "captions", key),):
+        if lio.exists(p):
+            __import__("os").unlink(p)
+    defs, _ = _defs(smoke_paths)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("videos", [key])
+    models = CaptionModelsResource(vlm_backend="openai", vlm_model="no-such-vlm", vlm_endpoint=server.base_url)
+    res = _materialize(defs, instance, storage, partition=key, caption_models=models,
+                       selection=AssetSelection.assets(CLIP_CAPTIONS))
+    assert not res.success
+    err = [e for e in res.all_events if e.is_step_failure][0].event_specific_data.error.message
+    assert "config_error" in err and "no-such-vlm" in err
+    assert not lio.exists(layer_path(storage, "captions", key))

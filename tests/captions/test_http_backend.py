@@ -8,7 +8,7 @@ import jsonschema
 import requests
 
 from curation.captioning.openai_http import OpenAIChatBackend
-from curation.captioning.types import BAD_RESPONSE, HTTP_ERROR, UNAVAILABLE, ChatRequest
+from curation.captioning.types import BAD_RESPONSE, CONFIG_ERROR, HTTP_ERROR, UNAVAILABLE, ChatRequest
 
 
 def _backend(srv, model="smoke-llm", **kw):
@@ -76,7 +76,7 @@ def test_5xx_exhausts_retries(srv):
 
 def test_4xx_fails_at_once_with_server_message(srv):
     rep = _backend(srv, model="no-such-model").chat([_text_req()])[0]
-    assert not rep.ok and rep.error_kind == HTTP_ERROR and rep.attempts == 1
+    assert not rep.ok and rep.error_kind == CONFIG_ERROR and rep.attempts == 1
     assert "HTTP 404" in rep.error and "no-such-model" in rep.error
 
 
