@@ -14,28 +14,26 @@ See the module docs of `captioner` (CLIP_CAPTIONS Parquet), `annotate` (summary 
 instruction records) and `dataset` (long_video_sft layout and manifest).
 """
 
-from .annotate import (
-    QUESTION_TYPES,
-    TimedCaption,
-    VideoAnnotator,
-    captions_from_table,
-    instruction_records,
-    read_jsonl,
-    to_jsonl,
-)
-from .captioner import CAPTIONS_SCHEMA, CaptionResult, ClipCaptioner, ClipInput, caption_video, clip_inputs, results_to_table
-from .config import CaptioningConfig, ModelSettings, code_versions, make_annotator, make_backend, make_captioner
-from .dataset import build_long_video_sft, load_long_video_sft
-from .local import LocalChatBackend
-from .openai_http import OpenAIChatBackend
-from .prompts import Prompt, load_prompt
-from .smoke_models import ensure_smoke_models
-from .types import ChatBackend, ChatReply, ChatRequest
+from importlib import import_module
 
-__all__ = [
-    "QUESTION_TYPES", "TimedCaption", "VideoAnnotator", "captions_from_table", "instruction_records", "read_jsonl",
-    "to_jsonl", "CAPTIONS_SCHEMA", "CaptionResult", "ClipCaptioner", "ClipInput", "caption_video", "clip_inputs",
-    "results_to_table", "CaptioningConfig", "ModelSettings", "code_versions", "make_annotator", "make_backend",
-    "make_captioner", "build_long_video_sft", "load_long_video_sft", "LocalChatBackend", "OpenAIChatBackend",
-    "Prompt", "load_prompt", "ensure_smoke_models", "ChatBackend", "ChatReply", "ChatRequest",
-]
+# name -> submodule; imported on first use so that `import curation.captioning.<light module>`
+# (e.g. from the Dagster definitions) does not pull in torch / transformers.
+_EXPORTS = {
+    "QUESTION_TYPES": "annotate", "TimedCaption": "annotate", "VideoAnnotator": "annotate",
+    "captions_from_table": "annotate", "instruction_records": "annotate", "read_jsonl": "annotate", "to_jsonl": "annotate",
+    "CAPTIONS_SCHEMA": "captioner", "CaptionResult": "captioner", "ClipCaptioner": "captioner", "ClipInput": "captioner",
+    "caption_video": "captioner", "clip_inputs": "captioner", "results_to_table": "captioner",
+    "CaptioningConfig": "config", "ModelSettings": "config", "code_versions": "config", "make_annotator": "config",
+    "make_backend": "config", "make_captioner": "config",
+    "build_long_video_sft": "dataset", "load_long_video_sft": "dataset",
+    "LocalChatBackend": "local", "OpenAIChatBackend": "openai_http", "Prompt": "prompts", "load_prompt": "prompts",
+    "ensure_smoke_models": "smoke_models", "ChatBackend": "types", "ChatReply": "types", "ChatRequest": "types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
