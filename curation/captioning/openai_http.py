@@ -114,7 +114,11 @@ class OpenAIChatBackend:
         except requests.ConnectionError as e:
             raise BackendError(UNAVAILABLE, f"cannot connect to {url}: {type(e).__name__}") from e
         if resp.status_code in RETRY_STATUS:
-            raise BackendError(UNAVAILABLE, f"HTTP {resp.status_code} from {url}: {resp.text[:200]}")
+            try:  # honour a numeric Retry-After (429 / 503), capped by backoff_max_s
+                retry_after = float(resp.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+            raise BackendError(UNAVAILABLE, f"HTTP {resp.status_code} from {url}: {resp.text[:200]}", retry_after)
         if resp.status_code in CONFIG_STATUS:
             raise BackendError(CONFIG_ERROR, f"HTTP {resp.status_code} from {url}: {resp.text[:300]}")
         if resp.status_code != 200:
@@ -147,7 +151,10 @@ class OpenAIChatBackend:
                 last = e
                 if e.kind not in (UNAVAILABLE, BAD_RESPONSE) or attempt == self.max_retries:
                     break
-                time.sleep(self._backoff(attempt))
+                wait = self._backoff(attempt)
+                if e.retry_after_s is not None:
+                    wait = max(wait, min(e.retry_after_s, self.backoff_max_s))
+                time.sleep(wait)
         assert last is not None
         return ChatReply(
             text="",

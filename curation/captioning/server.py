@@ -11,7 +11,7 @@ Endpoints: `POST /v1/chat/completions` (text + base64 data-URL images, `max_toke
 With `--fault-injection`, `POST /admin/fault` sets a failure mode for tests and `GET /admin/stats`
 reports request counts: `{"mode": "none" | "slow" | "error" | "invalid_json" | "garbage" | "reply",
 "count": N (-1 = until reset), "delay_s": S, "status": 500, "text": "..."}`: `slow` waits S seconds
-before answering, `error` answers HTTP `status`, `garbage` answers a non-JSON body, `invalid_json`
+before answering, `error` answers HTTP `status` (with `Retry-After: S` when `delay_s` is set), `garbage` answers a non-JSON body, `invalid_json`
 and `reply` replace the model's text with unparseable JSON or with `text` (e.g. a reply in another
 language or one that breaks the schema), for the next N requests.
 
@@ -169,16 +169,18 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
         def log_message(self, fmt, *args):  # quiet by default
             return
 
-        def _send(self, status: int, obj: Any = None, raw: bytes | None = None):
+        def _send(self, status: int, obj: Any = None, raw: bytes | None = None, headers=None):
             data = raw if raw is not None else json.dumps(obj).encode("utf-8")
             self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
             self.send_header("Content-Type", "application/json" if raw is None else "text/html")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 
-        def _error(self, status: int, message: str, type_: str = "invalid_request_error"):
-            self._send(status, {"error": {"message": message, "type": type_, "code": status}})
+        def _error(self, status: int, message: str, type_: str = "invalid_request_error", headers=None):
+            self._send(status, {"error": {"message": message, "type": type_, "code": status}}, headers=headers)
 
         def _body(self) -> Any:
             n = int(self.headers.get("Content-Length") or 0)
@@ -209,7 +211,8 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
             if mode == "slow":
                 time.sleep(delay)
             elif mode == "error":
-                return self._error(status, "injected failure", "server_error")
+                extra = {"Retry-After": f"{delay:g}"} if delay else None
+                return self._error(status, "injected failure", "server_error", headers=extra)
             elif mode == "garbage":
                 return self._send(200, raw=b"<html>502 bad gateway</html>")
             try:

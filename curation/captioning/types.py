@@ -18,8 +18,9 @@ BAD_INPUT = "bad_input"  # the request itself cannot be processed (e.g. an undec
 
 
 class BackendError(Exception):
-    def __init__(self, kind: str, message: str):
+    def __init__(self, kind: str, message: str, retry_after_s: float | None = None):
         self.kind = kind
+        self.retry_after_s = retry_after_s
         super().__init__(message)
 
 

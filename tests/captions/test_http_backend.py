@@ -108,3 +108,11 @@ def test_undecodable_image_is_a_client_error_not_retried(srv, frames):
     r_good, r_bad = b.chat([good, bad])
     assert r_good.ok
     assert not r_bad.ok and r_bad.error_kind == HTTP_ERROR and r_bad.attempts == 1 and "HTTP 400" in r_bad.error
+
+
+def test_429_retry_after_is_honoured(srv):
+    srv.fault("error", status=429, delay_s=0.6, count=1)
+    t0 = time.monotonic()
+    rep = _backend(srv, max_retries=2, backoff_s=0.01, backoff_max_s=2.0).chat([_text_req()])[0]
+    assert rep.ok and rep.attempts == 2
+    assert time.monotonic() - t0 >= 0.6
