@@ -136,6 +136,7 @@ def _free_port() -> int:
 def run_videomme_benchmark(checkpoint: str | Any, questions: str, video_dir: str, out_dir: str,
                            subtitle_dir: str | None = None, num_frames: int = 8, subtitles: str = "auto",
                            max_new_tokens: int = 8, scoring: str = "generate",
+                           subtitle_selection: str = "frames",
                            progress: ProgressFn | None = None) -> VideoMMEResult:
     """`checkpoint` is a checkpoint path, or any answerer callable(frames, prompt) -> str."""
     qs = load_questions(questions, subtitle_dir=subtitle_dir)
@@ -146,7 +147,7 @@ def run_videomme_benchmark(checkpoint: str | Any, questions: str, video_dir: str
 
         answerer = load_runner(str(checkpoint), max_new_tokens=max_new_tokens)
     result = evaluate_videomme(answerer, qs, video_dir, num_frames=num_frames, subtitles=subtitles,
-                               scoring=scoring, progress=progress)
+                               scoring=scoring, subtitle_selection=subtitle_selection, progress=progress)
     write_videomme_outputs(result, out_dir)
     return result
 

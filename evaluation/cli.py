@@ -84,6 +84,8 @@ def register(subparsers) -> None:
                    help="generate: free-form reply + letter extraction (official); option_logits: letter "
                         "with the highest first-token logit")
     v.add_argument("--max-new-tokens", type=int, default=8)
+    v.add_argument("--subtitle-selection", choices=["frames", "all"], default="frames",
+                   help="frames: only the cues shown at the sampled frames (VideoMME protocol); all: every cue")
     v.add_argument("--make-fixture", default=None, metavar="DIR",
                    help="generate a small VideoMME-format fixture in DIR and evaluate on it")
     v.set_defaults(func=cmd_videomme)
@@ -144,6 +146,7 @@ def cmd_videomme(args: argparse.Namespace) -> int:
         res = run_videomme_benchmark(args.checkpoint, questions, videos, out, subtitle_dir=subs,
                                      num_frames=args.num_frames, subtitles=args.subtitle_mode,
                                      max_new_tokens=args.max_new_tokens, scoring=args.scoring,
+                                     subtitle_selection=args.subtitle_selection,
                                      progress=_progress(args))
     except InputError as exc:
         print(f"error: {exc}")

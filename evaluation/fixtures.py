@@ -48,11 +48,16 @@ class FixtureVideo:
     subtitle_word: str | None
 
 
+def _ts(t: float) -> str:
+    ms = int(round(t * 1000))
+    return f"{ms // 3600000:02d}:{ms // 60000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
 def _srt(word: str, seconds: float) -> str:
-    end = max(1.0, seconds)
-    return (f"1\n00:00:00,000 --> 00:00:0{min(9, int(end))},500\n<i>Listen.</i>\n\n"
-            f"2\n00:00:0{min(9, int(end))},500 --> 00:00:0{min(9, int(end))},900\n"
-            f"The secret word is {word}.\n")
+    """Two cues: a short "Listen." at the start (shown at no uniformly sampled frame of a 2+-frame
+    sample) and the secret word from 0.2 s to the end of the video."""
+    return (f"1\n{_ts(0.0)} --> {_ts(0.2)}\n<i>Listen.</i>\n\n"
+            f"2\n{_ts(0.2)} --> {_ts(seconds)}\nThe secret word is {word}.\n")
 
 
 def make_videomme_fixture(root: str, n_videos: int = 6, seed: int = 0, size: int = 64, fps: int = 4,

@@ -42,6 +42,8 @@ __all__ = [
     "load_questions",
     "find_video",
     "read_srt",
+    "read_srt_cues",
+    "subtitles_at",
     "videomme_prompt",
     "sample_uniform_frames",
     "evaluate_videomme",
@@ -73,6 +75,7 @@ class MCQuestion:
     sub_category: str = ""
     task_type: str = ""
     subtitles: str | None = None
+    subtitle_cues: list | None = None  # [(start_s, end_s, text)] from an SRT file (None for inline text)
 
     @property
     def letters(self) -> list[str]:
@@ -181,15 +184,18 @@ def load_questions(path: str, subtitle_dir: str | None = None) -> list[MCQuestio
             raise InputError(src, f"question {qid}: duration {rec['duration']!r} is not one of {DURATIONS}")
         file_id = str(rec.get("videoID") or vid)
         subs = rec.get("subtitles") or rec.get("subtitle")
+        cues = None
         if not subs and subtitle_dir:
             srt = lio.join(subtitle_dir, f"{file_id}.srt")
             if lio.exists(srt):
-                subs = read_srt(srt)
+                cues = read_srt_cues(srt)
+                subs = "\n".join(c[2] for c in cues)
         out.append(MCQuestion(
             question_id=qid, video_id=str(vid), video_file_id=file_id, duration=duration,
             question=str(rec["question"]), options=options, answer=answer,
             domain=str(rec.get("domain") or ""), sub_category=str(rec.get("sub_category") or ""),
             task_type=str(rec.get("task_type") or ""), subtitles=str(subs) if subs else None,
+            subtitle_cues=cues if subs else None,
         ))
     if not out:
         raise InputError(src, "question file holds no questions")
@@ -199,23 +205,56 @@ def load_questions(path: str, subtitle_dir: str | None = None) -> list[MCQuestio
 _SRT_TIME = re.compile(r"^\d\d:\d\d:\d\d[,\.]\d+\s*-->\s*\d\d:\d\d:\d\d[,\.]\d+")
 
 
-def read_srt(path: str) -> str:
-    """Plain text of an SRT subtitle file: cue numbers, timings and markup dropped, one cue a line."""
+def _srt_seconds(t: str) -> float:
+    h, m, rest = t.strip().replace(",", ".").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(rest)
+
+
+def read_srt_cues(path: str) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, text) of every cue of an SRT file; markup dropped, multi-line cues joined."""
     text = lio.read_bytes(path).decode("utf-8-sig", "replace")
-    lines, cue = [], []
+    cues: list[tuple[float, float, str]] = []
+    span: tuple[float, float] | None = None
+    lines: list[str] = []
+
+    def flush():
+        nonlocal span, lines
+        body = " ".join(x for x in lines if x)
+        if body:
+            cues.append((span[0], span[1], body) if span else (0.0, float("inf"), body))
+        span, lines = None, []
+
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
-            if cue:
-                lines.append(" ".join(cue))
-                cue = []
+            flush()
             continue
-        if line.isdigit() and not cue or _SRT_TIME.match(line):
+        if _SRT_TIME.match(line):
+            if lines:  # a cue without a blank line before the next timing
+                flush()
+            a, b = line.split("-->")
+            try:
+                span = (_srt_seconds(a), _srt_seconds(b.split()[0]))
+            except (ValueError, IndexError):
+                span = None
             continue
-        cue.append(re.sub(r"<[^>]+>|\{[^}]+\}", "", line).strip())
-    if cue:
-        lines.append(" ".join(cue))
-    return "\n".join(x for x in lines if x)
+        if line.isdigit() and not lines:
+            continue
+        lines.append(re.sub(r"<[^>]+>|\{[^}]+\}", "", line).strip())
+    flush()
+    return cues
+
+
+def read_srt(path: str) -> str:
+    """Plain text of an SRT subtitle file: cue numbers, timings and markup dropped, one cue a line."""
+    return "\n".join(c[2] for c in read_srt_cues(path))
+
+
+def subtitles_at(cues: Sequence[tuple[float, float, str]], times: Sequence[float]) -> str:
+    """The cues shown at any of `times` (seconds), in order, one a line: VideoMME's "subtitles of the
+    sampled frames" (a cue counts when start <= t < end)."""
+    keep = [c for c in cues if any(c[0] <= t < c[1] for t in times)]
+    return "\n".join(c[2] for c in keep)
 
 
 def find_video(video_dir: str, q: MCQuestion) -> str | None:
@@ -227,10 +266,13 @@ def find_video(video_dir: str, q: MCQuestion) -> str | None:
     return None
 
 
-def videomme_prompt(q: MCQuestion, with_subtitles: bool = False, max_subtitle_chars: int = 4000) -> str:
+def videomme_prompt(q: MCQuestion, with_subtitles: bool = False, max_subtitle_chars: int = 4000,
+                    subtitle_text: str | None = None) -> str:
+    """The official VideoMME prompt; with subtitles, `subtitle_text` (default: all of q.subtitles)
+    is placed first, cut at `max_subtitle_chars` on a line boundary."""
     parts = []
-    if with_subtitles and q.subtitles:
-        subs = q.subtitles
+    subs = subtitle_text if subtitle_text is not None else q.subtitles
+    if with_subtitles and subs:
         if len(subs) > max_subtitle_chars:
             subs = subs[:max_subtitle_chars].rsplit("\n", 1)[0]
         parts += [SUBTITLE_HEAD, subs]
@@ -238,8 +280,10 @@ def videomme_prompt(q: MCQuestion, with_subtitles: bool = False, max_subtitle_ch
     return "\n".join(parts)
 
 
-def sample_uniform_frames(video: str, num_frames: int, size: int | None = None) -> list:
-    """`num_frames` frames spread uniformly over the whole video (curation.frames), as PIL images.
+def sample_uniform_frames(video: str, num_frames: int, size: int | None = None,
+                          with_times: bool = False):
+    """`num_frames` frames spread uniformly over the whole video (curation.frames), as PIL images
+    (and their presentation times in seconds when `with_times`).
 
     curation.frames.sample_video_frames switches to `max_frames` uniform timestamps when the
     requested rate would give more; asking for a rate far above any video's makes that always so."""
@@ -252,6 +296,8 @@ def sample_uniform_frames(video: str, num_frames: int, size: int | None = None) 
     frames = [im.convert("RGB") for im in decode_jpeg_frames(table)]
     if not frames:
         raise VideoError(str(video), "no frames could be sampled")
+    if with_times:
+        return frames, [float(t) for t in table.column("pts_s").to_pylist()]
     return frames
 
 
@@ -330,11 +376,14 @@ def evaluate_videomme(
     subtitles: str = "auto",
     strict: bool = False,
     scoring: str = "generate",
+    subtitle_selection: str = "frames",
     progress: ProgressFn | None = None,
 ) -> VideoMMEResult:
     """Ask `answerer(frames, prompt) -> reply` every question; frames are sampled once per video.
 
     subtitles: "auto" (with-subtitles pass too when any question has subtitles), "never", "always".
+    subtitle_selection: "frames" (VideoMME's protocol: only the SRT cues shown at the sampled
+    frames' timestamps; inline subtitle text without timings is used whole) or "all".
     scoring: "generate" (the official protocol: free-form reply, letter extracted) or "option_logits"
     (the answerer's `choice_scores(frames, prompt, letters)`: the letter with the highest first-token
     logit; always answers, so a random model scores near chance instead of near zero).
@@ -345,6 +394,8 @@ def evaluate_videomme(
         raise ValueError(f"scoring must be generate/option_logits, got {scoring!r}")
     if scoring == "option_logits" and not hasattr(answerer, "choice_scores"):
         raise TypeError("scoring='option_logits' needs an answerer with choice_scores(frames, prompt, letters)")
+    if subtitle_selection not in ("frames", "all"):
+        raise ValueError(f"subtitle_selection must be frames/all, got {subtitle_selection!r}")
     if subtitles not in ("auto", "never", "always"):
         raise ValueError(f"subtitles must be auto/never/always, got {subtitles!r}")
     has_subs = any(q.subtitles for q in questions)
@@ -359,7 +410,7 @@ def evaluate_videomme(
     done = 0
     total = len(questions) * len(modes)
     for file_id, qs in by_video.items():
-        frames, error = None, None
+        frames, times, error = None, [], None
         path = find_video(video_dir, qs[0])
         if path is None:
             error = f"video {file_id} not found in {video_dir}"
@@ -367,7 +418,7 @@ def evaluate_videomme(
                 raise InputError(str(video_dir), error)
         else:
             try:
-                frames = sample_uniform_frames(path, num_frames, frame_size)
+                frames, times = sample_uniform_frames(path, num_frames, frame_size, with_times=True)
             except InputError as exc:
                 if strict:
                     raise
@@ -381,7 +432,11 @@ def evaluate_videomme(
                     "correct": False, "error": error,
                 }
                 if frames is not None:
-                    prompt = videomme_prompt(q, with_subtitles=(mode == "with_subtitles"))
+                    sub_text = None
+                    if mode == "with_subtitles" and q.subtitle_cues and subtitle_selection == "frames":
+                        sub_text = subtitles_at(q.subtitle_cues, times)
+                        rec["subtitle_chars"] = len(sub_text)
+                    prompt = videomme_prompt(q, with_subtitles=(mode == "with_subtitles"), subtitle_text=sub_text)
                     if scoring == "option_logits":
                         scores = answerer.choice_scores(frames, prompt, q.letters)
                         rec["scores"] = scores

@@ -12,8 +12,8 @@ import pytest
 
 from evaluation.benchmarks import run_videomme_benchmark
 from evaluation.fixtures import fixture_oracle
-from evaluation.videomme import (evaluate_videomme, find_video, load_questions, read_srt, sample_uniform_frames,
-                                 videomme_prompt)
+from evaluation.videomme import (evaluate_videomme, find_video, load_questions, read_srt, read_srt_cues,
+                                 sample_uniform_frames, subtitles_at, videomme_prompt)
 from longvila.errors import InputError
 
 
@@ -107,6 +107,31 @@ def test_read_srt(tmp_path):
     p.write_text("\ufeff1\n00:00:01,000 --> 00:00:02,500\n<i>Hello</i> there\nfriend\n\n2\n"
                  "00:00:03,000 --> 00:00:04,000\n{\\an8}Bye.\n", encoding="utf-8")
     assert read_srt(str(p)) == "Hello there friend\nBye."
+    assert read_srt_cues(str(p)) == [(1.0, 2.5, "Hello there friend"), (3.0, 4.0, "Bye.")]
+    cues = read_srt_cues(str(p))
+    assert subtitles_at(cues, [0.5]) == "" and subtitles_at(cues, [1.0, 3.5]) == "Hello there friend\nBye."
+    assert subtitles_at(cues, [2.5]) == ""  # end is exclusive
+
+
+def test_with_subtitles_uses_the_cues_of_the_sampled_frames(videomme_fixture):
+    """VideoMME's protocol: only the cues shown at the sampled frames go into the prompt."""
+    fx = videomme_fixture
+    qs = load_questions(fx["parquet"], subtitle_dir=fx["subtitle_dir"])
+    seen = []
+
+    def spy(frames, prompt):
+        seen.append(prompt)
+        return fixture_oracle(frames, prompt)
+
+    res = evaluate_videomme(spy, qs, fx["video_dir"], num_frames=2, subtitle_selection="frames")
+    with_subs = [p for p in seen if p.startswith("This video's subtitles")]
+    assert with_subs and all("secret word is" in p and "Listen." not in p for p in with_subs)
+    assert res.summary()["with_subtitles"]["overall"]["accuracy"] == 1.0
+    seen.clear()
+    evaluate_videomme(spy, qs, fx["video_dir"], num_frames=2, subtitle_selection="all")
+    assert all("Listen." in p for p in seen if p.startswith("This video's subtitles"))
+    with pytest.raises(ValueError):
+        evaluate_videomme(spy, qs, fx["video_dir"], subtitle_selection="some")
 
 
 def test_prompt_format(videomme_fixture):
