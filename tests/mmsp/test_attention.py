@@ -237,6 +237,15 @@ def test_sp_attention_world4(pool4, case, dtype):
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("case", [CASES_W2[3], CASES_W2[1]], ids=["zigzag", "ulysses"])
+def test_bfloat16_world2(pool2, case):
+    """bf16 inputs (fp32 log-sum-exp merge): close to the float64 reference at bf16 precision."""
+    for r in pool2.run("training.sp.testing:case_attention", _cfg(case, "bfloat16", L=40)):
+        for name in ("out", "dq", "dk", "dv"):
+            assert r[name + "_finite"] and r[name] <= 3e-2, (name, r[name])
+
+
+@pytest.mark.distributed
 def test_math_kernel_world4(pool4):
     """The exact matmul block kernel (the non-CPU path) through the 2D ring."""
     for case in (CASES_W4[7], CASES_W4[3]):
@@ -272,13 +281,18 @@ def test_llm_with_mmsp_matches_single_process(pool2, pool4, world, arch, dtype):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("world,U,R,mode", [(4, 4, 1, "ulysses"), (4, 1, 4, "zigzag_ring"), (2, 1, 2, "ring")])
-def test_llm_other_modes(pool2, pool4, world, U, R, mode):
+@pytest.mark.parametrize("world,U,R,mode,segments", [
+    (4, 4, 1, "ulysses", None), (4, 1, 4, "zigzag_ring", None), (2, 1, 2, "ring", None),
+    (2, 1, 2, "zigzag_ring", "packed_padded"), (4, 2, 2, "2d", "packed_padded"), (4, 4, 1, "ulysses", "packed"),
+])
+def test_llm_other_modes(pool2, pool4, world, U, R, mode, segments):
+    """Also packed rows (documents + padding, position ids restarting per document) through the context."""
     pool = pool2 if world == 2 else pool4
-    cfg = dict(ulysses=U, ring=R, mode=mode, arch="qwen2", dtype="float64", B=1, T=30,
+    cfg = dict(ulysses=U, ring=R, mode=mode, arch="qwen2", dtype="float64", B=2, T=30, segments=segments,
                overrides={"initializer_range": 0.3})
     for r in pool.run("training.sp.testing:case_llm", cfg):
         assert r["logits"] <= 1e-10 and r["grads"] <= 1e-10
+        assert r["control_logits"] > 1e-2
 
 
 @pytest.mark.distributed

@@ -81,12 +81,14 @@ def _local_attention(q, k, v, *, causal, segment_ids, scale):
 def sp_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, groups: SPGroups | None, causal: bool = True,
     segment_ids: torch.Tensor | None = None, scale: float | None = None, mode: str = "auto",
+    global_segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sequence-parallel attention on local shards.
 
     q [B, Hq, S_local, D]; k, v [B, Hkv, S_local, D] (Hq a multiple of Hkv); segment_ids [B, S_local] integer
     document ids (< 0 = padding) or None. Returns [B, Hq, S_local, D] in q's dtype and local layout.
-    Differentiable (exact gradients) w.r.t. q, k, v.
+    Differentiable (exact gradients) w.r.t. q, k, v. ``global_segment_ids`` ([B, L], global order) may be
+    passed instead of gathering ``segment_ids`` again (the registered attention caches it per batch context).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"expected 4-D q/k/v [B, H, S, D], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -113,7 +115,11 @@ def sp_attention(
             f"local length {S} x SP size {P} = {L} is not a multiple of 2*SP size; pad with layout.padded_length()"
         )
     seg_global = None
-    if segment_ids is not None:
+    if global_segment_ids is not None:
+        if global_segment_ids.shape != (q.shape[0], L):
+            raise ValueError(f"global_segment_ids shape {tuple(global_segment_ids.shape)} != {(q.shape[0], L)}")
+        seg_global = global_segment_ids.to(device=q.device, dtype=torch.long)
+    elif segment_ids is not None:
         seg_global = unshard(segment_ids, 1, groups, scheme=scheme)
     n_chunks = 2 if scheme == "zigzag" else 1
 
@@ -206,6 +212,8 @@ def mmsp_attention_forward(module, query, key, value, attention_mask, scaling=No
         if sp_active:
             raise ValueError("mmsp attention with sequence parallelism does not support a KV cache (prefill only)")
         return _cached_attention(query, key, value, attention_mask, scaling, causal), None
+    cache_key = (id(seg), id(attention_mask), id(groups), mode)
+    cached = ctx.get("_global_segments")
     if attention_mask is not None:
         pad = attention_mask.to(device=query.device, dtype=torch.bool)
         if pad.shape[-1] != query.shape[2]:
@@ -214,8 +222,17 @@ def mmsp_attention_forward(module, query, key, value, attention_mask, scaling=No
             seg = torch.where(pad, 0, -1)
         else:
             seg = torch.where(pad, seg.to(query.device), -1)
+    seg_global = None
+    if sp_active and seg is not None:
+        # gather the global segment ids once per batch context, not once per layer
+        if cached is not None and cached[0] == cache_key:
+            seg_global = cached[1]
+        else:
+            seg_global = unshard(seg.to(device=query.device, dtype=torch.long), 1, groups, scheme=layout_scheme(mode))
+            if ctx:
+                ctx["_global_segments"] = (cache_key, seg_global)
     out = sp_attention(query, key, value, groups=groups if sp_active else None, causal=causal, segment_ids=seg,
-                       scale=scaling, mode=mode)
+                       scale=scaling, mode=mode, global_segment_ids=seg_global)
     return out.transpose(1, 2).contiguous(), None
 
 

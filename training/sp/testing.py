@@ -305,7 +305,12 @@ def tiny_llm(arch: str = "qwen2", *, attn: str = "sdpa", seed: int = 0, dtype=to
 def case_llm(cfg: dict) -> dict:
     """Stock tiny LLM with attn_implementation="mmsp" on local shards (shard positions as position_ids) vs
     the same weights with SDPA in one process: max |logit diff| and max |param grad diff| (grads all-reduced
-    over the SP group)."""
+    over the SP group).
+
+    cfg["segments"] (optional, see make_segments): pack documents into each row (position ids restart per
+    document) and pad; the reference then uses SDPA with an explicit 4-D block-diagonal causal mask (padding
+    tokens attend only themselves there, so they stay finite), and only real tokens are compared/weighted.
+    """
     from .attention import layout_scheme, register_mmsp_attention, sp_batch_context
     from .layout import padded_length, shard, shard_positions, unshard
 
@@ -320,11 +325,25 @@ def case_llm(cfg: dict) -> dict:
     gen = torch.Generator().manual_seed(cfg.get("seed", 0))
     ids = torch.randint(0, 128, (B, L), generator=gen)
     overrides = cfg.get("overrides", {})
+    seg = make_segments(B, L, cfg.get("segments"), gen)
+    if seg is not None:
+        seg[:, T:] = -1  # the layout padding
+        pos = torch.zeros(B, L, dtype=torch.long)
+        for b in range(B):
+            for i in range(1, L):
+                pos[b, i] = pos[b, i - 1] + 1 if seg[b, i] == seg[b, i - 1] else 0
+        keep = torch.ones(L, L, dtype=torch.bool).tril()[None] & (seg[:, :, None] == seg[:, None, :])
+        keep = keep | torch.eye(L, dtype=torch.bool)[None]  # padding rows: themselves only (finite)
+        ref_mask = keep[:, None]
+        valid = seg >= 0
+    else:
+        pos = torch.arange(L).expand(B, L)
+        ref_mask = None
+        valid = torch.ones(B, L, dtype=torch.bool)
 
     ref_model = tiny_llm(arch, attn="sdpa", dtype=dtype, **overrides)
-    pos = torch.arange(L).expand(B, L)
-    ref_logits = ref_model(input_ids=ids, position_ids=pos).logits
-    w = torch.randn(ref_logits.shape, generator=gen, dtype=torch.float64).to(dtype)
+    ref_logits = ref_model(input_ids=ids, position_ids=pos, attention_mask=ref_mask).logits
+    w = torch.randn(ref_logits.shape, generator=gen, dtype=torch.float64).to(dtype) * valid[..., None].to(dtype)
     (ref_logits * w).sum().backward()
 
     from . import attention as _attention
@@ -332,8 +351,9 @@ def case_llm(cfg: dict) -> dict:
     calls_before = _attention.CALL_COUNT["mmsp"]
     model = tiny_llm(arch, attn=name, dtype=dtype, **overrides)
     ids_l = shard(ids, 1, groups, scheme=scheme)
-    pos_l = shard_positions(L, groups, scheme=scheme).expand(B, -1)
-    with sp_batch_context(None, groups=groups, mode=mode):
+    pos_l = shard(pos, 1, groups, scheme=scheme)
+    seg_l = None if seg is None else shard(seg, 1, groups, scheme=scheme)
+    with sp_batch_context(seg_l, groups=groups, mode=mode):
         logits_l = model(input_ids=ids_l, position_ids=pos_l).logits
     (logits_l * shard(w, 1, groups, scheme=scheme)).sum().backward()
     logits = unshard(logits_l.detach(), 1, groups, scheme=scheme)
@@ -342,13 +362,14 @@ def case_llm(cfg: dict) -> dict:
         g = p2.grad.detach().clone()
         dist.all_reduce(g, group=groups.sp_group)
         grad_err = max(grad_err, float((g - p1.grad).abs().max() / p1.grad.abs().max().clamp_min(1e-30)))
-    # negative control: the same sharded run with causality switched off must differ clearly from the reference
-    with torch.no_grad(), sp_batch_context(None, groups=groups, mode=mode, causal=False):
+    # negative control: the same sharded run without causality / packing must differ clearly
+    with torch.no_grad(), sp_batch_context(None, groups=groups, mode=mode, causal=seg is not None):
         wrong = unshard(model(input_ids=ids_l, position_ids=pos_l).logits, 1, groups, scheme=scheme)
-    scale = ref_logits.detach().abs().max()
+    ref = ref_logits.detach()[valid]
+    scale = ref.abs().max()
     return {
-        "control_logits": float((wrong - ref_logits.detach()).abs().max() / scale),
-        "logits": float((logits - ref_logits.detach()).abs().max() / scale),
+        "control_logits": float((wrong[valid] - ref).abs().max() / scale),
+        "logits": float((logits[valid] - ref).abs().max() / scale),
         "mmsp_calls": _attention.CALL_COUNT["mmsp"] - calls_before,
         "grads": grad_err,
     }
