@@ -213,6 +213,8 @@ CASES_W4 = [
     (2, 2, "2d", 4, 1, None, True),  # Hkv=1 < U=2
     (2, 2, "2d", 4, 2, "packed_padded", True),
     (2, 2, "2d", 4, 2, "padded", False),
+    (2, 1, "ulysses", 4, 2, "packed_padded", True),  # data parallel 2 x SP 2
+    (1, 2, "zigzag_ring", 4, 2, "packed_padded", True),  # data parallel 2 x SP 2
 ]
 
 
