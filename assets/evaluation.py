@@ -87,9 +87,10 @@ class EvalSettings(ConfigurableResource):
     videomme_max_new_tokens: int = Field(default=8, description="reply length budget for multiple choice")
     videomme_scoring: str = Field(default="generate", description="generate (free-form reply, letter "
                                   "extracted; the official protocol) or option_logits (highest letter logit)")
-    caption_max_new_tokens: int = Field(default=64, description="caption length budget")
+    caption_max_new_tokens: int = Field(default=48, description="caption length budget (raise it, e.g. to 512, "
+                                        "for real long-video captions)")
     judge: str = Field(default="none", description="caption judge: none | local:PATH | openai:URL#MODEL")
-    max_caption_videos: int = Field(default=4, description="videos captioned per run")
+    max_caption_videos: int = Field(default=3, description="videos captioned per run")
     regression_tolerance: float = Field(default=0.05, description="allowed drop of a headline metric")
 
     def niah_config(self):
@@ -483,7 +484,8 @@ def demo_summary(instance) -> list[str]:
                 extra = (f", with subtitles {md['accuracy_with_subtitles']:.3f}"
                          if "accuracy_with_subtitles" in md else "")
                 lines.append(f"videomme_{st}: accuracy {md.get('accuracy', float('nan')):.3f} on "
-                             f"{md.get('questions')} questions{extra} ({md.get('inputs')})")
+                             f"{md.get('questions')} questions{extra}; {md.get('no_answer')} replies named no "
+                             f"option ({md.get('scoring')}, {md.get('inputs')})")
             else:
                 lines.append(f"caption_score_{st}: similarity {md.get('similarity_combined', float('nan')):.3f}, "
                              f"judge {md.get('judge')} (invalid {md.get('invalid_judgements')}) "
