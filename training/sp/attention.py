@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 import torch
 
-from .comm import group_size
 from .groups import SPGroups, get_sp_groups
 from .layout import ring_chunks, ring_to_ulysses_order, ulysses_to_ring_order, unshard
 from .ring import RingSpec, block_forward, ring_attention

@@ -312,7 +312,7 @@ def case_llm(cfg: dict) -> dict:
     tokens attend only themselves there, so they stay finite), and only real tokens are compared/weighted.
     """
     from .attention import layout_scheme, register_mmsp_attention, sp_batch_context
-    from .layout import padded_length, shard, shard_positions, unshard
+    from .layout import padded_length, shard, unshard
 
     name = register_mmsp_attention()
     groups = cached_groups(cfg["ulysses"], cfg["ring"])
