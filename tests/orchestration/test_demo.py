@@ -64,3 +64,10 @@ def test_demo_runs_everything_and_isolates_failures(tmp_path, dagster_home, monk
     assert inst.get_latest_materialization_event(AssetKey("frames_total")) is not None
     assert sorted(inst.get_dynamic_partitions("videos")) == sorted(LakeResource(source=str(src), storage=str(storage)).present_keys())
     assert (storage / "manifest" / "videos.json").is_file()
+
+
+def test_demo_cli_registration():
+    from orchestration.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--source", "s3://b/raw", "--storage", "/tmp/lake", "--skip-generate"])
+    assert args.command == "demo" and args.source == "s3://b/raw" and args.skip_generate and callable(args.func)
