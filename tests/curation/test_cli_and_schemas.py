@@ -90,3 +90,24 @@ def test_probe_table(corpus):
     root, _ = corpus
     t = probe_to_table(probe_video(str(root / "single_shot.mp4"), sha256="x"))
     assert t.num_rows == 1 and t.schema.equals(PROBE) and t.column("frame_count")[0].as_py() == 150
+
+
+def test_library_and_cli_never_import_dagster(corpus):
+    """`longvila shots` works without Dagster: the curation media modules never import it."""
+    import subprocess
+    import sys
+
+    root, _ = corpus
+    code = (
+        "import sys\n"
+        "import curation.probe, curation.synth, curation.shots, curation.clips, curation.frames, "
+        "curation.clipfiles, curation.schemas, curation.video\n"
+        "from curation.cli import main\n"
+        f"rc = main(['shots', {str(root / 'single_shot.mp4')!r}, '--json'])\n"
+        "assert rc == 0, rc\n"
+        "bad = [m for m in sys.modules if m == 'dagster' or m.startswith('dagster.')]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"frame_count": 150' in proc.stdout
