@@ -19,6 +19,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import numpy as np
+
 from longvila.errors import VideoError
 from longvila.io import get_fs, is_remote
 
@@ -26,6 +28,8 @@ from .clips import Clip
 from .video import check_file, ffmpeg_exe, frame_index
 
 CODE_VERSION = "clipfiles-v1"
+# re-encoding seeks the input this far before the keyframe that precedes the clip
+REENCODE_SEEK_MARGIN_S = 2.0
 
 
 def keyframe_times(path: str) -> list[float]:
@@ -51,12 +55,18 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
                                    f"video's {idx.count} frames")
     times = idx.times()
     start_s = float(times[clip.start_frame])
-    # absolute time in the file (the stream may not start at 0)
-    abs_start = start_s + idx.start_pts * idx.time_base
+    # ffmpeg's input -ss counts from the container's start time, which may differ from the video
+    # stream's first timestamp (MPEG-TS starts at ~1.4 s; audio may start before video)
+    import av
+
+    with av.open(src_path) as c:
+        container_start = c.start_time / 1e6 if c.start_time is not None else 0.0
+    rel_start = start_s + idx.start_pts * idx.time_base - container_start
     n = clip.end_frame - clip.start_frame
     fdur = float(times[1] - times[0]) if idx.count > 1 else 0.04
     end_s = float(times[clip.end_frame]) if clip.end_frame < idx.count else float(times[-1]) + fdur
-    kfs = keyframes if keyframes is not None else [float(times[i]) for i in idx.keyframe_numbers()]
+    keyframe_numbers = idx.keyframe_numbers()
+    kfs = keyframes if keyframes is not None else [float(times[i]) for i in keyframe_numbers]
     end_t = float(times[clip.end_frame]) if clip.end_frame < idx.count else None
     starts_on_key = any(abs(k - start_s) < fdur / 2 for k in kfs)
     # packets are cut in decode order: with B-frames only a cut at a keyframe (or the end of the file)
@@ -73,9 +83,25 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = str(dst.parent / f".{dst.stem}.tmp-{uuid.uuid4().hex[:12]}.mp4")
     try:
-        inp = ffmpeg.input(src_path, ss=f"{abs_start:.6f}") if abs_start > 0 else ffmpeg.input(src_path)
+        out_seek = None
+        if mode == "copy":
+            # stream copy starts at the keyframe at or before -ss: aim a quarter frame after it
+            ss = rel_start + fdur / 4
+        else:
+            # re-encode: a coarse input seek to well before the preceding keyframe (demuxers without an
+            # index, e.g. MPEG-TS, land only approximately), then an exact output-side seek that drops
+            # the decoded frames before the clip (timestamps restart at the input seek point)
+            kf = int(np.searchsorted(keyframe_numbers, clip.start_frame, side="right") - 1) if len(
+                keyframe_numbers) else -1
+            kf_rel = (float(times[keyframe_numbers[kf]]) if kf >= 0 else 0.0) + idx.start_pts * idx.time_base \
+                - container_start
+            ss = max(0.0, kf_rel - REENCODE_SEEK_MARGIN_S)
+            out_seek = rel_start - ss - fdur / 4
+        inp = ffmpeg.input(src_path, ss=f"{ss:.6f}") if ss > 0 else ffmpeg.input(src_path)
         out_kw: dict = {"f": "mp4", "frames:v": n, "t": f"{end_s - start_s:.6f}", "map": "0:v:0",
                         "avoid_negative_ts": "make_zero", "movflags": "+faststart"}
+        if out_seek is not None and out_seek > 0:
+            out_kw["ss"] = f"{out_seek:.6f}"
         if mode == "copy":
             out_kw.update({"c": "copy"})
         else:

@@ -99,3 +99,21 @@ def test_write_clip_file_to_s3(gop_video, monkeypatch):
         assert fs.ls("clips-bucket/lake/clip_files/k") == ["clips-bucket/lake/clip_files/k/00001.mp4"]
     finally:
         server.stop()
+
+
+def test_mpeg_ts_source_with_start_offset(gop_video, tmp_path):
+    """MPEG-TS starts at ~1.4 s and has no index: both modes must still cut at the exact frame."""
+    from curation.video import run_ffmpeg
+
+    path, _ = gop_video
+    ts = tmp_path / "src.ts"
+    run_ffmpeg("-i", str(path), "-c", "copy", str(ts))
+    for clip, mode in [(Clip(0, 0, 10, 47, 0.4, 1.88), "reencode"), (Clip(1, 1, 50, 125, 2.0, 5.0), "copy")]:
+        dst = tmp_path / f"{clip.index}.mp4"
+        rep = write_clip_file(str(ts), clip, str(dst))
+        assert rep["mode"] == mode
+        assert probe_video(str(dst)).frame_count == clip.num_frames
+        first = _frame(dst, 0)
+        err = {n: np.abs(first - _frame(ts, n)).mean() for n in (clip.start_frame - 1, clip.start_frame,
+                                                               clip.start_frame + 1)}
+        assert min(err, key=err.get) == clip.start_frame and err[clip.start_frame] < 3.0, (mode, err)
