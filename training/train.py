@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--no-export", dest="export", action="store_false", help="skip the final from_pretrained export")
     p.add_argument("--num-threads", type=int, default=None, help="torch intra-op threads per rank")
+    p.add_argument("--log-every", type=float, default=5.0, help="seconds between progress lines")
     p.add_argument("--kill-after-step", type=int, default=None, help=argparse.SUPPRESS)  # test hook
     return p
 
