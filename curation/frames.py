@@ -85,28 +85,55 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
         ti = 0
         while ti < len(targets):
             t = targets[ti]
+            seeked = False
+            back = 0
             if seek:
-                kf = int(keyframes[np.searchsorted(keyframes, t, side="right") - 1])
+                ki = int(np.searchsorted(keyframes, t, side="right") - 1)
+                kf = int(keyframes[ki])
                 # seek only when it skips enough frames to pay for flushing the threaded decoder
                 if kf > 0 and kf - (pos + 1) > gap:
                     container.seek(int(idx.pts[kf]), stream=stream, backward=True, any_frame=False)
                     frames = _decode_packets(container, stream, target_pts, skip_nonref)
                     pos = kf - 1  # nothing before kf will be used
+                    seeked = True
             got = None
             try:
-                for fr in frames:
-                    num = pts_to_num.get(fr.pts) if fr.pts is not None else None
-                    if num is None:
-                        if seek or skip_nonref:
-                            # a frame we cannot place: restart, counting every decoded frame
-                            raise _NoPts()
-                        num = pos + 1
-                    if num < pos + 1 and seek:
-                        continue  # leading frames after a seek, already behind us
-                    pos = num
-                    if num >= t:
-                        got = (num, fr)
+                while True:
+                    first_after_seek = seeked
+                    overshot = False
+                    for fr in frames:
+                        num = pts_to_num.get(fr.pts) if fr.pts is not None else None
+                        if num is None:
+                            if seek or skip_nonref:
+                                # a frame we cannot place: restart, counting every decoded frame
+                                raise _NoPts()
+                            num = pos + 1
+                        if first_after_seek:
+                            first_after_seek = False
+                            if num > t:
+                                overshot = True  # the demuxer landed after the keyframe (no index)
+                                break
+                        if num < pos + 1 and seek:
+                            continue  # leading frames after a seek, already behind us
+                        pos = num
+                        if num >= t:
+                            got = (num, fr)
+                            break
+                    if first_after_seek:
+                        overshot = True  # the seek landed at the end of the stream: nothing decoded
+                    if not overshot:
                         break
+                    # seek again to an earlier keyframe (1, 2, 4, ... keyframes back; finally the start)
+                    back = max(1, 2 * back)
+                    ki2 = max(0, ki - back)
+                    if ki2 == 0:
+                        container.seek(0)
+                        pos, seeked = -1, False
+                    else:
+                        container.seek(int(idx.pts[keyframes[ki2]]), stream=stream, backward=True,
+                                       any_frame=False)
+                        pos, seeked = int(keyframes[ki2]) - 1, True
+                    frames = _decode_packets(container, stream, target_pts, skip_nonref)
             except av.error.FFmpegError as e:
                 if yielded == 0 and got is None:
                     raise VideoError(path, f"no decodable video frames ({_short(e)})") from None
