@@ -307,8 +307,9 @@ def demo_summary(instance) -> list[str]:
             lines.append(f"{key.to_user_string()}: not materialised")
             continue
         md = rec.asset_materialization.metadata
-        fl = md.get("final_loss")
-        tps = md.get("tokens_per_s")
-        lines.append(f"{key.to_user_string()}: final loss {getattr(fl, 'value', fl):.4f}, "
-                     f"{getattr(tps, 'value', tps):.0f} tokens/s, checkpoint {(_data_version(rec) or '')[:12]}")
+        fl = getattr(md.get("final_loss"), "value", None)
+        tps = getattr(md.get("tokens_per_s"), "value", None)
+        lines.append(f"{key.to_user_string()}: final loss {fl if fl is None else round(float(fl), 4)}, "
+                     f"{0 if tps is None else round(float(tps))} tokens/s, "
+                     f"checkpoint {(_data_version(rec) or '')[:12]}")
     return lines

@@ -177,6 +177,10 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
+    from assets.training import demo_summary
+
+    lines = demo_summary(inst)
+    assert len(lines) == 5 and all("final loss" in l and "tokens/s" in l for l in lines)
     assert _latest(inst, "stage1_dataset").metadata["num_samples"].value == 6
     # stage-4 export has the extended RoPE base and no LoRA leftovers
     cfg = json.loads((Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "config.json").read_text())
