@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import Iterator
-
 import numpy as np
 
 from longvila.errors import VideoError
@@ -140,58 +138,6 @@ def frame_index(path: str, container=None, strict: bool = True) -> FrameIndex:
     p = np.asarray(pts, dtype=np.int64)[order]
     k = np.asarray(key, dtype=bool)[order]
     return FrameIndex(pts=p, key=k, time_base=tb, start_pts=int(p[0]))
-
-
-def gray_frames_ffmpeg(path: str, width: int = 64, height: int = 36, threads: int = 0,
-                       pix_fmt: str = "yuv420p") -> np.ndarray:
-    """Decode every frame with the ffmpeg binary, scaled to width x height, piped as raw video.
-
-    Returns uint8 array (n_frames, bytes_per_frame) in `pix_fmt` layout (planar Y then U, V).
-    ``-fps_mode passthrough`` keeps exactly one output frame per decoded frame (no dup/drop on VFR).
-    """
-    check_file(path)
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-threads", str(threads),
-           "-i", os.fspath(path), "-map", "0:v:0", "-an", "-sn", "-dn",
-           "-vf", f"scale={width}:{height}:flags=area,format={pix_fmt}",
-           "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        raise VideoError(path, f"ffmpeg decode failed: {proc.stderr.decode('utf-8', 'replace').strip()[-400:]}")
-    fsize = width * height if pix_fmt == "gray" else width * height + 2 * ((width + 1) // 2) * ((height + 1) // 2)
-    buf = np.frombuffer(proc.stdout, dtype=np.uint8)
-    n = len(buf) // fsize
-    return buf[: n * fsize].reshape(n, fsize)
-
-
-def iter_decoded(path: str, thread_type: str = "AUTO", container=None) -> Iterator:
-    """Yield decoded av.VideoFrame objects of the first video stream in presentation order.
-
-    Corrupt packets in the middle are skipped by the decoder; a decoder error before the first frame
-    raises VideoError("no decodable video frames").
-    """
-    import av
-
-    own = container is None
-    if own:
-        container, stream = open_video(path)
-    else:
-        stream = container.streams.video[0]
-    stream.thread_type = thread_type
-    n = 0
-    try:
-        try:
-            for frame in container.decode(stream):
-                n += 1
-                yield frame
-        except av.error.FFmpegError as e:
-            if n == 0:
-                raise VideoError(path, f"no decodable video frames ({_short(e)})") from None
-            # decoding error after some frames (truncated / corrupt tail): stop at the last good frame
-        if n == 0:
-            raise VideoError(path, "no decodable video frames")
-    finally:
-        if own:
-            container.close()
 
 
 def run_ffmpeg(*args: str, what: str = "ffmpeg") -> None:
