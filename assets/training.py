@@ -21,7 +21,24 @@ Configuration (fixed when the Definitions load, since it decides code versions):
 |---|---|---|
 | LONGVILA_RECIPE | smoke | recipe name or path (training/recipes/*.yaml) |
 
-``training_launcher`` resource fields: see `TrainingLauncher`.
+``training_launcher`` resource fields: see `TrainingLauncher`. Example run config for the
+Kubernetes path (UNTESTED here: dagster-k8s is not installed and there is no cluster)::
+
+    resources:
+      training_launcher:
+        config:
+          backend: k8s
+          k8s_image: registry.example.com/longvila-stack:latest
+          k8s_namespace: training
+          k8s_gpus: 8
+          checkpoint_root: /mnt/checkpoints          # a PVC mounted at the same path in the pod
+          k8s_base_pod_spec:
+            volumes: [{name: ckpt, persistentVolumeClaim: {claimName: longvila-checkpoints}}]
+            containers: [{name: trainer, volumeMounts: [{name: ckpt, mountPath: /mnt/checkpoints}],
+                          resources: {limits: {nvidia.com/gpu: 8}}}]
+
+Stage assets share the Dagster pool ``training`` (set a limit of 1 with
+``dagster instance concurrency set training 1`` so that stages never compete for the GPUs).
 """
 
 
