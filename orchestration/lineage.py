@@ -195,6 +195,14 @@ def _summarise(asset: str, start: dict, nodes: list[dict], unresolved: list[str]
         if n["asset"].endswith("_dataset"):
             man = md.get("manifest")
             man = json.loads(man) if isinstance(man, str) else man
+            if not isinstance(man, dict) and md.get("path"):
+                try:
+                    from longvila import io as lio
+
+                    disk = lio.read_json(lio.join(str(md["path"]), "manifest.json"))
+                    man = {"video_keys": sorted(disk.get("videos") or {})} if "videos" in disk else disk
+                except Exception:  # noqa: BLE001 - the manifest is optional evidence
+                    man = None
             datasets.append({"asset": n["asset"], "data_version": n["data_version"], "path": md.get("path"),
                              "num_samples": md.get("num_samples", md.get("num_records")),
                              "video_keys": (man or {}).get("video_keys") if isinstance(man, dict) else None})
