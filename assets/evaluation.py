@@ -89,7 +89,8 @@ class EvalSettings(ConfigurableResource):
                                   "extracted; the official protocol) or option_logits (highest letter logit)")
     caption_max_new_tokens: int = Field(default=48, description="caption length budget (raise it, e.g. to 512, "
                                         "for real long-video captions)")
-    judge: str = Field(default="none", description="caption judge: none | local:PATH | openai:URL#MODEL")
+    judge: str = Field(default="local:smoke", description="caption judge: none | local:smoke (the tiny smoke "
+                       "LLM) | local:PATH | openai:URL#MODEL")
     max_caption_videos: int = Field(default=3, description="videos captioned per run")
     regression_tolerance: float = Field(default=0.05, description="allowed drop of a headline metric")
 

@@ -329,4 +329,14 @@ def demo_summary(instance) -> list[str]:
         lines.append(f"{key.to_user_string()}: final loss {fl if fl is None else round(float(fl), 4)}, "
                      f"{0 if tps is None else round(float(tps))} tokens/s, "
                      f"checkpoint {(_data_version(rec) or '')[:12]}")
+    if _latest_record(instance, STAGE_KEYS[-1]) is not None:
+        # the lineage audit of the final checkpoint (same as `longvila lineage stage5_long_sft`)
+        from orchestration.lineage import lineage, to_markdown
+
+        try:
+            rep = lineage(instance, STAGE_NAMES[-1])
+        except LookupError as e:
+            lines.append(f"lineage audit unavailable: {e}")
+        else:
+            lines += ["", *to_markdown(rep).rstrip("\n").splitlines()]
     return lines

@@ -26,6 +26,7 @@ A judge is anything with one of these interfaces (see `as_judge`):
 from __future__ import annotations
 
 import ast
+import os
 import json
 import re
 from dataclasses import dataclass
@@ -398,13 +399,22 @@ def evaluate_captions(
 def make_judge(spec: str | None) -> tuple[Any | None, str]:
     """A judge backend from a command-line spec; returns (backend, name).
 
-    "none" / "" -> no judge (similarity only); "local:PATH" -> a local transformers LLM
+    "none" / "" -> no judge (similarity only); "local:smoke" -> the tiny random smoke LLM (demo);
+    "local:PATH" -> a local transformers LLM
     (curation.captioning.local.LocalChatBackend, constrained JSON output);
     "openai:BASE_URL#MODEL" -> an OpenAI-compatible server (curation.captioning HTTP backend;
     the API key is read from OPENAI_API_KEY)."""
     if not spec or spec == "none":
         return None, ""
     kind, _, rest = spec.partition(":")
+    if kind == "local" and rest == "smoke":
+        # the tiny random LLM of the captioning smoke profile (built once, cached under LONGVILA_MODELS_DIR)
+        from curation.captioning.local import LocalChatBackend
+        from curation.captioning.smoke_models import ensure_smoke_models
+        from longvila.settings import project_root
+
+        models_dir = os.environ.get("LONGVILA_MODELS_DIR") or str(project_root() / "data" / "models")
+        return LocalChatBackend(ensure_smoke_models(models_dir).llm, kind="llm", num_threads=1), "local:smoke"
     if kind == "local" and rest:
         from curation.captioning.local import LocalChatBackend
 

@@ -73,8 +73,13 @@ def test_materialise_all_benchmarks_with_metadata_and_checks(lake):
     assert "accuracy_with_subtitles" in vm and "accuracy_short" in vm and "| duration |" in vm["table"].value
     cap = mats["caption_score_stage5"]
     assert cap["videos"].value == 2 and cap["references"].value == "fixture references"
-    assert 0.0 <= cap["similarity_combined"].value <= 1.0 and cap["judge"].value == "none"
+    assert 0.0 <= cap["similarity_combined"].value <= 1.0
+    # default judge: the tiny smoke LLM with schema-constrained replies -> every score valid, in 1..5
+    assert cap["judge"].value == "local:smoke" and cap["invalid_judgements"].value == 0
+    judged = {k: v.value for k, v in cap.items() if k.startswith("judge_") and isinstance(v.value, float)}
+    assert judged and all(1.0 <= v <= 5.0 for v in judged.values()), judged
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in res.get_asset_check_evaluations()}
+    assert checks[("caption_score_stage5", "judge_replies_valid")]
     assert checks[("niah_stage5", "grid_complete")] and checks[("videomme_stage5", "all_videos_found")]
     assert checks[("niah_stage5", "no_regression")]  # first materialisation: nothing to compare
     assert (Path(lake) / "eval" / "videomme" / "stage5_long_sft" / "results.json").exists()
