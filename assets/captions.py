@@ -26,7 +26,6 @@ after the retries is written as the video's failure record (summary JSON `ok: fa
 
 
 
-import hashlib
 import json
 import time
 from typing import Optional
@@ -107,18 +106,6 @@ class CaptionModelsResource(ConfigurableResource):
         )
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _parquet_bytes(table) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 def _fail(context, layer: str, reason: str, retryable: bool = False, **meta) -> Failure:
@@ -192,14 +179,14 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             if bad:
                 raise _fail(context, "clip captions", f"captioning backend {kind} for {len(bad)} clip(s): {bad[0]}",
                             retryable=retryable)
-        data = _parquet_bytes(table)
+        data = lio.parquet_bytes(table)
         out = lake.layer_url("captions", key)
         lio.write_bytes(out, data, lake.settings())
         n_ok = sum(d["ok"])
         tokens = sum(d["tokens"])
         failed = [{"clip": ci, "error": e} for ci, ok, e in zip(d["clip_index"], d["ok"], d["error"]) if not ok]
         return MaterializeResult(
-            data_version=DataVersion(_sha(data)),
+            data_version=DataVersion(lio.sha256_bytes(data)),
             metadata={
                 "path": MetadataValue.path(out),
                 "num_clips": len(clips),
@@ -278,7 +265,7 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         if not rec["ok"]:
             context.log.warning(f"video {key}: {rec['error']}")
         return MaterializeResult(
-            data_version=DataVersion(_sha(data)),
+            data_version=DataVersion(lio.sha256_bytes(data)),
             metadata={
                 "path": MetadataValue.path(out), "ok": rec["ok"], "error": str(rec["error"] or ""),
                 "attempts": rec["attempts"], "tokens": rec["tokens"], "seconds": round(time.perf_counter() - t0, 3),
@@ -336,7 +323,7 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         if not qa["ok"]:
             context.log.warning(f"video {key}: {qa['error']}")
         return MaterializeResult(
-            data_version=DataVersion(_sha(data)),
+            data_version=DataVersion(lio.sha256_bytes(data)),
             metadata={
                 "path": MetadataValue.path(out), "ok": qa["ok"], "error": str(qa["error"] or ""),
                 "num_records": len(records), "num_qa": len(qa["qa"]), "num_rejected": len(qa["rejected"]),

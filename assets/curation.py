@@ -43,8 +43,6 @@ video_frames has the expected count (min(max_video_frames, duration*fps), at lea
 
 
 import contextlib
-import hashlib
-import io
 import json
 import os
 import time
@@ -90,29 +88,19 @@ _EPS = 1e-6
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def table_to_parquet_bytes(table) -> bytes:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
 
 
 def _write_table(url: str, table, settings) -> str:
     """Write a pyarrow table as Parquet atomically; return the sha256 of the bytes written."""
-    data = table_to_parquet_bytes(table)
+    data = lio.parquet_bytes(table)
     lio.write_bytes(url, data, settings)
-    return sha256_bytes(data)
+    return lio.sha256_bytes(data)
 
 
 def _write_json(url: str, obj, settings) -> str:
     data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
     lio.write_bytes(url, data, settings)
-    return sha256_bytes(data)
+    return lio.sha256_bytes(data)
 
 
 def _source(context, lake: LakeResource) -> dict:
@@ -498,10 +486,10 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                                        jpeg_quality=cfg.jpeg_quality, progress=_progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("clip_frames", key)
-        data = table_to_parquet_bytes(table)
+        data = lio.parquet_bytes(table)
         lio.write_bytes(out, data, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(sha256_bytes(data)),
+            data_version=DataVersion(lio.sha256_bytes(data)),
             metadata={
                 "path": MetadataValue.path(out),
                 "num_clips": len(clips),
@@ -556,10 +544,10 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                                         progress=_progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("video_frames", key)
-        data = table_to_parquet_bytes(table)
+        data = lio.parquet_bytes(table)
         lio.write_bytes(out, data, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(sha256_bytes(data)),
+            data_version=DataVersion(lio.sha256_bytes(data)),
             metadata={
                 "path": MetadataValue.path(out),
                 "num_frames": table.num_rows,

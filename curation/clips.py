@@ -19,15 +19,15 @@ boundaries).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from .shots import Shot
+from .shots import FrameSpan, Shot
 
 CODE_VERSION = "clips-v1"
 
 
 @dataclass
-class Clip:
+class Clip(FrameSpan):
     """Frames ``[start_frame, end_frame)`` of shot ``shot_index``; ``index`` numbers clips in the video."""
 
     index: int
@@ -36,17 +36,6 @@ class Clip:
     end_frame: int
     start_s: float
     end_s: float
-
-    @property
-    def num_frames(self) -> int:
-        return self.end_frame - self.start_frame
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def code_version(max_clip_s: float = 10.0, min_clip_s: float = 1.0) -> str:

@@ -43,15 +43,9 @@ from longvila.progress import Throttled
 from .video import TRUNCATION_SLACK, _short, check_file, frame_index, open_video, truncation_error
 
 
-@dataclass
-class Shot:
-    """One shot: frames ``[start_frame, end_frame)`` (end exclusive) and their times in seconds."""
-
-    index: int
-    start_frame: int
-    end_frame: int
-    start_s: float
-    end_s: float
+class FrameSpan:
+    """Methods shared by the span dataclasses (`Shot`, `curation.clips.Clip`) that have the fields
+    `start_frame`/`end_frame` (end exclusive) and `start_s`/`end_s`."""
 
     @property
     def num_frames(self) -> int:
@@ -63,6 +57,17 @@ class Shot:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Shot(FrameSpan):
+    """One shot: frames ``[start_frame, end_frame)`` (end exclusive) and their times in seconds."""
+
+    index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,10 +104,7 @@ def exists(url: str | os.PathLike, settings: Settings | None = None) -> bool:
 
 def write_parquet(table, url: str | os.PathLike, settings: Settings | None = None) -> None:
     """Write a pyarrow Table atomically (zstd-compressed Parquet)."""
-    import pyarrow.parquet as pq
-
-    with atomic_write(url, "wb", settings) as f:
-        pq.write_table(table, f, compression="zstd")
+    write_bytes(url, parquet_bytes(table), settings)
 
 
 def read_parquet(url: str | os.PathLike, settings: Settings | None = None, columns: list[str] | None = None):
@@ -136,6 +133,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parquet_bytes(table) -> bytes:
+    """Serialise a pyarrow Table to zstd-compressed Parquet bytes (what `write_parquet` writes), so
+    that a caller can hash exactly the bytes it stores."""
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
 
 
 def sha256_stream(f, chunk: int = CHUNK) -> str:
