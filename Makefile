@@ -38,8 +38,7 @@ bench: setup
 	$(PY) bench/train.py
 
 dev: setup
-	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/longvila dev
 
 clean:
 	rm -rf data .dagster runs bench/out

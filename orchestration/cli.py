@@ -16,11 +16,35 @@ SUBCOMMAND_MODULES = [
 ]
 
 
+def _dev_argv(args) -> list[str]:
+    return ["dagster", "dev", "-w", args.workspace, *(["--port", str(args.port)] if args.port else [])]
+
+
+def run_dev(args) -> int:
+    """`dagster dev` on the project-local instance: DAGSTER_HOME must be set before dagster's CLI
+    creates its instance (setting it inside the code location is too late), so it is set here."""
+    import os
+    import shutil
+
+    from longvila.settings import ensure_dagster_home
+
+    home = ensure_dagster_home()
+    exe = shutil.which("dagster") or os.path.join(os.path.dirname(sys.executable), "dagster")
+    print(f"DAGSTER_HOME={home}", flush=True)
+    argv = _dev_argv(args)
+    os.execv(exe, [exe, *argv[1:]])
+    return 0  # not reached
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longvila", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    dev = sub.add_parser("dev", help="dagster dev (UI, sensors, automation) on the project-local DAGSTER_HOME")
+    dev.add_argument("--workspace", "-w", default="workspace.yaml")
+    dev.add_argument("--port", "-p", type=int, default=None)
+    dev.set_defaults(func=run_dev)
     return parser
 
 
