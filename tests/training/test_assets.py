@@ -180,7 +180,11 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
     from assets.training import demo_summary
 
     lines = demo_summary(inst)
-    assert len(lines) == 5 and all("final loss" in l and "tokens/s" in l for l in lines)
+    # one line per stage, then the lineage audit of the stage-5 checkpoint (what `make demo` prints)
+    assert all("final loss" in l and "tokens/s" in l for l in lines[:5])
+    audit = "\n".join(lines[5:])
+    assert "# Lineage of `stage5_long_sft`" in audit and "## Raw videos" in audit and "## Stage checkpoints" in audit
+    assert _latest(inst, "stage5_long_sft").tags["dagster/data_version"] in audit
     assert _latest(inst, "stage1_dataset").metadata["num_samples"].value == 6
     # stage-4 export has the extended RoPE base and no LoRA leftovers
     cfg = json.loads((Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "config.json").read_text())
