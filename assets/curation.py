@@ -65,6 +65,7 @@ from dagster import (
 )
 
 from longvila import io as lio
+from longvila.settings import default_cache_dir, default_cache_max_bytes
 from longvila.errors import InputError
 from orchestration.partitions import videos
 from orchestration.resources import CurationConfig, LakeResource
@@ -140,7 +141,9 @@ def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
 def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
     url = entry["url"]
     suffix = os.path.splitext(entry.get("relpath") or url)[1]
-    with lio.local_copy(url, lake.settings(), suffix=suffix) as path:
+    # remote videos are downloaded once into the local cache and shared by every curation step
+    with lio.local_copy(url, lake.settings(), suffix=suffix, cache_dir=default_cache_dir(),
+                        cache_max_bytes=default_cache_max_bytes()) as path:
         yield path
 
 

@@ -178,11 +178,16 @@ def sha256_tree(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def local_copy(url: str | os.PathLike, settings: Settings | None = None, suffix: str = "") -> Iterator[str]:
-    """Yield a local filesystem path for `url` (the path itself when local; a temp download when remote)."""
+def local_copy(url: str | os.PathLike, settings: Settings | None = None, suffix: str = "",
+               cache_dir: str | os.PathLike | None = None, cache_max_bytes: int | None = None) -> Iterator[str]:
+    """Yield a local filesystem path for `url`: the path itself when local; for a remote URL a temporary
+    download, or, with `cache_dir`, a cached copy (see `cached_copy`) that later calls reuse."""
     s = str(url)
     if not is_remote(s):
         yield s[len("file://"):] if s.startswith("file://") else s
+        return
+    if cache_dir is not None and (cache_max_bytes is None or cache_max_bytes > 0):
+        yield cached_copy(s, cache_dir, settings, suffix=suffix, max_bytes=cache_max_bytes)
         return
     fs, path = get_fs(s, settings)
     fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=suffix)
@@ -192,3 +197,60 @@ def local_copy(url: str | os.PathLike, settings: Settings | None = None, suffix:
         yield tmp
     finally:
         os.unlink(tmp)
+
+
+_FINGERPRINT_FIELDS = ("ETag", "etag", "VersionId", "LastModified", "mtime", "created", "size")
+_CACHE_GRACE_S = 600.0
+
+
+def remote_fingerprint(url: str, settings: Settings | None = None) -> str:
+    """A cheap identity of a remote object's current content: URL + ETag/mtime/size from `fs.info`
+    (no download). A changed object gets a new fingerprint, so a cache never serves stale bytes."""
+    fs, path = get_fs(url, settings)
+    info = fs.info(path)
+    parts = [url] + [f"{k}={info[k]}" for k in _FINGERPRINT_FIELDS if info.get(k) is not None]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def cached_copy(url: str, cache_dir: str | os.PathLike, settings: Settings | None = None, suffix: str = "",
+                max_bytes: int | None = None) -> str:
+    """Local copy of a remote object in `cache_dir`, keyed by its fingerprint: downloaded once (to a
+    temporary name, then renamed, so concurrent steps never see a partial file), then reused. After a
+    download the cache is trimmed to `max_bytes`, least recently used first, sparing files used in the
+    last 10 minutes (another step may be about to open them)."""
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / f"{remote_fingerprint(url, settings)}{suffix}"
+    if dest.exists():
+        os.utime(dest)  # recently used: last to be evicted
+        return str(dest)
+    fs, path = get_fs(url, settings)
+    tmp = root / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        fs.get_file(path, str(tmp))
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if max_bytes is not None:
+        trim_cache(root, max_bytes, keep=dest)
+    return str(dest)
+
+
+def trim_cache(cache_dir: str | os.PathLike, max_bytes: int, keep: Path | None = None) -> list[str]:
+    """Delete least recently used files until the cache holds at most `max_bytes`; returns what went."""
+    import time
+
+    files = [p for p in Path(cache_dir).iterdir() if p.is_file() and not p.name.startswith(".")]
+    total = sum(p.stat().st_size for p in files)
+    removed: list[str] = []
+    now = time.time()
+    for p in sorted(files, key=lambda q: q.stat().st_mtime):
+        if total <= max_bytes:
+            break
+        if p == keep or now - p.stat().st_mtime < _CACHE_GRACE_S:
+            continue
+        total -= p.stat().st_size
+        p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed

@@ -8,6 +8,8 @@
 | LONGVILA_S3_ENDPOINT_URL | `AWS_ENDPOINT_URL` | S3-compatible endpoint (MinIO, moto, Ceph, ...) |
 | AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION | unset | credentials, as boto/s3fs read them |
 | DAGSTER_HOME | `<root>/.dagster` | Dagster instance (SQLite storage for the embedded default) |
+| LONGVILA_CACHE_DIR | `<root>/data/cache` | local cache of remote (s3://) videos, shared by the steps of a lineage |
+| LONGVILA_CACHE_MAX_GB | 50 | size bound of that cache (least recently used files are evicted; 0 disables it) |
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def default_source() -> str:
 
 def default_storage() -> str:
     return os.environ.get("LONGVILA_STORAGE", str(project_root() / "data" / "lake"))
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("LONGVILA_CACHE_DIR", str(project_root() / "data" / "cache"))
+
+
+def default_cache_max_bytes() -> int:
+    return int(float(os.environ.get("LONGVILA_CACHE_MAX_GB", "50")) * (1 << 30))
 
 
 def default_dagster_home() -> str:

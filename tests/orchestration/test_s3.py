@@ -97,6 +97,11 @@ def test_sensor_and_assets_on_s3(s3, moto_endpoint, small_video_cache, helpers):
 
     outcomes = {k: helpers.run_partition(defs, inst, k) for k in (ka, kb, kbad)}
     assert outcomes[ka].success and outcomes[kb].success
+    # each video was downloaded once into the local cache and shared by probe, shots and both frame layers
+    import os
+
+    cached = sorted(n for n in os.listdir(os.environ["LONGVILA_CACHE_DIR"]) if n.endswith(".mp4"))
+    assert len(cached) == 3, cached  # a, b and the bad one (downloaded once, then rejected by the probe)
     assert not outcomes[kbad].success
     assert "bad.mp4" in outcomes[kbad].failures[0]["description"]
     assert outcomes[kbad].failures[0]["metadata"]["url"] == f"s3://{BUCKET}/raw/bad.mp4"
