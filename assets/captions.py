@@ -55,7 +55,7 @@ from curation.captioning.config import CaptioningConfig, ModelSettings, code_ver
 from curation.captioning.types import CONFIG_ERROR, UNAVAILABLE
 from longvila import io as lio
 from longvila.errors import InputError
-from orchestration.partitions import videos
+from orchestration.partitions import partitioned_checks, videos
 from orchestration.resources import LakeResource
 
 GROUP = "captions"
@@ -144,6 +144,11 @@ def _instructions_report_url(lake: LakeResource, key: str) -> str:
 
 def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
     """Definitions of the caption layer for one configuration (default: from the environment)."""
+    with partitioned_checks():
+        return _build_caption_defs(cfg)
+
+
+def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
     cfg = cfg or CaptioningConfig.from_env()
     cv = code_versions(cfg)
     eager = AutomationCondition.eager()

@@ -46,7 +46,6 @@ import contextlib
 import json
 import os
 import time
-import warnings
 from typing import Iterator, Optional
 
 from dagster import (
@@ -67,7 +66,7 @@ from dagster import (
 from longvila import io as lio
 from longvila.settings import default_cache_dir, default_cache_max_bytes
 from longvila.errors import InputError
-from orchestration.partitions import videos
+from orchestration.partitions import partitioned_checks, videos
 from orchestration.resources import CurationConfig, LakeResource
 
 GROUP = "curation"
@@ -242,10 +241,7 @@ def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
 # the assets
 # ---------------------------------------------------------------------------------------------
 def build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
-    # Per-partition asset checks (AssetCheckSpec.partitions_def) are a preview feature in dagster
-    # 1.13; we want check results recorded per video, so silence only that preview notice.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
+    with partitioned_checks():
         return _build_curation_defs(cfg)
 
 

@@ -46,6 +46,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -132,7 +133,9 @@ class TrainingLauncher(ConfigurableResource):
             env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
             context.log.info("launching: " + " ".join(cmd))
             client = PipesSubprocessClient(forward_termination=True, cwd=str(REPO_ROOT))
-            return client.run(context=context, command=cmd, env=env).get_materialize_result()
+            with warnings.catch_warnings():  # dagster 1.13's own Pipes internals use a preview API
+                warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
+                return client.run(context=context, command=cmd, env=env).get_materialize_result()
         if self.backend == "k8s":
             try:
                 from dagster_k8s import PipesK8sClient  # noqa: PLC0415 - optional dependency
