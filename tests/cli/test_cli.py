@@ -25,3 +25,9 @@ def test_dev_sets_dagster_home_before_exec(monkeypatch, tmp_path):
     cli.main(["dev"])
     assert seen["argv"][1:] == ["dev", "-w", "workspace.yaml"]
     assert seen["home"] == str(tmp_path / ".dagster") and (tmp_path / ".dagster").is_dir()
+    # an explicit instance config records the embedded default (SQLite in DAGSTER_HOME); a user's own is kept
+    cfg = tmp_path / ".dagster" / "dagster.yaml"
+    assert "SQLite" in cfg.read_text()
+    cfg.write_text("telemetry:\n  enabled: false\n")
+    cli.main(["dev"])
+    assert cfg.read_text() == "telemetry:\n  enabled: false\n"
