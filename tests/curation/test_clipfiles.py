@@ -73,32 +73,23 @@ def test_odd_names_are_passed_safely(bad_inputs, tmp_path):
 
 
 @pytest.mark.s3
-def test_write_clip_file_to_s3(gop_video, monkeypatch):
+def test_write_clip_file_to_s3(gop_video, monkeypatch, moto_endpoint):
     """A remote destination gets one whole upload (moto's S3 server on loopback)."""
-    from moto.server import ThreadedMotoServer
+    monkeypatch.setenv("LONGVILA_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    from longvila.io import get_fs
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        monkeypatch.setenv("LONGVILA_S3_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setenv("AWS_REGION", "eu-west-1")
-        from longvila.io import get_fs
-
-        fs, _ = get_fs("s3://clips-bucket")
-        fs.mkdir("clips-bucket")
-        path, _ = gop_video
-        dst = "s3://clips-bucket/lake/clip_files/k/00001.mp4"
-        rep = write_clip_file(str(path), Clip(1, 1, 50, 125, 2.0, 5.0), dst)
-        assert rep["mode"] == "copy" and rep["dst"] == dst
-        fs.invalidate_cache()
-        assert fs.info("clips-bucket/lake/clip_files/k/00001.mp4")["size"] == rep["bytes"]
-        assert fs.ls("clips-bucket/lake/clip_files/k") == ["clips-bucket/lake/clip_files/k/00001.mp4"]
-    finally:
-        server.stop()
+    fs, _ = get_fs("s3://clips-bucket")
+    fs.mkdir("clips-bucket")
+    path, _ = gop_video
+    dst = "s3://clips-bucket/lake/clip_files/k/00001.mp4"
+    rep = write_clip_file(str(path), Clip(1, 1, 50, 125, 2.0, 5.0), dst)
+    assert rep["mode"] == "copy" and rep["dst"] == dst
+    fs.invalidate_cache()
+    assert fs.info("clips-bucket/lake/clip_files/k/00001.mp4")["size"] == rep["bytes"]
+    assert fs.ls("clips-bucket/lake/clip_files/k") == ["clips-bucket/lake/clip_files/k/00001.mp4"]
 
 
 def test_mpeg_ts_source_with_start_offset(gop_video, tmp_path):
