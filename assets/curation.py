@@ -90,11 +90,11 @@ _EPS = 1e-6
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_table(url: str, table, settings) -> str:
-    """Write a pyarrow table as Parquet atomically; return the sha256 of the bytes written."""
+def _write_table(url: str, table, settings) -> tuple[str, int]:
+    """Write a pyarrow table as Parquet atomically; return (sha256, size) of the bytes written."""
     data = lio.parquet_bytes(table)
     lio.write_bytes(url, data, settings)
-    return lio.sha256_bytes(data)
+    return lio.sha256_bytes(data), len(data)
 
 
 def _write_json(url: str, obj, settings) -> str:
@@ -376,7 +376,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         secs = time.perf_counter() - t0
         table = shots_to_table(shots)
         out = lake.layer_url("shots", key)
-        version = _write_table(out, table, lake.settings())
+        version, _ = _write_table(out, table, lake.settings())
         lengths = [s.end_s - s.start_s for s in shots]
         return MaterializeResult(
             data_version=DataVersion(version),
@@ -430,7 +430,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         with _video_failure(context, entry, "clip making"):
             clips = make_clips(shots, fps, max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s)
         out = lake.layer_url("clips", key)
-        version = _write_table(out, clips_to_table(clips), lake.settings())
+        version, _ = _write_table(out, clips_to_table(clips), lake.settings())
         lengths = [c.end_s - c.start_s for c in clips]
         return MaterializeResult(
             data_version=DataVersion(version),
@@ -485,16 +485,15 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                                        jpeg_quality=cfg.jpeg_quality, progress=_progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("clip_frames", key)
-        data = lio.parquet_bytes(table)
-        lio.write_bytes(out, data, lake.settings())
+        version, nbytes = _write_table(out, table, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(lio.sha256_bytes(data)),
+            data_version=DataVersion(version),
             metadata={
                 "path": MetadataValue.path(out),
                 "num_clips": len(clips),
                 "num_frames": table.num_rows,
                 "frames_per_clip": cfg.frames_per_clip,
-                "bytes": len(data),
+                "bytes": nbytes,
                 "seconds": round(secs, 3),
             },
         )
@@ -543,14 +542,13 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                                         progress=_progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("video_frames", key)
-        data = lio.parquet_bytes(table)
-        lio.write_bytes(out, data, lake.settings())
+        version, nbytes = _write_table(out, table, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(lio.sha256_bytes(data)),
+            data_version=DataVersion(version),
             metadata={
                 "path": MetadataValue.path(out),
                 "num_frames": table.num_rows,
-                "bytes": len(data),
+                "bytes": nbytes,
                 "seconds": round(secs, 3),
             },
         )

@@ -161,12 +161,5 @@ def ulysses_to_ring_order(x: torch.Tensor, dim: int, ulysses_size: int, n_chunks
 
 
 def ring_to_ulysses_order(x: torch.Tensor, dim: int, ulysses_size: int, n_chunks: int) -> torch.Tensor:
-    """Inverse of :func:`ulysses_to_ring_order`."""
-    if ulysses_size == 1 or n_chunks == 1:
-        return x
-    shape = list(x.shape)
-    S = shape[dim]
-    sub = S // (ulysses_size * n_chunks)
-    y = x.reshape(shape[:dim] + [n_chunks, ulysses_size, sub] + shape[dim + 1:])
-    y = y.transpose(dim, dim + 1)
-    return y.reshape(shape)
+    """Inverse of :func:`ulysses_to_ring_order`: the same block transpose with the two factors swapped."""
+    return ulysses_to_ring_order(x, dim, ulysses_size=n_chunks, n_chunks=ulysses_size)
