@@ -395,7 +395,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         t0 = time.perf_counter()
         manifest = build_long_video_sft(lake.storage_root, keys, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(manifest["sha256"]),
+            data_version=DataVersion(manifest["content_hash"]),
             metadata={
                 "path": MetadataValue.path(dataset_dir(lake.storage_root, "long_video_sft")),
                 "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],

@@ -119,7 +119,7 @@ def standin_assets(source: Path):
         from curation.captioning.dataset import build_long_video_sft
 
         m = build_long_video_sft(lake.storage_root, sorted(context.instance.get_dynamic_partitions("videos")))
-        return MaterializeResult(data_version=DataVersion(m["sha256"]),
+        return MaterializeResult(data_version=DataVersion(m["content_hash"]),
                                  metadata={"path": layout.dataset_dir(lake.storage_root, "long_video_sft"),
                                            "num_records": m["num_records"]})
 
