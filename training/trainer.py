@@ -138,7 +138,7 @@ class Trainer:
         if cfg.activation_checkpointing:  # per decoder layer (transformers' GradientCheckpointingLayer)
             for sub in (self.model.llm, self.model.vision_tower):
                 if getattr(sub, "supports_gradient_checkpointing", False):
-                    sub.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                    sub.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
 
     def shard(self) -> None:
