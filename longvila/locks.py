@@ -144,11 +144,19 @@ class DirLock:
 
     # ---------------------------------------------------------------------------------- remote
     def _s3(self, method: str, **kw):
+        """One S3 call on the lease object (s3fs's client: its retries and error translation)."""
         from fsspec.asyn import sync
 
         fs, path = lio.get_fs(self._lease_url())
         bucket, key, _ = fs.split_path(path)
-        return sync(fs.loop, fs._call_s3, method, Bucket=bucket, Key=key, **kw)
+
+        async def call():
+            out = await fs._call_s3(method, Bucket=bucket, Key=key, **kw)
+            if "Body" in out:
+                out["Body"] = await out["Body"].read()
+            return out
+
+        return sync(fs.loop, call)
 
     def _lease_url(self) -> str:
         return lio.join(self.directory, LEASE_NAME)
@@ -166,7 +174,7 @@ class DirLock:
             got = self._s3("get_object")
         except FileNotFoundError:
             return {}  # released between our PUT and GET: try again
-        holder = json.loads(got["Body"].read() or b"{}")
+        holder = json.loads(got["Body"] or b"{}")
         if not self._stale(holder):
             return holder
         try:
