@@ -68,7 +68,7 @@ def shard(loss_module: LossModule, device: torch.device, compute_dtype: torch.dt
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     kw = dict(mesh=mesh, mp_policy=MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32),
-              offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy())
+              offload_policy=CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy())
     for layer in decoder_layers(loss_module.model):
         fully_shard(layer, **kw)
     fully_shard(loss_module, **kw)
