@@ -240,8 +240,8 @@ def to_markdown(rep: dict) -> str:
     lines += ["", "## Datasets", "| asset | data version | samples | videos |", "|---|---|---|---|"]
     lines += [f"| {d['asset']} | `{(d['data_version'] or '')[:16]}` | {d['num_samples']} | "
               f"{len(d['video_keys']) if d['video_keys'] is not None else '-'} |" for d in rep["datasets"]]
-    lines += ["", "## Stage checkpoints", "| stage | sha256 | trained on dataset versions | final loss | code version |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Stage checkpoints",
+              "| stage | sha256 | trained on dataset versions | final loss | code version |", "|---|---|---|---|---|"]
     lines += [f"| {c['asset']} | `{c['sha256']}` | {_versions(c.get('dataset_versions'))} | {c['final_loss']} | "
               f"`{c['code_version']}` |" for c in rep["checkpoints"]]
     lines += ["", "## Code versions", "| asset | code version(s) |", "|---|---|"]

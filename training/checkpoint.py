@@ -11,11 +11,11 @@ One checkpoint:
 
 | file | content |
 |---|---|
-| model.safetensors | every parameter and persistent buffer, full (unsharded) tensors, names of the model |
-| optimizer.safetensors + optimizer.json | optimizer state tensors + the rest (param groups, scalars), keyed by parameter name |
+| model.safetensors | every parameter and persistent buffer, full (unsharded) tensors, the model's names |
+| optimizer.safetensors + .json | optimizer state tensors + the rest (param groups, scalars), by parameter name |
 | scheduler.json | LR scheduler state |
 | rng.safetensors + rng.json | every rank's RNG states (python, numpy, torch CPU, CUDA) |
-| trainer_state.json | step (= data position: the data order is a pure function of seed and step), losses, fingerprint |
+| trainer_state.json | step (= data position: the data order is a function of seed and step), losses, fingerprint |
 | manifest.json | {"files": {name: sha256}, "step": N}: written last |
 
 Why full-state files rather than torch.distributed.checkpoint shards: they are readable without pickle
@@ -251,7 +251,8 @@ def verify_checkpoint(path: str | os.PathLike, names: tuple[str, ...] | None = N
             raise CheckpointError(str(f), "listed in the manifest but missing")
         actual = sha256_file(f)
         if actual != digest:
-            raise CheckpointError(str(f), f"checksum mismatch (manifest {digest[:12]}..., file {actual[:12]}...): corrupted")
+            raise CheckpointError(str(f), f"checksum mismatch (manifest {digest[:12]}..., file {actual[:12]}...): "
+                                          "corrupted")
     return manifest
 
 

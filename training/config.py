@@ -185,7 +185,8 @@ def resolve(args: TrainArgs, world: int, distributed: bool, device: torch.device
     return RunConfig(
         recipe=recipe, stage=stage, profile=profile, init_from=args.init_from, ulysses=ulysses, ring=ring,
         world=world, seed=args.seed,
-        micro_batch=_checked("--micro-batch-size", _pick(args.micro_batch_size, stage and stage.micro_batch_size, 1), 1),
+        micro_batch=_checked("--micro-batch-size",
+                             _pick(args.micro_batch_size, stage and stage.micro_batch_size, 1), 1),
         grad_accum=_checked("--grad-accum", _pick(args.grad_accum, stage and stage.grad_accum, 1), 1),
         total_steps=_checked("--max-steps", _pick(args.max_steps, stage and stage.max_steps, 10), 1),
         checkpoint_every=_checked("--checkpoint-every",
@@ -196,7 +197,7 @@ def resolve(args: TrainArgs, world: int, distributed: bool, device: torch.device
                                             long_default)),
         sharding=sharding, compute_dtype=dtype, cpu_offload=cpu_offload, optimizer=opt,
         schedule=stage.schedule if stage is not None else ScheduleSpec(name="constant"),
-        data=tuple(args.data) or (tuple(stage.data.paths) if stage is not None and stage.data.kind == "external" else ()),
+        data=tuple(args.data) or (tuple(stage.data.paths) if stage and stage.data.kind == "external" else ()),
         output_dir=args.output_dir, metrics_out=args.metrics_out, resume=args.resume, export=args.export,
         lock_timeout=float(args.lock_timeout), log_every=args.log_every, kill_after_step=args.kill_after_step,
     )

@@ -7,15 +7,21 @@
 The estimate is built from the model's real shapes (the profile built on the meta device: exact
 parameter counts per module and per decoder layer) and the trainer's configuration (training.fsdp):
 
-| component | FSDP (the trainer under torchrun) | replicated |
-|---|---|---|
-| params | float32 master weights / world (0 on GPU with CPU offload) | compute dtype, full |
-| grads | float32 / world, trainable only (offloadable) | compute dtype, full |
-| optimizer | AdamW: 2 float32 moments / world (offloadable) | 2 moments in the compute dtype |
-| gathered | root unit (vision, projector, embeddings, head) + 2 decoder layers in flight, compute dtype, with their unsharded gradients (+ a float32 copy of one layer's for the reduce-scatter) | - |
-| activations | tensors saved for backward, per decoder layer and token, counted from the layer's operations (two RMSNorms with their float32 inputs, q/k/v/attention output/log-sum-exp of a fused attention kernel, o_proj input, gate/up/SiLU/product of the MLP); with checkpointing: each layer's input plus one layer recomputed; plus one layer's backward working set; the vision tower's the same way for the rank's frames | same |
-| attention | fused kernels (flash / efficient / cuDNN; O(tokens)), inside the activations; a materialising kernel is not modelled | same |
-| logits | full: [tokens, vocab] in the compute dtype + float32 copy + log-softmax + its gradient ((b + 16) bytes per vocab entry and token); chunked loss: the same for one chunk of tokens | same |
+* params: FSDP (the trainer under torchrun): float32 master weights / world (0 on the GPU with CPU
+  offload); replicated: the compute dtype, full.
+* grads: trainable parameters only; FSDP float32 / world (offloadable); replicated compute dtype, full.
+* optimizer: AdamW's 2 moments per trainable parameter; FSDP float32 / world (offloadable).
+* gathered (FSDP): the root unit (vision, projector, embeddings, head) and 2 decoder layers in flight in
+  the compute dtype, with their unsharded gradients (+ a float32 copy of one layer's for the reduce-scatter).
+* activations: tensors saved for backward per decoder layer and token, counted from the layer's
+  operations (two RMSNorms with their float32 inputs; q, k, v, output and log-sum-exp of a fused attention
+  kernel; o_proj input; gate, up, SiLU and product of the MLP); with checkpointing each layer's input plus
+  one layer recomputed; plus one layer's backward working set; the vision tower's the same way for the
+  rank's frames.
+* attention: fused kernels (flash / efficient / cuDNN; O(tokens)), part of the activations; a kernel that
+  materialises the score matrix is not modelled.
+* logits: full: [tokens, vocab] in the compute dtype + a float32 copy + log-softmax + its gradient
+  ((b + 16) bytes per vocab entry and token); chunked loss: the same for one chunk of tokens.
 
 Per rank, a micro-batch of rows of `tokens` is split over the SP group (tokens / (ulysses x ring)), and
 its frames likewise. It fits when the total stays under the GPU's memory less a 5% reserve (allocator
@@ -209,7 +215,8 @@ def trainable_counts(s: Shapes, stage) -> tuple[int, int]:
     if stage.lora is None:
         chosen = [(n, k) for n, k in s.named if n.split(".", 1)[0] in stage.trainable]
     else:
-        chosen = [(n, k) for n, k in s.named if n.startswith("llm.") and any(t in n for t in stage.lora.trainable_extra)]
+        extra = stage.lora.trainable_extra
+        chosen = [(n, k) for n, k in s.named if n.startswith("llm.") and any(t in n for t in extra)]
         r, h, kv = stage.lora.r, s.hidden, s.kv_hidden()
         dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h)}
         adapters = sum(r * (a + c) for m, (a, c) in dims.items() if m in stage.lora.target_modules) * s.layers
@@ -307,8 +314,9 @@ def render(p: Plan, est: dict[str, float]) -> str:
     if p.cpu_offload:
         for k in ("params", "grads", "optimizer"):
             notes[k] += " (offloaded to host)"
-    lines = [f"per-GPU memory plan: {p.tokens} tokens x {p.micro_batch} rows, {p.frames} frames per row, world {p.world}, "
-             f"SP {p.ulysses}x{p.ring} ({p.local_tokens} tokens, {p.local_frames} frames per rank), {p.sharding}, "
+    lines = [f"per-GPU memory plan: {p.tokens} tokens x {p.micro_batch} rows, {p.frames} frames per row, "
+             f"world {p.world}, SP {p.ulysses}x{p.ring} ({p.local_tokens} tokens, {p.local_frames} frames per rank), "
+             f"{p.sharding}, "
              f"compute {p.compute_bytes * 8}-bit, checkpointing {'on' if p.checkpointing else 'off'}, "
              f"cpu offload {'on' if p.cpu_offload else 'off'}, loss "
              f"{f'chunked ({p.loss_chunk} tokens)' if p.loss_chunk else 'full logits'}",

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, help="from_pretrained directory to start from")
     p.add_argument("--output-dir", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --output-dir")
-    p.add_argument("--data", nargs="*", default=[], help="stage dataset dir(s), .parquet or webdataset .tar (local/URL)")
+    p.add_argument("--data", nargs="*", default=[],
+                   help="stage dataset dir(s), .parquet or webdataset .tar (local/URL)")
     p.add_argument("--micro-batch-size", type=int, default=None)
     p.add_argument("--grad-accum", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

@@ -95,7 +95,8 @@ def test_estimates_agree_with_the_measured_h100_figures():
 
 
 def test_plan_command_for_the_7b_stage5(capsys):
-    args = ["--recipe", "longvila-7b", "--stage", "5", "--world", "32", "--ulysses", "4", "--ring", "8", "--gpu-gib", "80"]
+    args = ["--recipe", "longvila-7b", "--stage", "5", "--world", "32", "--ulysses", "4", "--ring", "8",
+            "--gpu-gib", "80"]
     p = subprocess.run([sys.executable, "-m", "training.plan", *args], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr

@@ -33,7 +33,8 @@ def test_changed_identity_keeps_its_own_checkpoints_and_resumes_them(tmp_path, r
     run_train(SMOKE + ["--seed", "1", "--output-dir", str(out), "--metrics-out", str(tmp_path / "b.jsonl")])
     res = json.loads((out / "result.json").read_text())
     assert res["start_step"] == 5
-    run_train(SMOKE + ["--seed", "1", "--output-dir", str(tmp_path / "ref"), "--metrics-out", str(tmp_path / "r.jsonl")])
+    run_train(SMOKE + ["--seed", "1", "--output-dir", str(tmp_path / "ref"),
+                       "--metrics-out", str(tmp_path / "r.jsonl")])
     assert losses(tmp_path / "b.jsonl") == losses(tmp_path / "r.jsonl")  # bit-identical to an uninterrupted run
     runs = {r.name: sorted(d.name for d in (r / "checkpoints").iterdir()) for r in (out / "runs").iterdir()}
     assert sorted(runs.values()) == [["step-000005", "step-000006"]] * 2  # neither run pruned the other's

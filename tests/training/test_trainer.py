@@ -1,8 +1,6 @@
 """The trainer end to end: torchrun smoke command, kill + resume, stage export loadable by from_pretrained."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

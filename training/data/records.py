@@ -2,10 +2,10 @@
 
 A stage dataset is a directory `<storage>/datasets/<name>/` written as one versioned unit:
 
-| file | content |
-|---|---|
-| samples-<content_hash[:16]>.parquet | one row per sample (schema `SAMPLES_SCHEMA`); the name carries its hash |
-| manifest.json | name, stage, num_samples, inputs (video keys + data versions), `samples` (the file name), content_hash (its sha256), code_version; written last: the commit point |
+* `samples-<content_hash[:16]>.parquet`: one row per sample (schema `SAMPLES_SCHEMA`); the name carries
+  its hash;
+* `manifest.json`: name, stage, num_samples, inputs (video keys + data versions), `samples` (the file
+  name), `content_hash` (its sha256), code_version; written last: the commit point.
 
 A reader goes through the manifest to the exact samples file it names and checks its sha256 against
 `content_hash` on the bytes it parses (`read_versioned`), so samples and manifest can never disagree and
