@@ -30,13 +30,18 @@ FINAL = "final"
 
 def plain_model(model: torch.nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.nn.Module:
     """A fresh LongVILA model (no adapters, no FSDP) with `model`'s config and generation config holding
-    `state` (the plain model's parameter names) in `dtype`."""
+    `state` (the plain model's parameter names) in `dtype`, on the CPU; its non-persistent buffers (rotary
+    frequencies, position ids) are copied from `model` (FSDP does not shard buffers)."""
     from .model.modeling import LongVILAForCausalLM
 
     with torch.device("meta"):
         plain = LongVILAForCausalLM(copy.deepcopy(model.config))
     plain.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
                           strict=True, assign=True)
+    for name, buf in model.named_buffers():
+        if name not in state:
+            owner, _, leaf = name.rpartition(".")
+            plain.get_submodule(owner)._buffers[leaf] = buf.detach().to("cpu").clone()
     if plain.config.text_config.tie_word_embeddings:
         plain.tie_weights()
     plain.generation_config = copy.deepcopy(model.generation_config)

@@ -148,3 +148,28 @@ def test_export_is_immutable_and_final_moves(tmp_path):
     assert (out / "final").resolve() == d1 and not list(out.glob(".final.tmp-*"))
     d3, h3 = publish(plain_model(model, model.state_dict(), torch.float32), proc, out)
     assert (d3, h3) == (d2, h2)  # the same content is one export
+
+
+def test_lora_merge_of_the_gathered_state_equals_the_adapted_model(processor):
+    import torch
+
+    from training.adapters import apply_lora, merge_lora_state
+    from training.export import plain_model
+    from training.model.profiles import build_model
+    from training.model.smoke_data import SmokeBatchSource
+
+    model = build_model("smoke", seed=0)
+    apply_lora(model, r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+               trainable_extra=["norm"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)  # peft starts B at zero: make the adapters matter
+    b = SmokeBatchSource(processor, seed=3, batch_size=1, frames=(1, 1)).batch(0)
+    merged = plain_model(model, merge_lora_state(model.state_dict(), 8 / 4), torch.float32)
+    assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
+    with torch.no_grad():
+        want = model(input_ids=b["input_ids"], pixel_values=b["pixel_values"]).logits
+        got = merged(input_ids=b["input_ids"], pixel_values=b["pixel_values"]).logits
+        plain = build_model("smoke", seed=0)(input_ids=b["input_ids"], pixel_values=b["pixel_values"]).logits
+    assert torch.allclose(got, want, atol=1e-5) and not torch.allclose(plain, want, atol=1e-3)
