@@ -91,7 +91,8 @@ def _verified_bytes(ds_dir: str, name: str, digest: str | None) -> bytes:
         raise InputError(url, "file named by the dataset manifest is missing")
     body = lio.read_bytes(url)
     if not digest:
-        raise InputError(lio.join(ds_dir, MANIFEST_FILE), "manifest has no content_hash")
+        raise InputError(lio.join(ds_dir, MANIFEST_FILE), "manifest has no content_hash (written by an older "
+                                                           "version: materialise the dataset again)")
     if lio.sha256_bytes(body) != digest:
         raise InputError(url, "does not match the manifest's content_hash (dataset changed or corrupted)")
     return body
