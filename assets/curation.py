@@ -21,7 +21,9 @@ records the sha256 as the data version with full provenance (run, time, source U
 log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
 downstream assets react to it. A partitioned `@observable_source_asset` would re-hash every video on
 each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
-events. `raw_video` copies nothing: the video stays in the source.
+events. `raw_video` hashes the video while copying it into the local content-addressed cache
+(`longvila.cache.snapshot`), and every later step decodes that copy (`pinned_copy`, re-fetched and
+verified if evicted): a source file replaced after raw_video hashed it is never silently curated.
 
 Automation: every asset below raw_video has `eager_on_new_data()` (`AutomationCondition.eager()`
 keyed on input *data versions* rather than on any new materialisation), so a partition added by the
@@ -64,7 +66,7 @@ from dagster import (
 )
 
 from longvila import io as lio
-from longvila.settings import default_cache_dir, default_cache_max_bytes
+from longvila.cache import pinned_copy, snapshot
 from longvila.errors import InputError
 from orchestration.partitions import partitioned_checks, videos
 from orchestration.resources import CurationConfig, LakeResource
@@ -136,13 +138,23 @@ def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
         ) from None
 
 
+def _raw_sha(context) -> str:
+    """sha256 that this partition's latest raw_video materialisation recorded (its data version)."""
+    sha = _latest_metadata(context.instance, RAW_VIDEO, context.partition_key).get("sha256")
+    if not sha:
+        raise Failure(description=f"partition {context.partition_key}: raw_video has not been materialised",
+                      metadata={"partition": context.partition_key}, allow_retries=False)
+    return str(sha)
+
+
+def _suffix(entry: dict) -> str:
+    return os.path.splitext(entry.get("relpath") or entry["url"])[1]
+
+
 @contextlib.contextmanager
-def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
-    url = entry["url"]
-    suffix = os.path.splitext(entry.get("relpath") or url)[1]
-    # remote videos are downloaded once into the local cache and shared by every curation step
-    with lio.local_copy(url, lake.settings(), suffix=suffix, cache_dir=default_cache_dir(),
-                        cache_max_bytes=default_cache_max_bytes()) as path:
+def _local_video(context, entry: dict, lake: LakeResource) -> Iterator[str]:
+    """A local copy holding exactly the bytes raw_video hashed (longvila.cache.pinned_copy)."""
+    with pinned_copy(entry["url"], _raw_sha(context), lake.settings(), suffix=_suffix(entry)) as path:
         yield path
 
 
@@ -267,10 +279,9 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
     def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         entry = _source(context, lake)
         t0 = time.perf_counter()
-        try:
-            sha = lio.sha256_file(entry["url"], lake.settings())
-            fs, p = lio.get_fs(entry["url"], lake.settings())
-            size = int(fs.size(p))
+        try:  # hashed while copied into the local cache: later steps decode exactly these bytes
+            snap = snapshot(entry["url"], lake.settings(), suffix=_suffix(entry))
+            sha, size = snap.sha256, snap.size_bytes
         except FileNotFoundError:
             raise Failure(
                 description=f"raw video {entry.get('relpath')!r} is gone from the source ({entry['url']})",
@@ -308,8 +319,8 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "probe"), _local_video(entry, lake) as path:
-            res = probe_video(path)
+        with _video_failure(context, entry, "probe"), _local_video(context, entry, lake) as path:
+            res = probe_video(path, sha256=_raw_sha(context))
         d = res.to_dict()
         d["path"] = entry["url"]
         d["relpath"] = entry.get("relpath")
@@ -371,7 +382,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         probe = _probe_fields(lake, key)
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "shot detection"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "shot detection"), _local_video(context, entry, lake) as path:
             shots = detect_shots(path, detector=cfg.detector, progress=_progress(context), **cfg.detector_options)
         secs = time.perf_counter() - t0
         table = shots_to_table(shots)
@@ -480,7 +491,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         clips = table_to_clips(_read_table(lake, "clips", key))
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "clip frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "clip frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
                                        jpeg_quality=cfg.jpeg_quality, progress=_progress(context))
         secs = time.perf_counter() - t0
@@ -536,7 +547,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "video frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "video frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames,
                                         size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
                                         progress=_progress(context))
@@ -591,7 +602,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             written: list[str] = []
             records = []
             try:
-                with _video_failure(context, entry, "clip cutting"), _local_video(entry, lake) as path:
+                with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
                     for c in clips:
                         dst = lake.clip_file_url(key, c.index)
                         rec = write_clip_file(path, c, dst)
