@@ -589,47 +589,36 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             code_version=cv["clip_files"],
             automation_condition=eager,
             kinds={"video"},
-            description="Every clip cut into its own MP4 (curation.clipfiles): clip_files/<key>/<index>.mp4 "
-            "plus index.json written last (the index is the commit marker).",
+            description="Every clip cut into its own MP4 (curation.clipfiles.write_clip_set): "
+            "clip_files/<key>/<version>/<index>.mp4, committed by clip_files/<key>/index.json written last.",
         )
         def clip_files(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-            from curation.clipfiles import write_clip_file
+            from curation.clipfiles import write_clip_set
             from curation.schemas import table_to_clips
 
             entry = _source(context, lake)
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            written: list[str] = []
-            records = []
-            try:
-                with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
-                    for c in clips:
-                        dst = lake.clip_file_url(key, c.index)
-                        rec = write_clip_file(path, c, dst)
-                        written.append(dst)
-                        records.append({"clip_index": c.index, "url": dst, **(rec or {})})
-            except BaseException:
-                # leave no partial set of clip files behind
-                for dst in written:
-                    with contextlib.suppress(Exception):
-                        fs, p = lio.get_fs(dst, lake.settings())
-                        fs.rm(p)
-                raise
-            index_url = lio.join(lake.storage_root, "clip_files", key, "index.json")
-            version = _write_json(index_url, {"partition": key, "clips": records}, lake.settings())
+            # one versioned set, committed by its index.json: a failure leaves the previous set intact
+            with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
+                index, sha = write_clip_set(path, clips, lake.clip_files_url(key), lake.settings(),
+                                            index_extra={"partition": key})
             return MaterializeResult(
-                data_version=DataVersion(version),
-                metadata={"path": MetadataValue.path(index_url), "num_files": len(records)},
+                data_version=DataVersion(sha),
+                metadata={"path": MetadataValue.path(lio.join(lake.clip_files_url(key), "index.json")),
+                          "num_files": len(index["clips"]), "version": index["version"]},
             )
 
         @asset_check(asset=CLIP_FILES, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
-                     description="one file per clip exists")
+                     description="the committed index names one existing file per clip")
         def clip_files_exist(context, lake: LakeResource) -> AssetCheckResult:
             from curation.schemas import table_to_clips
 
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            missing = [c.index for c in clips if not lio.exists(lake.clip_file_url(key, c.index), lake.settings())]
+            index = lio.read_json(lio.join(lake.clip_files_url(key), "index.json"), lake.settings())
+            urls = {r["clip_index"]: r["url"] for r in index["clips"]}
+            missing = [c.index for c in clips if c.index not in urls or not lio.exists(urls[c.index], lake.settings())]
             return AssetCheckResult(passed=not missing, metadata={"missing": str(missing[:20]),
                                                                    "num_clips": len(clips)})
 

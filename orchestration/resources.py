@@ -114,8 +114,8 @@ class LakeResource(ConfigurableResource):
         """URL of one partition's artefact for a layer of `longvila.layout` (probe, shots, ...)."""
         return layout.layer_path(self.storage_root, layer, key)
 
-    def clip_file_url(self, key: str, clip_index: int) -> str:
-        return layout.clip_file_path(self.storage_root, key, clip_index)
+    def clip_files_url(self, key: str) -> str:
+        return layout.clip_files_dir(self.storage_root, key)
 
     def manifest_url(self) -> str:
         """`<storage>/manifest/videos.json`: partition key -> source video (written by the sensor)."""
