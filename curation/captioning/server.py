@@ -36,8 +36,9 @@ Limits (`ServerLimits`, each a command-line flag) keep one client from exhaustin
 | no byte for `--idle-timeout-s` (idle keep-alive, stalled client) | connection closed |
 | generation not finished within `--request-timeout-s` | 504 |
 
-Connections are served by a fixed pool of worker threads (never a thread per connection); one
-watchdog thread closes connections that overrun their read deadline.
+Connections are served by a fixed pool of worker threads (never a thread per connection); while
+connections wait for a worker, answers close their connection instead of keeping it alive; one
+watchdog thread closes connections that overrun their read deadline (queue time included).
 """
 
 from __future__ import annotations
@@ -223,8 +224,9 @@ class _Watchdog:
         threading.Thread(target=self._loop, daemon=True, name="read-watchdog").start()
 
     def watch(self, sock: socket.socket, seconds: float) -> None:
+        """Close `sock` in `seconds` unless released first (a deadline already running is kept)."""
         with self._lock:
-            self._due[sock] = time.monotonic() + seconds
+            self._due.setdefault(sock, time.monotonic() + seconds)
 
     def release(self, sock: socket.socket) -> None:
         with self._lock:
@@ -271,7 +273,12 @@ class BoundedHTTPServer(HTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        self.watchdog.watch(request, self.limits.read_timeout_s)  # time waiting in the queue counts
         self._pending.put((request, client_address))
+
+    def saturated(self) -> bool:
+        """Connections are waiting for a worker (answers then close theirs instead of keeping it alive)."""
+        return not self._pending.empty()
 
     def _work(self):
         while (item := self._pending.get()) is not None:
@@ -326,7 +333,8 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
             return
 
         def handle_one_request(self):
-            # the whole request (head and body) must arrive within read_timeout_s (slowloris)
+            # the whole request (head and body) must arrive within read_timeout_s of its connection's
+            # accept (first request) or of the previous answer (keep-alive): no slowloris holds a worker
             self.server.watchdog.watch(self.connection, limits.read_timeout_s)
             super().handle_one_request()
 
@@ -337,6 +345,8 @@ def make_server(models: dict[str, Any], host: str = "127.0.0.1", port: int = 0, 
                 self.send_header(k, v)
             self.send_header("Content-Type", "application/json" if raw is None else "text/html")
             self.send_header("Content-Length", str(len(data)))
+            if self.server.saturated():  # an idle keep-alive connection must not hold a worker others wait for
+                self.close_connection = True
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
