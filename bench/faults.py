@@ -375,6 +375,27 @@ def killed_writer_fault(root: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 
+NOTES = """
+How to read it:
+- *lost* counts requests that failed after the client's retries (server rows), writer failures (publisher
+  rows), steps that got bytes other than the hashed ones or were not stopped (source, hung ffmpeg), files
+  of the committed set that changed or vanished (clip_files), and wrong sweep decisions (killed writer).
+- The *previous atomic_dir* row runs the implementation this issue replaced, verbatim, beside the current
+  one: its writers fail (`FileNotFoundError` / `ENOTEMPTY` when both rename at once) and a reader finds the
+  folder missing between its two renames. How often depends on scheduling (the machine is shared).
+- Server rows: a real `curation.captioning.server` process with the smoke LLM, `--workers 2 --queue 2
+  --idle-timeout-s 1 --read-timeout-s 2`; clients are `OpenAIChatBackend` (8 retries, backoff 0.25-1 s).
+  Recovery time is from the first request until the last answer, the overload lasting ~2 s.
+- The source row measures what content-addressing costs `raw_video`: hashing alone (the previous
+  raw_video) against hashing while copying into the cache with an fsync (the copy later steps decode).
+  The later steps then read that local copy instead of the source (for `s3://` sources: one download
+  instead of five). The file is random bytes (cost only; the curation of real videos over a swapped
+  source is tested in tests/orchestration/test_source_pinning.py). Both read the page cache here: on
+  network storage the read dominates both and the ratio shrinks.
+- Not measured: a hang inside one native PyAV call (not interruptible from Python; the run's max runtime
+  bounds it), NFS/object-store locking, and a real power loss (the fsyncs are there for it).
+"""
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,7 +426,7 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text("# Fault injection (bench/faults.py)\n\nReproduce: `.venv/bin/python bench/faults.py`\n\n"
-                           + "\n".join(lines) + "\n")
+                           + "\n".join(lines) + "\n" + NOTES)
     current = [r for r in rows if "previous" not in r["fault"]]
     return 0 if all(r["lost"] == 0 for r in current) else 1
 
