@@ -90,7 +90,7 @@ def try_lock(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def held_temp(path: Path) -> Iterator[None]:
+def _held_temp(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on a temporary file or folder that this process is writing."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -301,7 +301,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = temp_path(final)
     tmp.mkdir()
     try:
-        with held_temp(tmp):
+        with _held_temp(tmp):
             yield tmp
             old = _publish_dir(tmp, final)
         if old is not None:

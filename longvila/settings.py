@@ -67,7 +67,7 @@ class Timeouts:
         return cls(
             media_s=_env_float("LONGVILA_MEDIA_TIMEOUT_S", cls.media_s, 0.001),
             media_per_video_s=_env_float("LONGVILA_MEDIA_TIMEOUT_PER_VIDEO_S", cls.media_per_video_s, 0.0),
-            stale_temp_s=_env_float("LONGVILA_STALE_TEMP_S", cls.stale_temp_s, 0.0),
+            stale_temp_s=_env_float("LONGVILA_STALE_TEMP_S", cls.stale_temp_s, 1.0),  # > a writer's create-to-lock gap
         )
 
     def media_budget_s(self, duration_s: float | None) -> float:
