@@ -1,6 +1,11 @@
 """Suite-wide isolation: nothing a test does lands in the checkout's data/ folder by accident."""
 
+import os
+
 import pytest
+
+# Transient-fault retries keep their count but not their 10-s first delay (read when the asset modules load).
+os.environ.setdefault("LONGVILA_RETRY_DELAY_S", "0.05")
 
 
 @pytest.fixture(autouse=True)
