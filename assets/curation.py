@@ -21,7 +21,9 @@ notices new/changed files by a cheap fingerprint (size + mtime/ETag, `longvila.s
 provenance (run, time, source URL) in the event log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
 downstream assets react to it. A partitioned `@observable_source_asset` would re-hash every video on
 each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
-events. `raw_video` copies nothing: the video stays in the source.
+events. `raw_video` hashes the video while copying it into the local content-addressed cache
+(`longvila.cache.snapshot`), and every later step decodes that copy (`pinned_copy`, re-fetched and
+verified if evicted): a source file replaced after raw_video hashed it is never silently curated.
 
 Automation: every asset below raw_video has the shared `assets.policies.ON_NEW_DATA` condition (keyed on
 input *data versions* and code versions, not on any new materialisation): a changed video re-runs
@@ -59,8 +61,10 @@ from dagster import (
 )
 
 from assets.common import (
+    data_version,
     failure,
     input_failure,
+    latest_record,
     layer_result,
     md_table,
     per_video_asset,
@@ -74,7 +78,7 @@ from assets.resources import LakeResource
 from curation.config import CurationConfig
 from longvila import io as lio
 from longvila import layout
-from longvila.settings import default_cache_dir, default_cache_max_bytes
+from longvila.cache import pinned_copy, snapshot
 
 GROUP = "curation"
 RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
@@ -108,13 +112,22 @@ def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
         yield
 
 
+def _raw_sha(context) -> str:
+    """sha256 of the video that this partition's latest raw_video materialisation hashed (its data version)."""
+    sha = data_version(latest_record(context.instance, RAW_VIDEO, context.partition_key))
+    if not sha:
+        raise failure(context, "source lookup", "raw_video has not been materialised")
+    return sha
+
+
+def _suffix(entry: dict) -> str:
+    return os.path.splitext(entry.get("relpath") or entry["url"])[1]
+
+
 @contextlib.contextmanager
-def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
-    url = entry["url"]
-    suffix = os.path.splitext(entry.get("relpath") or url)[1]
-    # remote videos are downloaded once into the local cache and shared by every curation step
-    with lio.local_copy(url, lake.settings(), suffix=suffix, cache_dir=default_cache_dir(),
-                        cache_max_bytes=default_cache_max_bytes()) as path:
+def _local_video(context, entry: dict, lake: LakeResource) -> Iterator[str]:
+    """A local copy holding exactly the bytes raw_video hashed (longvila.cache.pinned_copy)."""
+    with pinned_copy(entry["url"], _raw_sha(context), lake.settings(), suffix=_suffix(entry)) as path:
         yield path
 
 
@@ -182,16 +195,16 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         group_name=GROUP,
         code_version=cv["raw_video"],
         kinds={"video"},
-        description="A raw video of the source (not copied). Data version = sha256 of its bytes. "
+        description="A raw video of the source, hashed while copied into the local content-addressed cache "
+        "(the copy every later step decodes). Data version = sha256 of its bytes. "
         "Materialised by the new-video sensor's runs for new or changed videos.",
     )
     def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         entry = _source(context, lake)
         t0 = time.perf_counter()
-        try:
-            sha = lio.sha256_file(entry["url"], lake.settings())
-            fs, p = lio.get_fs(entry["url"], lake.settings())
-            size = int(fs.size(p))
+        try:  # hashed while copied into the local cache: later steps decode exactly these bytes
+            snap = snapshot(entry["url"], lake.settings(), suffix=_suffix(entry))
+            sha, size = snap.sha256, snap.size_bytes
         except FileNotFoundError:
             raise failure(context, "raw video", f"gone from the source ({entry['url']})",
                           file=entry.get("relpath")) from None
@@ -221,8 +234,8 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "probe"), _local_video(entry, lake) as path:
-            res = probe_video(path)
+        with _video_failure(context, entry, "probe"), _local_video(context, entry, lake) as path:
+            res = probe_video(path, sha256=_raw_sha(context))
         d = res.to_dict()
         d["path"] = entry["url"]
         d["relpath"] = entry.get("relpath")
@@ -279,7 +292,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         probe = _read_json(lake, "probe", key)
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "shot detection"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "shot detection"), _local_video(context, entry, lake) as path:
             shots = detect_shots(path, detector=cfg.detector, progress=progress(context), **cfg.detector_options)
         secs = time.perf_counter() - t0
         table = shots_to_table(shots)
@@ -380,7 +393,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         clips = table_to_clips(_read_table(lake, "clips", key))
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "clip frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "clip frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
                                        jpeg_quality=cfg.jpeg_quality, progress=progress(context))
         secs = time.perf_counter() - t0
@@ -431,7 +444,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "video frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "video frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames,
                                         size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
                                         progress=progress(context))
@@ -468,48 +481,33 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             group_name=GROUP,
             code_version=cv["clip_files"],
             kinds={"video"},
-            description="Every clip cut into its own MP4 (curation.clipfiles): clip_files/<key>/<index>.mp4 "
-            "plus index.json written last (the index is the commit marker).",
+            description="Every clip cut into its own MP4 (curation.clipfiles.write_clip_set): "
+            "clip_files/<key>/<version>/<index>.mp4, committed by clip_files/<key>/index.json written last.",
         )
         def clip_files(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-            from curation.clipfiles import write_clip_file
+            from curation.clipfiles import write_clip_set
             from curation.schemas import table_to_clips
 
             entry = _source(context, lake)
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            written: list[str] = []
-            records = []
-            try:
-                with _video_failure(context, entry, "clip cutting"), _local_video(entry, lake) as path:
-                    for c in clips:
-                        dst = layout.clip_file_path(lake.storage_root, key, c.index)
-                        rec = write_clip_file(path, c, dst)
-                        written.append(dst)
-                        records.append({"clip_index": c.index, "url": dst, **(rec or {})})
-            except BaseException:
-                # leave no partial set of clip files behind
-                for dst in written:
-                    with contextlib.suppress(Exception):
-                        fs, p = lio.get_fs(dst, lake.settings())
-                        fs.rm(p)
-                raise
-            index_url = layout.clip_files_index_path(lake.storage_root, key)
-            version = write_json(index_url, {"partition": key, "clips": records}, lake.settings())
-            return MaterializeResult(
-                data_version=DataVersion(version),
-                metadata={"path": MetadataValue.path(index_url), "num_files": len(records)},
-            )
+            # one versioned set, committed by its index.json: a failure leaves the previous set intact
+            with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
+                index, sha = write_clip_set(path, clips, layout.clip_files_dir(lake.storage_root, key),
+                                            lake.settings(), index_extra={"partition": key})
+            return layer_result(layout.clip_files_index_path(lake.storage_root, key), sha,
+                                num_files=len(index["clips"]), set_version=index["version"])
 
         @per_video_check(asset=CLIP_FILES, additional_deps=[VIDEO_CLIPS],
-                         description="one file per clip exists")
+                         description="the committed index names one existing file per clip")
         def clip_files_exist(context, lake: LakeResource) -> AssetCheckResult:
             from curation.schemas import table_to_clips
 
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            missing = [c.index for c in clips
-                       if not lio.exists(layout.clip_file_path(lake.storage_root, key, c.index), lake.settings())]
+            index = lio.read_json(layout.clip_files_index_path(lake.storage_root, key), lake.settings())
+            urls = {r["clip_index"]: r["url"] for r in index["clips"]}
+            missing = [c.index for c in clips if c.index not in urls or not lio.exists(urls[c.index], lake.settings())]
             return AssetCheckResult(passed=not missing, metadata={"missing": str(missing[:20]),
                                                                    "num_clips": len(clips)})
 
