@@ -17,12 +17,11 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
-from longvila.io import sha256_tree
+from longvila.io import sha256_tree, sweep_once, temp_path
 
 EXPORTS = "exports"
 FINAL = "final"
@@ -57,7 +56,8 @@ def publish(plain: torch.nn.Module, processor, output_dir: str | os.PathLike) ->
     """Write `plain` + `processor` as an immutable export and point `final` at it; (export dir, sha256)."""
     root = Path(output_dir) / EXPORTS
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{uuid.uuid4().hex[:12]}"
+    sweep_once(root)  # temporaries of a run killed while exporting (longvila.io's temp scheme)
+    tmp = temp_path(root / "export")
     try:
         plain.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -84,6 +84,6 @@ def point_final(output_dir: str | os.PathLike, export_dir: Path) -> None:
             shutil.rmtree(final)
         else:
             os.replace(final, legacy)
-    link = out / f".{FINAL}.tmp-{uuid.uuid4().hex[:12]}"
+    link = temp_path(final)
     os.symlink(os.path.relpath(export_dir, out), link)
     os.replace(link, final)
