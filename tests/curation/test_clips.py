@@ -105,7 +105,7 @@ def test_invalid_arguments():
 
 
 def test_versions_and_dict():
-    assert CODE_VERSION == "clips-v1"
+    assert CODE_VERSION == "clips-v2"
     assert code_version(10.0, 1.0) != code_version(5.0, 1.0)
     c = Clip(index=0, shot_index=0, start_frame=0, end_frame=25, start_s=0.0, end_s=1.0)
     assert c.to_dict()["end_frame"] == 25 and c.num_frames == 25 and c.duration_s == 1.0

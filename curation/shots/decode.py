@@ -1,0 +1,94 @@
+"""Decode a video once, straight to tiny RGB frames, with a deadline.
+
+The bundled ffmpeg binary decodes the first video stream (all frames, presentation order, no rate
+conversion: ``-fps_mode passthrough``), scales each frame to ``width x height`` (48x27 by default: the
+input size of TransNetV2, so the cascade and the learned model share one decode) and pipes raw RGB24.
+``skip_loop_filter`` drops H.264/HEVC deblocking, which a 48x27 picture cannot show and which costs a
+good part of the decode time. `iter_frames` yields ``(k, height, width, 3)`` uint8 chunks; Python does no
+per-frame work. A `timeout_s` (or an absolute ``time.monotonic()`` `deadline`) kills ffmpeg and raises
+``VideoError`` when decoding takes too long.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from typing import Iterator
+
+import numpy as np
+
+from longvila.errors import VideoError
+
+from ..video import ffmpeg_exe
+
+
+def resolve_deadline(timeout_s: float | None = None, deadline: float | None = None) -> float | None:
+    """The earlier of ``now + timeout_s`` and `deadline` (``time.monotonic()`` seconds), or None."""
+    cands = [d for d in (deadline, None if timeout_s is None else time.monotonic() + float(timeout_s))
+             if d is not None]
+    return min(cands) if cands else None
+
+
+def _command(path: str, width: int, height: int, skip_loop_filter: bool) -> list[str]:
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
+            *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
+            "-i", os.fspath(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
+            "-vf", f"scale={width}:{height}", "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+
+
+def iter_frames(path: str, width: int = 48, height: int = 27, chunk: int = 512, skip_loop_filter: bool = True,
+                timeout_s: float | None = None, deadline: float | None = None) -> Iterator[np.ndarray]:
+    """Yield chunks of decoded frames (uint8, ``(k, height, width, 3)``, ``k <= chunk``).
+
+    Raises VideoError when ffmpeg fails before the first frame, or when the deadline passes (ffmpeg is
+    killed, nothing is left running).
+    """
+    end = resolve_deadline(timeout_s, deadline)
+    proc = subprocess.Popen(_command(path, width, height, skip_loop_filter), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    expired = threading.Event()
+    timer = None
+    if end is not None:
+        def _kill():
+            expired.set()
+            proc.kill()
+        timer = threading.Timer(max(0.0, end - time.monotonic()), _kill)
+        timer.daemon = True
+        timer.start()
+    stderr: list[bytes] = []
+    drain = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+    drain.start()
+    frame_bytes = width * height * 3
+    buf = bytearray(chunk * frame_bytes)
+    view = memoryview(buf)
+    total = 0
+    try:
+        while True:
+            got = 0
+            while got < len(buf):
+                n = proc.stdout.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            k = got // frame_bytes
+            if k:
+                total += k
+                yield np.frombuffer(bytes(view[:k * frame_bytes]), np.uint8).reshape(k, height, width, 3)
+            if got < len(buf):
+                break
+        proc.wait()
+        drain.join(timeout=5)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    if expired.is_set():
+        raise VideoError(path, f"decoding timed out after {total} frames")
+    if total == 0:
+        err = b"".join(stderr).decode("utf-8", "replace").strip()[-400:]
+        raise VideoError(path, "no decodable video frames" + (f" (ffmpeg: {err})" if err else ""))
