@@ -293,11 +293,14 @@ def render_video(path: str, shots: list[ShotSpec], joins: list[Join], fps: int =
 # shot content
 
 
-def pan(frames: int, size: tuple[int, int], x0: float, y0: float, x1: float, y1: float, **kw) -> ShotSpec:
-    """Camera pan over the mosaic from (x0, y0) to (x1, y1), fractions of the free range (0..1)."""
+def pan(frames: int, size: tuple[int, int], x0: float, y0: float, x1: float, y1: float, hold: int = 0,
+        **kw) -> ShotSpec:
+    """Camera pan over the mosaic from (x0, y0) to (x1, y1), fractions of the free range (0..1); the camera
+    holds still for the first `hold` frames, then starts moving at full speed (a motion onset)."""
     w, h = size
-    fx = f"(iw-{w})*({x0}+({x1}-{x0})*n/{max(1, frames - 1)})"
-    fy = f"(ih-{h})*({y0}+({y1}-{y0})*n/{max(1, frames - 1)})"
+    t = f"max(0,n-{hold})/{max(1, frames - 1 - hold)}"
+    fx = f"(iw-{w})*({x0}+({x1}-{x0})*{t})"
+    fy = f"(ih-{h})*({y0}+({y1}-{y0})*{t})"
     return ShotSpec(frames, "mosaic", f"crop=w={w}:h={h}:x='{fx}':y='{fy}'", label=kw.pop("label", "pan"), **kw)
 
 
@@ -364,7 +367,7 @@ def _last_view(spec: ShotSpec) -> tuple[float, float] | None:
     """Where a pan shot's last frame looks (fractions of the free range), None for other shots."""
     if not spec.filters.startswith("crop="):
         return None
-    ends = [float(part.split("+(")[1].split("-")[0]) for part in spec.filters.split(":")[2:4]]
+    ends = [float(part.split("+(")[1].split("-")[0]) for part in spec.filters.split(":")[2:4]]  # the x1, y1
     return ends[0], ends[1]
 
 
@@ -379,15 +382,17 @@ def _far_point(rng: random.Random, away_from: tuple[float, float] | None, min_di
 
 def _random_mosaic_shot(rng: random.Random, frames: int, size, label: str | None = None,
                         away_from: tuple[float, float] | None = None) -> ShotSpec:
-    kind = rng.choice(["pan", "pan", "fastpan", "zoom", "still"])
+    kind = rng.choice(["pan", "pan", "fastpan", "holdpan", "zoom", "still"])
     kw = {"label": label} if label else {}
-    if kind in ("pan", "fastpan"):
+    if kind in ("pan", "fastpan", "holdpan"):
         x0, y0 = _far_point(rng, away_from)
-        span = rng.uniform(0.5, 1.0) if kind == "fastpan" else rng.uniform(0.1, 0.4)
+        span = {"fastpan": (0.5, 1.0), "holdpan": (0.3, 0.7)}.get(kind, (0.1, 0.4))
+        span = rng.uniform(*span)
         ang = rng.uniform(0, 6.283)
         x1 = min(1.0, max(0.0, x0 + span * math.cos(ang)))
         y1 = min(1.0, max(0.0, y0 + span * math.sin(ang)))
-        return pan(frames, size, round(x0, 3), round(y0, 3), round(x1, 3), round(y1, 3),
+        hold = rng.randrange(frames // 4, frames // 2) if kind == "holdpan" else 0
+        return pan(frames, size, round(x0, 3), round(y0, 3), round(x1, 3), round(y1, 3), hold=hold,
                    **({"label": kind} if not label else kw))
     if kind == "zoom":
         z0, z1 = rng.uniform(1.0, 1.6), rng.uniform(1.0, 2.5)

@@ -60,8 +60,9 @@ class Params:
     blank_sd: float = 2.0
     gradual: bool = True
     gradual_ratio: float = 4.0
-    gradual_min: float = 0.2
+    gradual_min: float = 0.15
     wipe_spread: float = 0.3
+    calm_ratio: float = 1.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +71,8 @@ class Params:
 
 @dataclass
 class Frames:
-    """Standardised 24x13 pictures ``z`` (n, 13, 24, 3) float32, luma std ``sd`` (n,) and the blank mask."""
+    """Standardised 24x13 pictures ``z`` (n, 3, 13, 24) float32 (channels first), luma mean and std (n,),
+    and the blank mask (luma std below ``blank_sd``)."""
 
     z: np.ndarray
     sd: np.ndarray
@@ -78,49 +80,50 @@ class Frames:
     blank: np.ndarray
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
 def prepare(rgb: np.ndarray, blank_sd: float) -> Frames:
-    """Features of uint8 frames ``(n, 27, 48, 3)`` (any even-cropped size works)."""
+    """Features of uint8 frames ``(n, h, w, 3)`` (48x27 from the decoder; any size works)."""
     n, h, w, _ = rgb.shape
-    h2, w2 = h // 2, w // 2
-    x = rgb[:, :2 * h2, :2 * w2].astype(np.float32).reshape(n, h2, 2, w2, 2, 3).mean(axis=(2, 4))
-    flat = x.reshape(n, -1, 3)
-    mean = flat.mean(axis=1)
-    sd = flat.std(axis=1)
-    z = (x - mean[:, None, None, :]) / np.maximum(sd, SD_FLOOR)[:, None, None, :]
-    z += (COLOUR_WEIGHT / 128.0) * mean[:, None, None, :]  # keep the colour: flat frames of two hues differ
-    luma = flat @ np.array([0.299, 0.587, 0.114], np.float32)
-    lsd = luma.std(axis=1)
-    return Frames(z=z, sd=lsd, mean=luma.mean(axis=1), blank=lsd < blank_sd)
-
-
-def _range3(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """3x3 max and min filters over the picture axes (edges replicated)."""
-    p = np.pad(z, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    mx = np.maximum(np.maximum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
-    mn = np.minimum(np.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
-    mx = np.maximum(np.maximum(mx[:, :, :-2], mx[:, :, 1:-1]), mx[:, :, 2:])
-    mn = np.minimum(np.minimum(mn[:, :, :-2], mn[:, :, 1:-1]), mn[:, :, 2:])
-    return mx, mn
+    q = rgb[:, :h // 2 * 2, :w // 2 * 2].transpose(0, 3, 1, 2)  # (n, 3, h, w) view
+    s = q[:, :, 0::2, 0::2].astype(np.uint16) + q[:, :, 1::2, 0::2] + q[:, :, 0::2, 1::2] + q[:, :, 1::2, 1::2]
+    x = s.astype(np.float32) * 0.25  # 2x2 area average, (n, 3, h/2, w/2)
+    flat = x.reshape(n, 3, -1)
+    mean = flat.mean(axis=2)
+    sd = np.sqrt(np.maximum((flat * flat).mean(axis=2) - mean * mean, 0.0))
+    scale = 1.0 / np.maximum(sd, SD_FLOOR)
+    # keep the colour: flat frames of two hues differ
+    z = x * scale[:, :, None, None] + (COLOUR_WEIGHT / 128.0 - scale) [:, :, None, None] * mean[:, :, None, None]
+    luma = np.tensordot(_LUMA, flat, axes=([0], [1]))  # (n, pixels)
+    lmean = luma.mean(axis=1)
+    lsd = np.sqrt(np.maximum((luma * luma).mean(axis=1) - lmean * lmean, 0.0))
+    return Frames(z=z, sd=lsd, mean=lmean, blank=lsd < blank_sd)
 
 
 def tolerant_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per pair, the mean amount by which ``b`` leaves the 3x3 range of ``a`` (0 for shifts <= 1 px)."""
-    mx, mn = _range3(a)
-    return (np.maximum(b - mx, 0) + np.maximum(mn - b, 0)).reshape(len(a), -1).mean(axis=1)
+    """Per pair, the mean amount by which each inner pixel of ``b`` leaves the range of the 3x3 pixels
+    around it in ``a`` (0 for shifts of up to 1 px); pictures are (n, 3, h, w)."""
+    rows_max = np.maximum(np.maximum(a[:, :, :-2], a[:, :, 1:-1]), a[:, :, 2:])
+    rows_min = np.minimum(np.minimum(a[:, :, :-2], a[:, :, 1:-1]), a[:, :, 2:])
+    mx = np.maximum(np.maximum(rows_max[..., :-2], rows_max[..., 1:-1]), rows_max[..., 2:])
+    mn = np.minimum(np.minimum(rows_min[..., :-2], rows_min[..., 1:-1]), rows_min[..., 2:])
+    inner = b[:, :, 1:-1, 1:-1]
+    out = np.maximum(inner - mx, 0) + np.maximum(mn - inner, 0)
+    return out.reshape(len(a), -1).mean(axis=1)
 
 
 def matched_diff(a: np.ndarray, b: np.ndarray, radius: int = 2, block: int = 3) -> np.ndarray:
     """Per pair, block-matched mean absolute difference: every ``block`` x ``block`` block of ``b`` (inner
-    part, `radius` px from the edges) against its best shift (<= `radius` px) in ``a``."""
-    n, h, w, _ = a.shape
-    bi = b[:, radius:h - radius, radius:w - radius]
-    nby, nbx = bi.shape[1] // block, bi.shape[2] // block
-    bi = bi[:, :nby * block, :nbx * block]
+    part, `radius` px from the edges) against its best shift (<= `radius` px) in ``a``; (n, 3, h, w)."""
+    n, _, h, w = a.shape
+    nby, nbx = (h - 2 * radius) // block, (w - 2 * radius) // block
+    bi = b[:, :, radius:radius + nby * block, radius:radius + nbx * block]
     best = None
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
-            ai = a[:, radius + dy:radius + dy + nby * block, radius + dx:radius + dx + nbx * block]
-            d = np.abs(bi - ai).sum(axis=3).reshape(n, nby, block, nbx, block).sum(axis=(2, 4))
+            ai = a[:, :, radius + dy:radius + dy + nby * block, radius + dx:radius + dx + nbx * block]
+            d = np.abs(bi - ai).sum(axis=1).reshape(n, nby, block, nbx, block).sum(axis=(2, 4))
             best = d if best is None else np.minimum(best, d)
     return best.reshape(n, -1).mean(axis=1) / (3 * block * block)
 
@@ -251,8 +254,8 @@ def _wipe_spread(z: np.ndarray, a: int, b: int, s: int, e: int) -> float:
     span [s, e): large for a wipe (blocks switch one after another), small for a dissolve."""
     mid = z[s:e + 1]
     n = len(mid)
-    da = np.abs(mid - z[a]).sum(axis=3)[:, :12].reshape(n, 3, 4, 6, 4).mean(axis=(2, 4)).reshape(n, -1)
-    db = np.abs(mid - z[b]).sum(axis=3)[:, :12].reshape(n, 3, 4, 6, 4).mean(axis=(2, 4)).reshape(n, -1)
+    da = np.abs(mid - z[a]).sum(axis=1)[:, :12].reshape(n, 3, 4, 6, 4).mean(axis=(2, 4)).reshape(n, -1)
+    db = np.abs(mid - z[b]).sum(axis=1)[:, :12].reshape(n, 3, 4, 6, 4).mean(axis=(2, 4)).reshape(n, -1)
     informative = (da[0] + db[-1] < 0.5 * (da[-1] + db[0]))
     if informative.sum() < 3:
         return 0.0
@@ -266,12 +269,15 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
     """Dissolves and wipes away from the `taken` spans (cuts and fades); `ignore` spans are flashes."""
     n = len(f.z)
     z = f.z[_repaired(n, ignore)]
+    zc = _coarse(z)  # candidates on 12x6 pictures: four times cheaper, and tolerant of 4 px of motion
     found: list[Boundary] = []
+    step = np.zeros(n, np.float32)  # frame-to-frame change of the coarse pictures
+    step[1:] = tolerant_diff(zc[:-1], zc[1:])
     for k in sorted({max(2, round(s * fps)) for s in GRADUAL_LAGS_S}):
         if n <= 4 * k:
             continue
         w = np.zeros(n, np.float32)
-        w[k:n - k] = tolerant_diff(z[:n - 2 * k], z[2 * k:])
+        w[k:n - k] = tolerant_diff(zc[:n - 2 * k], zc[2 * k:])
         left, right = np.full(n, np.inf), np.full(n, np.inf)
         left[2 * k:], right[:n - 2 * k] = w[:n - 2 * k], w[2 * k:]
         left[:3 * k], right[n - 3 * k:] = np.inf, np.inf  # those baselines straddle the video's ends
@@ -282,9 +288,26 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
             if any(s - k - 2 <= c <= e + k + 2 for s, e in taken) or any(
                     x.span()[0] - k <= c <= x.span()[1] + k for x in found):
                 continue
-            if _persists(z, a, b, w[c]):
-                found.append(_localise(z, a, b, p))
+            if _persists(zc, a, b, w[c]):
+                x = _localise(z, a, b, p)
+                if _concentrated(step, x.span(), k, p):
+                    found.append(x)
     return found
+
+
+def _concentrated(step: np.ndarray, span: tuple[int, int], k: int, p: Params) -> bool:
+    """A transition changes the picture faster than the shots around it do: the mean frame-to-frame change
+    inside the span must exceed `calm_ratio` times the mean over `k` frames on each side (a slowly drifting
+    or rotating picture changes at the same pace everywhere)."""
+    s, e = span
+    inside = step[s + 1:e].mean() if e - s > 1 else step[s:e + 1].max()
+    around = np.concatenate([step[max(1, s - k):s], step[e + 1:e + 1 + k]])
+    return bool(around.size == 0 or inside >= p.calm_ratio * around.mean())
+
+
+def _coarse(z: np.ndarray) -> np.ndarray:
+    n, c, h, w = z.shape
+    return z[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
 
 
 def _persists(z: np.ndarray, a: int, b: int, wide: float) -> bool:
@@ -299,11 +322,14 @@ def _persists(z: np.ndarray, a: int, b: int, wide: float) -> bool:
 
 
 def _localise(z: np.ndarray, a: int, b: int, p: Params) -> Boundary:
+    """Boundary where the progress from frame a to frame b passes 50%; the span runs from the last frame
+    still at the start (progress < 5%) to the first frame at the end (> 95%), so no mixed frame is left out."""
     prog = _progress(z, a, b)
-    s = a + int(np.argmax(prog >= 0.15))
-    e = a + int(np.argmax(prog >= 0.85))
     mid = a + int(np.argmax(prog >= 0.5))
-    e = max(e, mid)
+    before = np.flatnonzero(prog[:mid - a] < 0.05)
+    after = np.flatnonzero(prog[mid - a:] > 0.95)
+    s = a + int(before[-1]) if before.size else a
+    e = mid + int(after[0]) if after.size else b
     kind = "wipe" if _wipe_spread(z, a, b, s, max(e, s + 1)) >= p.wipe_spread else "dissolve"
     return Boundary(mid, kind, s, e + 1)
 
