@@ -59,7 +59,7 @@ class Params:
     min_shot_frames: int = 6
     blank_sd: float = 2.0
     gradual: bool = True
-    gradual_ratio: float = 4.0
+    gradual_ratio: float = 5.0
     gradual_min: float = 0.15
     wipe_spread: float = 0.3
     calm_ratio: float = 1.5
@@ -75,6 +75,7 @@ class Frames:
     and the blank mask (luma std below ``blank_sd``)."""
 
     z: np.ndarray
+    zc: np.ndarray  # z averaged to 12x6: the cheap pictures most cues use
     sd: np.ndarray
     mean: np.ndarray
     blank: np.ndarray
@@ -86,31 +87,51 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 def prepare(rgb: np.ndarray, blank_sd: float) -> Frames:
     """Features of uint8 frames ``(n, h, w, 3)`` (48x27 from the decoder; any size works)."""
     n, h, w, _ = rgb.shape
-    q = rgb[:, :h // 2 * 2, :w // 2 * 2].transpose(0, 3, 1, 2)  # (n, 3, h, w) view
-    s = q[:, :, 0::2, 0::2].astype(np.uint16) + q[:, :, 1::2, 0::2] + q[:, :, 0::2, 1::2] + q[:, :, 1::2, 1::2]
-    x = s.astype(np.float32) * 0.25  # 2x2 area average, (n, 3, h/2, w/2)
+    h2, w2 = h // 2, w // 2
+    v = rgb[:, :2 * h2, :2 * w2].reshape(n, h2, 2, w2, 2, 3)
+    s = v[:, :, 0, :, 0].astype(np.uint16)
+    s += v[:, :, 1, :, 0]
+    s += v[:, :, 0, :, 1]
+    s += v[:, :, 1, :, 1]  # 2x2 sums, (n, h/2, w/2, 3)
+    x = np.ascontiguousarray(s.transpose(0, 3, 1, 2), dtype=np.float32)
+    x *= 0.25  # 2x2 area average, channels first
     flat = x.reshape(n, 3, -1)
     mean = flat.mean(axis=2)
-    sd = np.sqrt(np.maximum((flat * flat).mean(axis=2) - mean * mean, 0.0))
+    sd = np.sqrt(np.maximum(np.einsum("ncp,ncp->nc", flat, flat) / flat.shape[2] - mean * mean, 0.0))
     scale = 1.0 / np.maximum(sd, SD_FLOOR)
-    # keep the colour: flat frames of two hues differ
-    z = x * scale[:, :, None, None] + (COLOUR_WEIGHT / 128.0 - scale) [:, :, None, None] * mean[:, :, None, None]
-    luma = np.tensordot(_LUMA, flat, axes=([0], [1]))  # (n, pixels)
+    # standardise each channel, but keep some of its level: flat frames of two hues must still differ
+    x *= scale[:, :, None, None]
+    x += ((COLOUR_WEIGHT / 128.0 - scale) * mean)[:, :, None, None]
+    luma = (s.reshape(n, -1, 3) @ (0.25 * _LUMA)).astype(np.float32)  # (n, pixels)
     lmean = luma.mean(axis=1)
-    lsd = np.sqrt(np.maximum((luma * luma).mean(axis=1) - lmean * lmean, 0.0))
-    return Frames(z=z, sd=lsd, mean=lmean, blank=lsd < blank_sd)
+    lsd = np.sqrt(np.maximum(np.einsum("np,np->n", luma, luma) / luma.shape[1] - lmean * lmean, 0.0))
+    return Frames(z=x, zc=_coarse(x), sd=lsd, mean=lmean, blank=lsd < blank_sd)
 
 
 def tolerant_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per pair, the mean amount by which each inner pixel of ``b`` leaves the range of the 3x3 pixels
     around it in ``a`` (0 for shifts of up to 1 px); pictures are (n, 3, h, w)."""
-    rows_max = np.maximum(np.maximum(a[:, :, :-2], a[:, :, 1:-1]), a[:, :, 2:])
-    rows_min = np.minimum(np.minimum(a[:, :, :-2], a[:, :, 1:-1]), a[:, :, 2:])
-    mx = np.maximum(np.maximum(rows_max[..., :-2], rows_max[..., 1:-1]), rows_max[..., 2:])
-    mn = np.minimum(np.minimum(rows_min[..., :-2], rows_min[..., 1:-1]), rows_min[..., 2:])
+    out = np.empty(len(a), np.float32)
+    for i in range(0, len(a), 256):  # chunks keep the temporaries in cache
+        out[i:i + 256] = _tolerant_chunk(a[i:i + 256], b[i:i + 256])
+    return out
+
+
+def _tolerant_chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    mx = np.maximum(a[:, :, :-2], a[:, :, 1:-1])
+    np.maximum(mx, a[:, :, 2:], out=mx)
+    mn = np.minimum(a[:, :, :-2], a[:, :, 1:-1])
+    np.minimum(mn, a[:, :, 2:], out=mn)
+    hi = np.maximum(mx[..., :-2], mx[..., 1:-1])
+    np.maximum(hi, mx[..., 2:], out=hi)
+    lo = np.minimum(mn[..., :-2], mn[..., 1:-1])
+    np.minimum(lo, mn[..., 2:], out=lo)
     inner = b[:, :, 1:-1, 1:-1]
-    out = np.maximum(inner - mx, 0) + np.maximum(mn - inner, 0)
-    return out.reshape(len(a), -1).mean(axis=1)
+    np.subtract(inner, hi, out=hi)
+    np.subtract(lo, inner, out=lo)
+    np.maximum(hi, lo, out=hi)  # at most one of the two is positive
+    np.maximum(hi, 0, out=hi)
+    return hi.reshape(len(a), -1).mean(axis=1)
 
 
 def matched_diff(a: np.ndarray, b: np.ndarray, radius: int = 2, block: int = 3) -> np.ndarray:
@@ -154,20 +175,22 @@ def _ratio_test(x: np.ndarray, left: np.ndarray, right: np.ndarray, ratio: float
 
 def _burst(f: Frames, b: int, p: Params) -> tuple[int, int] | None:
     """The frames of a flash or brief insert starting or ending at `b` — the picture comes back within
-    `burst_frames` frames about as closely as the shot's own motion predicts — or None for a real change."""
+    `burst_frames` frames about as closely as the shot's own motion predicts (block matching, so a pan
+    does not hide the return) — or None for a real change."""
     n, z = len(f.z), f.z
-    jump = matched_diff(z[b - 1:b], z[b:b + 1])[0]
     for ref, sign in ((b - 1, 1), (b, -1)):  # forward from the frame before, backward from the frame after
         others = [ref + sign * g for g in range(2, p.burst_frames + 2) if 0 <= ref + sign * g < n]
         if not others:
             continue
         gaps = np.abs(np.array(others) - ref)
         own = [min(max(ref - sign * g, 0), n - 1) for g in gaps]  # same gap inside the reference's own shot
-        d = matched_diff(z[[ref] * len(others)], z[others])
-        e = matched_diff(z[own], z[[ref] * len(own)])
-        back = np.flatnonzero((d < 0.6 * jump) & (d < p.burst_slack * e + 0.02))
-        if back.size:
-            other = others[int(back[0])]
+        k = len(others)
+        # one call: the jump, the returns, and the shot's own change over the same gaps
+        d = matched_diff(z[[b - 1] + [ref] * k + own], z[[b] + others + [ref] * k])
+        jump, back, e = d[0], d[1:k + 1], d[k + 1:]
+        hit = np.flatnonzero((back < 0.6 * jump) & (back < p.burst_slack * e + 0.02))
+        if hit.size:
+            other = others[int(hit[0])]
             return (b, other) if sign > 0 else (other + 1, b)
     return None
 
@@ -218,11 +241,12 @@ def fades(f: Frames, p: Params) -> tuple[list[Boundary], list[tuple[int, int]]]:
         if not dark_or_bright or (u - lo < 2 and hi - v < 2):
             continue  # a flat shot (a plain colour) or an abrupt change: for the cut stage
         a, b = max(lo - 1, 0), min(hi, n - 1)
-        cross = matched_diff(f.z[[a]], f.z[[b]])[0]
-        own = max(matched_diff(f.z[[max(0, a - 2)]], f.z[[a]])[0],
-                  matched_diff(f.z[[b]], f.z[[min(n - 1, b + 2)]])[0])
+        cross = tolerant_diff(f.z[[a]], f.z[[b]])[0]
+        gap = min(b - a, p.burst_frames)  # each side's own change over as many frames (at most a burst)
+        own = max(tolerant_diff(f.z[[max(0, a - gap)]], f.z[[a]])[0],
+                  tolerant_diff(f.z[[b]], f.z[[min(n - 1, b + gap)]])[0])
         contrast = min(f.sd[a], f.sd[b]) >= 3 * p.blank_sd
-        if not contrast or cross < p.cut_ratio * own + 0.05:  # same shot on both sides, or no fade at all
+        if not contrast or cross < p.busy_ratio * own + 0.05:  # same shot on both sides, or no fade at all
             flashes.append((u, v))
             continue
         out.append(Boundary((u + v) // 2, "fade", lo, hi))
@@ -244,8 +268,8 @@ def _repaired(n: int, spans: Iterable[tuple[int, int]]) -> np.ndarray:
 def _progress(z: np.ndarray, a: int, b: int) -> np.ndarray:
     """Share of the way from frame a to frame b covered by each frame in [a, b]."""
     mid = z[a:b + 1]
-    da = tolerant_diff(np.repeat(z[[a]], len(mid), 0), mid)
-    db = tolerant_diff(mid, np.repeat(z[[b]], len(mid), 0))
+    da = np.abs(mid - z[a]).reshape(len(mid), -1).mean(axis=1)  # plain differences: a frame 90% of the way
+    db = np.abs(mid - z[b]).reshape(len(mid), -1).mean(axis=1)  # to b is not yet b
     return da / np.maximum(da + db, 1e-6)
 
 
@@ -268,11 +292,11 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
             ignore: list[tuple[int, int]]) -> list[Boundary]:
     """Dissolves and wipes away from the `taken` spans (cuts and fades); `ignore` spans are flashes."""
     n = len(f.z)
-    z = f.z[_repaired(n, ignore)]
-    zc = _coarse(z)  # candidates on 12x6 pictures: four times cheaper, and tolerant of 4 px of motion
+    keep = _repaired(n, ignore)
+    z, zc = f.z[keep], f.zc[keep]
     found: list[Boundary] = []
     step = np.zeros(n, np.float32)  # frame-to-frame change of the coarse pictures
-    step[1:] = tolerant_diff(zc[:-1], zc[1:])
+    step[1:] = np.abs(zc[1:] - zc[:-1]).reshape(n - 1, -1).mean(axis=1)
     for k in sorted({max(2, round(s * fps)) for s in GRADUAL_LAGS_S}):
         if n <= 4 * k:
             continue
@@ -297,8 +321,8 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
 
 def _concentrated(step: np.ndarray, span: tuple[int, int], k: int, p: Params) -> bool:
     """A transition changes the picture faster than the shots around it do: the mean frame-to-frame change
-    inside the span must exceed `calm_ratio` times the mean over `k` frames on each side (a slowly drifting
-    or rotating picture changes at the same pace everywhere)."""
+    (plain, not motion-tolerant) inside the span must exceed `calm_ratio` times the mean over `k` frames on
+    each side (a slowly drifting, rotating or panning picture changes at the same pace everywhere)."""
     s, e = span
     inside = step[s + 1:e].mean() if e - s > 1 else step[s:e + 1].max()
     around = np.concatenate([step[max(1, s - k):s], step[e + 1:e + 1 + k]])
@@ -323,15 +347,28 @@ def _persists(z: np.ndarray, a: int, b: int, wide: float) -> bool:
 
 def _localise(z: np.ndarray, a: int, b: int, p: Params) -> Boundary:
     """Boundary where the progress from frame a to frame b passes 50%; the span runs from the last frame
-    still at the start (progress < 5%) to the first frame at the end (> 95%), so no mixed frame is left out."""
+    still at the start (progress < 5%) to the first frame at the end (> 95%), so no mixed frame is left out.
+    Done twice: the second time from reference frames outside the first span (a long transition seen at a
+    short lag has its reference frames inside it)."""
+    n = len(z)
+    s, mid, e = _span(z, a, b)
+    pad = max(2, (b - a) // 4)
+    a2, b2 = max(0, s - pad), min(n - 1, e + pad)
+    if (a2, b2) != (a, b):
+        s, mid, e = _span(z, a2, b2)
+    kind = "wipe" if _wipe_spread(z, a2, b2, s, max(e, s + 1)) >= p.wipe_spread else "dissolve"
+    margin = 1 + (e - s) // 8  # the last few % of a wipe or dissolve hide below the 48x27 picture's detail
+    return Boundary(mid, kind, max(0, s - margin), min(n, e + 1 + margin))
+
+
+def _span(z: np.ndarray, a: int, b: int) -> tuple[int, int, int]:
     prog = _progress(z, a, b)
     mid = a + int(np.argmax(prog >= 0.5))
-    before = np.flatnonzero(prog[:mid - a] < 0.05)
-    after = np.flatnonzero(prog[mid - a:] > 0.95)
+    before = np.flatnonzero(prog[:mid - a] < 0.03)
+    after = np.flatnonzero(prog[mid - a:] > 0.97)
     s = a + int(before[-1]) if before.size else a
     e = mid + int(after[0]) if after.size else b
-    kind = "wipe" if _wipe_spread(z, a, b, s, max(e, s + 1)) >= p.wipe_spread else "dissolve"
-    return Boundary(mid, kind, s, e + 1)
+    return s, mid, e
 
 
 # ---------------------------------------------------------------------------------------------
