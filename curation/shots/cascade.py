@@ -265,11 +265,16 @@ def _repaired(n: int, spans: Iterable[tuple[int, int]]) -> np.ndarray:
     return idx
 
 
-def _progress(z: np.ndarray, a: int, b: int) -> np.ndarray:
-    """Share of the way from frame a to frame b covered by each frame in [a, b]."""
+def _progress(z: np.ndarray, a: int, b: int, plain: bool) -> np.ndarray:
+    """Share of the way from frame a to frame b covered by each frame in [a, b]: from motion-tolerant
+    differences (robust to motion, but a frame 90% of the way to b already counts as b) or plain ones."""
     mid = z[a:b + 1]
-    da = np.abs(mid - z[a]).reshape(len(mid), -1).mean(axis=1)  # plain differences: a frame 90% of the way
-    db = np.abs(mid - z[b]).reshape(len(mid), -1).mean(axis=1)  # to b is not yet b
+    if plain:
+        da = np.abs(mid - z[a]).reshape(len(mid), -1).mean(axis=1)
+        db = np.abs(mid - z[b]).reshape(len(mid), -1).mean(axis=1)
+    else:
+        da = tolerant_diff(np.repeat(z[[a]], len(mid), 0), mid)
+        db = tolerant_diff(mid, np.repeat(z[[b]], len(mid), 0))
     return da / np.maximum(da + db, 1e-6)
 
 
@@ -313,8 +318,8 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
                     x.span()[0] - k <= c <= x.span()[1] + k for x in found):
                 continue
             if _persists(zc, a, b, w[c]):
-                x = _localise(z, a, b, p)
-                if _concentrated(step, x.span(), k, p):
+                x, core = _localise(z, a, b, p)
+                if _concentrated(step, core, k, p):
                     found.append(x)
     return found
 
@@ -345,30 +350,31 @@ def _persists(z: np.ndarray, a: int, b: int, wide: float) -> bool:
     return bool(cross.min() >= 0.5 * wide)
 
 
-def _localise(z: np.ndarray, a: int, b: int, p: Params) -> Boundary:
-    """Boundary where the progress from frame a to frame b passes 50%; the span runs from the last frame
-    still at the start (progress < 5%) to the first frame at the end (> 95%), so no mixed frame is left out.
-    Done twice: the second time from reference frames outside the first span (a long transition seen at a
-    short lag has its reference frames inside it)."""
+def _localise(z: np.ndarray, a: int, b: int, p: Params) -> tuple[Boundary, tuple[int, int]]:
+    """The boundary is where the (motion-tolerant) progress from frame a to frame b passes 50%; the core
+    span is where it goes from 5% to 95%. The span kept out of clips is the union of the core and the span
+    where the plain progress, between reference frames just outside the core, leaves 3% and reaches 97%
+    (no mixed frame is left out), widened by a margin and never wider than the window [a, b] around the
+    boundary. Returns the boundary and the core span."""
     n = len(z)
-    s, mid, e = _span(z, a, b)
+    s, mid, e = _span(_progress(z, a, b, plain=False), a, 0.05)
     pad = max(2, (b - a) // 4)
     a2, b2 = max(0, s - pad), min(n - 1, e + pad)
-    if (a2, b2) != (a, b):
-        s, mid, e = _span(z, a2, b2)
+    s2, _, e2 = _span(_progress(z, a2, b2, plain=True), a2, 0.03)
+    lo, hi = max(min(s, s2), mid - (b - a)), min(max(e, e2), mid + (b - a))
     kind = "wipe" if _wipe_spread(z, a2, b2, s, max(e, s + 1)) >= p.wipe_spread else "dissolve"
-    margin = 1 + (e - s) // 8  # the last few % of a wipe or dissolve hide below the 48x27 picture's detail
-    return Boundary(mid, kind, max(0, s - margin), min(n, e + 1 + margin))
+    margin = 1 + (hi - lo) // 8  # the last few % of a wipe or dissolve hide below the 48x27 picture's detail
+    return Boundary(mid, kind, max(0, lo - margin), min(n, hi + 1 + margin)), (s, e + 1)
 
 
-def _span(z: np.ndarray, a: int, b: int) -> tuple[int, int, int]:
-    prog = _progress(z, a, b)
-    mid = a + int(np.argmax(prog >= 0.5))
-    before = np.flatnonzero(prog[:mid - a] < 0.03)
-    after = np.flatnonzero(prog[mid - a:] > 0.97)
-    s = a + int(before[-1]) if before.size else a
-    e = mid + int(after[0]) if after.size else b
-    return s, mid, e
+def _span(prog: np.ndarray, a: int, tail: float) -> tuple[int, int, int]:
+    """(last frame below `tail`, first frame at 50%, first frame above ``1 - tail``) of a progress curve."""
+    m = int(np.argmax(prog >= 0.5))
+    before = np.flatnonzero(prog[:m] < tail)
+    after = np.flatnonzero(prog[m:] > 1 - tail)
+    s = int(before[-1]) if before.size else 0
+    e = m + int(after[0]) if after.size else len(prog) - 1
+    return a + s, a + m, a + e
 
 
 # ---------------------------------------------------------------------------------------------
