@@ -101,20 +101,15 @@ def _detect_fast(path: str, progress, deadline, skip_loop_filter, verifier, veri
     times = idx.times()
     fps = _fps_of(times)
     prog = Throttled(progress)
-    p = Params(**params)
-    keep = verifier == "transnetv2"
-    kept: list[np.ndarray] = []
+    verify = None
+    if verifier == "transnetv2":
+        def verify(frames, found):
+            return _verify(frames, found, verifier_threshold, device)
 
-    def chunks():
-        for c in iter_frames(path, skip_loop_filter=skip_loop_filter, deadline=deadline):
-            if keep:
-                kept.append(c)
-            yield c
-
-    bounds, n = analyze_stream(chunks(), fps, p, on_frames=lambda k: prog(k, idx.count, "shots: decoding"))
+    chunks = iter_frames(path, skip_loop_filter=skip_loop_filter, deadline=deadline)
+    bounds, n = analyze_stream(chunks, fps, Params(**params), verify=verify,
+                               on_frames=lambda k: prog(k, idx.count, "shots: decoding"))
     _check_count(path, idx.count, n)
-    if keep and bounds:
-        bounds = _verify(np.concatenate(kept), bounds, verifier_threshold, device)
     prog(n, n, "shots: done")
     return shots_from_boundaries(bounds, n, times=times if idx.count >= n else None, fps=fps)
 

@@ -401,11 +401,13 @@ def context_frames(fps: float, p: Params) -> int:
 
 
 def analyze_stream(chunks: Iterator[np.ndarray], fps: float, p: Params, segment: int = 4096,
-                   on_frames=None) -> tuple[list[Boundary], int]:
+                   on_frames=None, verify=None) -> tuple[list[Boundary], int]:
     """`analyze` over overlapping segments of a stream of frame chunks; returns (boundaries, frame count).
 
     Each segment holds at most ``segment + 2 * context`` frames; a boundary is kept by the segment whose
-    core (away from the overlap) contains it, so it is decided with full context.
+    core (away from the overlap) contains it, so it is decided with full context. ``verify(frames,
+    boundaries)``, if given, filters each segment's boundaries (segment-local frame numbers) while its frames
+    are still in memory: every core boundary has at least `context_frames` frames on each side.
     """
     ctx = context_frames(fps, p)
     buf: list[np.ndarray] = []
@@ -417,9 +419,11 @@ def analyze_stream(chunks: Iterator[np.ndarray], fps: float, p: Params, segment:
         arr = np.concatenate(buf) if len(buf) > 1 else buf[0]
         lo = base + (ctx if base > 0 else 0)
         hi = base + held if final else base + held - ctx
+        found = [x for x in analyze(arr, fps, p) if lo <= x.frame + base < hi]
+        if verify is not None and found:
+            found = verify(arr, found)
         out.extend(Boundary(x.frame + base, x.kind, None if x.start is None else x.start + base,
-                            None if x.end is None else x.end + base)
-                   for x in analyze(arr, fps, p) if lo <= x.frame + base < hi)
+                            None if x.end is None else x.end + base) for x in found)
         keep = 2 * ctx
         if not final:
             buf, base, held = [arr[held - keep:]], base + held - keep, keep
