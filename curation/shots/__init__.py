@@ -39,7 +39,7 @@ from longvila.progress import Throttled
 
 from ..video import TRUNCATION_SLACK, _short, check_file, frame_index, truncation_error
 from .cascade import Params, analyze_stream
-from .decode import iter_frames, resolve_deadline
+from .decode import SCALERS, iter_frames, resolve_deadline
 from .records import TRANSITION_KINDS, Boundary, FrameSpan, Shot, shots_from_boundaries, shots_from_cuts
 
 __all__ = ["DETECTORS", "FAST_DEFAULTS", "TRANSITION_KINDS", "Boundary", "FrameSpan", "Shot", "code_version",
@@ -48,8 +48,8 @@ __all__ = ["DETECTORS", "FAST_DEFAULTS", "TRANSITION_KINDS", "Boundary", "FrameS
 # ---------------------------------------------------------------------------------------------
 # defaults and versions
 
-FAST_DEFAULTS = {**{f.name: f.default for f in fields(Params)}, "skip_loop_filter": True, "verifier": "none",
-                 "verifier_threshold": 0.1, "device": "auto"}
+FAST_DEFAULTS = {**{f.name: f.default for f in fields(Params)}, "skip_loop_filter": True, "scaler": "fast",
+                 "verifier": "none", "verifier_threshold": 0.1, "device": "auto"}
 TRANSNET_DEFAULTS = dict(threshold=0.5, device="auto")
 CONTENT_DEFAULTS = dict(threshold=27.0, min_scene_len=6)
 ADAPTIVE_DEFAULTS = dict(adaptive_threshold=3.0, min_scene_len=6, min_content_val=15.0)
@@ -71,6 +71,8 @@ def _resolve_opts(detector: str, opts: dict) -> dict:
     o = {**_DEFAULTS[detector], **opts}
     if detector == "fast" and o["verifier"] not in ("none", "transnetv2"):
         raise ValueError(f"verifier must be 'none' or 'transnetv2', got {o['verifier']!r}")
+    if detector == "fast" and o["scaler"] not in SCALERS:
+        raise ValueError(f"scaler must be one of {SCALERS}, got {o['scaler']!r}")
     return o
 
 
@@ -95,7 +97,7 @@ def _check_count(path: str, header_count: int, decoded: int) -> None:
         raise truncation_error(path, header_count, decoded)
 
 
-def _detect_fast(path: str, progress, deadline, skip_loop_filter, verifier, verifier_threshold, device,
+def _detect_fast(path: str, progress, deadline, skip_loop_filter, scaler, verifier, verifier_threshold, device,
                  **params) -> list[Shot]:
     idx = frame_index(path)  # validates the container (VideoError on bad input) and gives exact times
     times = idx.times()
@@ -106,7 +108,7 @@ def _detect_fast(path: str, progress, deadline, skip_loop_filter, verifier, veri
         def verify(frames, found):
             return _verify(frames, found, verifier_threshold, device)
 
-    chunks = iter_frames(path, skip_loop_filter=skip_loop_filter, deadline=deadline)
+    chunks = iter_frames(path, skip_loop_filter=skip_loop_filter, scaler=scaler, deadline=deadline)
     bounds, n = analyze_stream(chunks, fps, Params(**params), verify=verify,
                                on_frames=lambda k: prog(k, idx.count, "shots: decoding"))
     _check_count(path, idx.count, n)

@@ -363,7 +363,7 @@ def _localise(z: np.ndarray, a: int, b: int, p: Params) -> tuple[Boundary, tuple
     s2, _, e2 = _span(_progress(z, a2, b2, plain=True), a2, 0.03)
     lo, hi = max(min(s, s2), mid - (b - a)), min(max(e, e2), mid + (b - a))
     kind = "wipe" if _wipe_spread(z, a2, b2, s, max(e, s + 1)) >= p.wipe_spread else "dissolve"
-    margin = 1 + (hi - lo) // 8  # the last few % of a wipe or dissolve hide below the 48x27 picture's detail
+    margin = 2 + (hi - lo) // 8  # the last few % of a wipe or dissolve hide below the 48x27 picture's detail
     return Boundary(mid, kind, max(0, lo - margin), min(n, hi + 1 + margin)), (s, e + 1)
 
 

@@ -2,7 +2,8 @@
 
 The bundled ffmpeg binary decodes the first video stream (all frames, presentation order, no rate
 conversion: ``-fps_mode passthrough``), scales each frame to ``width x height`` (48x27 by default: the
-input size of TransNetV2, so the cascade and the learned model share one decode) and pipes raw RGB24.
+input size of TransNetV2, so the cascade and the learned model share one decode; `SCALERS`) and pipes raw
+RGB24.
 ``skip_loop_filter`` drops H.264/HEVC deblocking, which a 48x27 picture cannot show and which costs a
 good part of the decode time. `iter_frames` yields ``(k, height, width, 3)`` uint8 chunks; Python does no
 per-frame work. A `timeout_s` (or an absolute ``time.monotonic()`` `deadline`) kills ffmpeg and raises
@@ -31,22 +32,38 @@ def resolve_deadline(timeout_s: float | None = None, deadline: float | None = No
     return min(cands) if cands else None
 
 
-def _command(path: str, width: int, height: int, skip_loop_filter: bool) -> list[str]:
+# Scalers: "exact" is ffmpeg's default (bicubic, what TransNetV2's authors feed it); "fast" first shrinks
+# with a 2-tap filter to 4x the target size, then averages 4x4 areas: about a third of the default's
+# CPU cost when decoding 640x360 to 48x27, close to an area average.
+SCALERS = ("fast", "exact")
+
+
+def _scale_filter(width: int, height: int, scaler: str) -> str:
+    if scaler == "exact":
+        return f"scale={width}:{height}"
+    if scaler == "fast":
+        return (f"scale='min(iw,{4 * width})':'min(ih,{4 * height})':flags=fast_bilinear,"
+                f"scale={width}:{height}:flags=area")
+    raise ValueError(f"scaler must be one of {SCALERS}, got {scaler!r}")
+
+
+def _command(path: str, width: int, height: int, skip_loop_filter: bool, scaler: str) -> list[str]:
     return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error",
             *(["-skip_loop_filter", "all"] if skip_loop_filter else []),
             "-i", os.fspath(path), "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
-            "-vf", f"scale={width}:{height}", "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
+            "-vf", _scale_filter(width, height, scaler), "-pix_fmt", "rgb24", "-f", "rawvideo", "pipe:1"]
 
 
 def iter_frames(path: str, width: int = 48, height: int = 27, chunk: int = 512, skip_loop_filter: bool = True,
-                timeout_s: float | None = None, deadline: float | None = None) -> Iterator[np.ndarray]:
+                scaler: str = "exact", timeout_s: float | None = None,
+                deadline: float | None = None) -> Iterator[np.ndarray]:
     """Yield chunks of decoded frames (uint8, ``(k, height, width, 3)``, ``k <= chunk``).
 
     Raises VideoError when ffmpeg fails before the first frame, or when the deadline passes (ffmpeg is
     killed, nothing is left running).
     """
     end = resolve_deadline(timeout_s, deadline)
-    proc = subprocess.Popen(_command(path, width, height, skip_loop_filter), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_command(path, width, height, skip_loop_filter, scaler), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     expired = threading.Event()
     timer = None
