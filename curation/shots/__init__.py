@@ -20,15 +20,15 @@ keeps out of every clip. Frame numbers are presentation-order indices (see ``cur
 (``content``, ``adaptive``); for an intact file both equal ``probe_video(path).frame_count``. Times come
 from presentation timestamps (exact for variable-frame-rate video).
 
-``detect_shots(..., timeout_s=...)`` (or an absolute ``deadline`` in ``time.monotonic()`` seconds) bounds
-the whole detection: ffmpeg is killed (PySceneDetect is stopped) and ``VideoError`` raised when it passes.
+Every detection runs under a ``curation.video.Deadline``: by default the media budget scaled by the video's
+duration (``LONGVILA_MEDIA_TIMEOUT_*``), or ``timeout_s`` seconds, or a given ``deadline``. When it passes,
+ffmpeg is killed (PySceneDetect is stopped) and its ``MediaTimeout`` (a ``VideoError``) is raised.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import fields
 from typing import Callable
 
@@ -37,9 +37,10 @@ import numpy as np
 from longvila.errors import VideoError
 from longvila.progress import Throttled
 
-from ..video import TRUNCATION_SLACK, _short, check_file, frame_index, truncation_error
+from ..video import (TRUNCATION_SLACK, Deadline, _short, check_file, frame_index, header_duration_s, open_video,
+                     truncation_error)
 from .cascade import Params, analyze_stream
-from .decode import SCALERS, iter_frames, resolve_deadline
+from .decode import SCALERS, iter_frames
 from .records import TRANSITION_KINDS, Boundary, FrameSpan, Shot, shots_from_boundaries, shots_from_cuts
 
 __all__ = ["DETECTORS", "FAST_DEFAULTS", "TRANSITION_KINDS", "Boundary", "FrameSpan", "Shot", "code_version",
@@ -92,6 +93,14 @@ def _fps_of(times: np.ndarray) -> float:
     return 25.0
 
 
+def _header_duration(path: str) -> float | None:
+    container, stream = open_video(path)  # VideoError for what cannot be opened
+    try:
+        return header_duration_s(container, stream)
+    finally:
+        container.close()
+
+
 def _check_count(path: str, header_count: int, decoded: int) -> None:
     if decoded < header_count - TRUNCATION_SLACK:
         raise truncation_error(path, header_count, decoded)
@@ -99,7 +108,7 @@ def _check_count(path: str, header_count: int, decoded: int) -> None:
 
 def _detect_fast(path: str, progress, deadline, skip_loop_filter, scaler, verifier, verifier_threshold, device,
                  **params) -> list[Shot]:
-    idx = frame_index(path)  # validates the container (VideoError on bad input) and gives exact times
+    idx = frame_index(path, deadline=deadline)  # validates the container (VideoError on bad input), exact times
     times = idx.times()
     fps = _fps_of(times)
     prog = Throttled(progress)
@@ -133,7 +142,7 @@ def _verify(frames: np.ndarray, bounds: list[Boundary], threshold: float, device
 def _detect_transnetv2(path: str, progress, deadline, threshold, device) -> list[Shot]:
     from .transnet import predict, scenes_from_probs
 
-    idx = frame_index(path)
+    idx = frame_index(path, deadline=deadline)
     times = idx.times()
     frames = np.concatenate(list(iter_frames(path, skip_loop_filter=False, deadline=deadline)))
     _check_count(path, idx.count, len(frames))
@@ -158,7 +167,9 @@ def _detect_transnetv2(path: str, progress, deadline, threshold, device) -> list
 def _detect_scenedetect(path: str, progress, deadline, make_detector) -> list[Shot]:
     from scenedetect import SceneManager, open_video as sd_open
 
-    idx = frame_index(path)  # also validates the file (VideoError on bad input)
+    idx = frame_index(path, deadline=deadline)  # also validates the file (VideoError on bad input)
+    # its own budget, so that a stuck decode is stopped even when the caller gave none
+    deadline = Deadline.for_video(path, float(idx.times()[-1]), "shot detection (PySceneDetect)")
     try:
         video = sd_open(os.fspath(path))
     except Exception as e:  # noqa: BLE001 - scenedetect raises its own zoo of errors
@@ -167,20 +178,16 @@ def _detect_scenedetect(path: str, progress, deadline, make_detector) -> list[Sh
     sm.add_detector(make_detector())
     prog = Throttled(progress)
     prog(0, idx.count, "shots: PySceneDetect")
-    timer, expired = None, threading.Event()
-    if deadline is not None:
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), lambda: (expired.set(), sm.stop()))
-        timer.daemon = True
-        timer.start()
+    timer = threading.Timer(deadline.remaining(), sm.stop)  # stops its decode loop at the deadline
+    timer.daemon = True
+    timer.start()
     try:
         sm.detect_scenes(video, show_progress=False)
     except Exception as e:  # noqa: BLE001
         raise VideoError(path, f"PySceneDetect failed ({_short(e)})") from None
     finally:
-        if timer is not None:
-            timer.cancel()
-    if expired.is_set():
-        raise VideoError(path, "shot detection timed out")
+        timer.cancel()
+    deadline.check()
     cuts = [int(start.frame_num) for start, _end in sm.get_scene_list()[1:]]
     prog(idx.count, idx.count, "shots: done")
     times = idx.times()
@@ -210,16 +217,19 @@ DETECTORS: dict[str, Callable[..., list[Shot]]] = {
 
 
 def detect_shots(path: str, detector: str = "fast", progress=None, timeout_s: float | None = None,
-                 deadline: float | None = None, **opts) -> list[Shot]:
-    """Segment a local video into shots that tile [0, frame_count). Raises VideoError on bad input or when
-    `timeout_s` / `deadline` passes.
+                 deadline: Deadline | None = None, **opts) -> list[Shot]:
+    """Segment a local video into shots that tile [0, frame_count). Raises VideoError on bad input, and
+    MediaTimeout when the deadline passes (`deadline`, else `timeout_s` seconds, else the media budget
+    scaled by the video's duration).
 
     `opts` are detector parameters (see ``*_DEFAULTS``); unknown names raise ValueError.
     """
     o = _resolve_opts(detector, opts)
-    end = resolve_deadline(timeout_s, deadline)
     check_file(path)
-    shots = DETECTORS[detector](os.fspath(path), progress, end, **o)
+    if deadline is None:
+        deadline = (Deadline(timeout_s, path, "shot detection") if timeout_s is not None
+                    else Deadline.for_video(path, _header_duration(path), "shot detection"))
+    shots = DETECTORS[detector](os.fspath(path), progress, deadline, **o)
     if not shots:
         raise VideoError(path, "no decodable video frames")
     return shots

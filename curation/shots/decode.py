@@ -6,8 +6,7 @@ input size of TransNetV2, so the cascade and the learned model share one decode;
 RGB24.
 ``skip_loop_filter`` drops H.264/HEVC deblocking, which a 48x27 picture cannot show and which costs a
 good part of the decode time. `iter_frames` yields ``(k, height, width, 3)`` uint8 chunks; Python does no
-per-frame work. A `timeout_s` (or an absolute ``time.monotonic()`` `deadline`) kills ffmpeg and raises
-``VideoError`` when decoding takes too long.
+per-frame work. A ``curation.video.Deadline`` kills ffmpeg when it passes and raises its ``MediaTimeout``.
 """
 
 from __future__ import annotations
@@ -15,21 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-import time
 from typing import Iterator
 
 import numpy as np
 
 from longvila.errors import VideoError
 
-from ..video import ffmpeg_exe
-
-
-def resolve_deadline(timeout_s: float | None = None, deadline: float | None = None) -> float | None:
-    """The earlier of ``now + timeout_s`` and `deadline` (``time.monotonic()`` seconds), or None."""
-    cands = [d for d in (deadline, None if timeout_s is None else time.monotonic() + float(timeout_s))
-             if d is not None]
-    return min(cands) if cands else None
+from ..video import Deadline, ffmpeg_exe
 
 
 # Scalers: "exact" is ffmpeg's default (bicubic, what TransNetV2's authors feed it); "fast" first shrinks
@@ -55,23 +46,21 @@ def _command(path: str, width: int, height: int, skip_loop_filter: bool, scaler:
 
 
 def iter_frames(path: str, width: int = 48, height: int = 27, chunk: int = 512, skip_loop_filter: bool = True,
-                scaler: str = "exact", timeout_s: float | None = None,
-                deadline: float | None = None) -> Iterator[np.ndarray]:
+                scaler: str = "exact", deadline: Deadline | None = None) -> Iterator[np.ndarray]:
     """Yield chunks of decoded frames (uint8, ``(k, height, width, 3)``, ``k <= chunk``).
 
-    Raises VideoError when ffmpeg fails before the first frame, or when the deadline passes (ffmpeg is
-    killed, nothing is left running).
+    Raises VideoError when ffmpeg fails before the first frame, and the deadline's MediaTimeout when it passes
+    (ffmpeg is killed, nothing is left running).
     """
-    end = resolve_deadline(timeout_s, deadline)
     proc = subprocess.Popen(_command(path, width, height, skip_loop_filter, scaler), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     expired = threading.Event()
     timer = None
-    if end is not None:
+    if deadline is not None:
         def _kill():
             expired.set()
             proc.kill()
-        timer = threading.Timer(max(0.0, end - time.monotonic()), _kill)
+        timer = threading.Timer(deadline.remaining(), _kill)
         timer.daemon = True
         timer.start()
     stderr: list[bytes] = []
@@ -105,7 +94,7 @@ def iter_frames(path: str, width: int = 48, height: int = 27, chunk: int = 512, 
             proc.wait()
         proc.stdout.close()
     if expired.is_set():
-        raise VideoError(path, f"decoding timed out after {total} frames")
+        raise deadline.error()
     if total == 0:
         err = b"".join(stderr).decode("utf-8", "replace").strip()[-400:]
         raise VideoError(path, "no decodable video frames" + (f" (ffmpeg: {err})" if err else ""))

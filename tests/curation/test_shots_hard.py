@@ -92,12 +92,19 @@ def test_dissolves_fades_wipes_and_clean_clips(hard_videos):
     assert clips and not any(f in mixed for c in clips for f in range(c.start_frame, c.end_frame))
 
 
-def test_decode_timeout_kills_and_names_the_file(hard_videos):
+def test_deadline_kills_ffmpeg_and_names_the_file(hard_videos):
+    from curation.shots.decode import iter_frames
+    from curation.video import Deadline, MediaTimeout
+
     path, _ = hard_videos["motion"]
     t = time.monotonic()
-    with pytest.raises(VideoError, match="timed out") as ei:
+    with pytest.raises(MediaTimeout, match="shot detection ran past its time budget") as ei:
         detect_shots(path, timeout_s=0.0)
-    assert path in str(ei.value) and time.monotonic() - t < 5
+    assert path in str(ei.value)
+    with pytest.raises(MediaTimeout, match="decoding ran past") as ei:  # ffmpeg itself is killed mid-stream
+        for _chunk in iter_frames(path, chunk=1, deadline=Deadline(0.05, path, "decoding")):
+            time.sleep(0.02)
+    assert time.monotonic() - t < 5
 
 
 @pytest.mark.slow
