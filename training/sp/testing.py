@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from training.kernels import AttentionKernel, lse_dtype, register_kernel
+
 
 class DistributedError(RuntimeError):
     pass
@@ -196,7 +198,7 @@ def case_groups(ulysses: int, ring: int) -> dict:
 
 def reference_attention(q, k, v, *, causal: bool, segment_ids=None, scale=None):
     """Plain single-process float64-capable reference: dense softmax attention with repeat_kv (GQA),
-    causal + same-segment mask, padding (id < 0) rows -> 0."""
+    causal + same-segment mask, padding (id < 0) rows -> 0. Test-only: it builds the S x S scores."""
     B, H, S, D = q.shape
     n = H // k.shape[1]
     k = k.repeat_interleave(n, 1)
@@ -212,6 +214,54 @@ def reference_attention(q, k, v, *, causal: bool, segment_ids=None, scale=None):
     s = s.masked_fill(~keep, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return torch.matmul(p, v)
+
+
+class MathKernel(AttentionKernel):
+    """The exact matmul block kernel (float64-capable, any device): the TEST REFERENCE for the fused kernels
+    of :mod:`training.kernels`, with the same packed contract. Registered as ``"math"`` when this module is
+    imported; production code never selects it."""
+
+    name = "math"
+
+    def unsupported(self, device, dtype, head_dim):
+        return None
+
+    @staticmethod
+    def _scores(q, k, causal, scale):
+        rep = q.shape[1] // k.shape[1]
+        s = torch.einsum("qhd,khd->hqk", q.to(torch.float64), k.repeat_interleave(rep, 1).to(torch.float64)) * scale
+        if causal:
+            s = s.masked_fill(~torch.ones(s.shape[1:], dtype=torch.bool, device=s.device).tril(), float("-inf"))
+        return s
+
+    def forward(self, q, k, v, layout, scale):
+        out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=lse_dtype(q.dtype), device=q.device)
+        for qa, qb, ka, kb in layout.pieces():
+            s = self._scores(q[qa:qb], k[ka:kb], layout.causal, scale)
+            rep = q.shape[1] // k.shape[1]
+            lse[qa:qb] = torch.logsumexp(s, -1).t().to(lse.dtype)
+            vv = v[ka:kb].repeat_interleave(rep, 1).to(torch.float64)
+            out[qa:qb] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), vv).to(q.dtype)
+        return out, lse
+
+    def backward(self, dout, q, k, v, out, lse, layout, scale):
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        rep = q.shape[1] // k.shape[1]
+        for qa, qb, ka, kb in layout.pieces():
+            p = torch.exp(self._scores(q[qa:qb], k[ka:kb], layout.causal, scale) - lse[qa:qb].t().double()[..., None])
+            do, o = dout[qa:qb].double(), out[qa:qb].double()
+            vv = v[ka:kb].repeat_interleave(rep, 1).double()
+            kk = k[ka:kb].repeat_interleave(rep, 1).double()
+            ds = p * (torch.einsum("qhd,khd->hqk", do, vv) - (do * o).sum(-1).t()[..., None])
+            dq[qa:qb] = (torch.einsum("hqk,khd->qhd", ds, kk) * scale).to(q.dtype)
+            dkk = torch.einsum("hqk,qhd->khd", ds, q[qa:qb].double()) * scale
+            dvv = torch.einsum("hqk,qhd->khd", p, do)
+            dk[ka:kb] = dkk.view(kb - ka, -1, rep, dkk.shape[-1]).sum(2).to(k.dtype)
+            dv[ka:kb] = dvv.view(kb - ka, -1, rep, dvv.shape[-1]).sum(2).to(v.dtype)
+        return dq, dk, dv
+
+
+register_kernel(MathKernel())
 
 
 def make_segments(batch: int, length: int, kind: str, gen: torch.Generator) -> torch.Tensor | None:
@@ -234,12 +284,12 @@ def case_attention(cfg: dict) -> dict:
     """Compare sp_attention (output, dq, dk, dv) against the single-process reference.
 
     cfg: ulysses, ring, mode, dtype ("float64"/"float32"), B, Hq, Hkv, L (global, multiple of 2P), D, causal,
-    segments (see make_segments), seed, kernel ("auto"/"flash"/"math").
+    segments (see make_segments), seed, kernel (a training.kernels name, "auto" or "math").
     Returns relative max errors {"out", "dq", "dk", "dv"} (max |a-b| / max |b|) plus block stats.
     """
     from .attention import layout_scheme, sp_attention
     from .layout import shard, unshard
-    from .ring import get_block_kernel, set_block_kernel
+    from training.kernels import block_kernel
 
     groups = cached_groups(cfg["ulysses"], cfg["ring"])
     mode = cfg.get("mode", "auto")
@@ -258,15 +308,11 @@ def case_attention(cfg: dict) -> dict:
     ref = reference_attention(qr, kr, vr, causal=causal, segment_ids=seg)
     ref.backward(dout)
 
-    prev = get_block_kernel()
-    set_block_kernel(cfg.get("kernel", "auto"))
-    try:
+    with block_kernel(cfg.get("kernel", "auto")):
         ql, kl, vl = (shard(t.to(dtype), 2, groups, scheme=scheme).requires_grad_() for t in (q, k, v))
         segl = None if seg is None else shard(seg, 1, groups, scheme=scheme)
         out = sp_attention(ql, kl, vl, groups=groups, causal=causal, segment_ids=segl, mode=mode)
         out.backward(shard(dout.to(dtype), 2, groups, scheme=scheme))
-    finally:
-        set_block_kernel(prev)
     from .ring import LAST_FORWARD_STATS
 
     stats = dict(LAST_FORWARD_STATS)
