@@ -353,5 +353,5 @@ def _log_choice(name: str, requested: str, device: torch.device, dtype: torch.dt
                  name, device.type, dtype, requested, KERNEL_ENV)
 
 
-__all__ = ["AttentionKernel", "KERNEL_ENV", "VarlenLayout", "block_kernel", "get_block_kernel", "kernel_names", "lse_dtype",
-           "register_kernel", "select_kernel", "set_block_kernel"]
+__all__ = ["AttentionKernel", "KERNEL_ENV", "VarlenLayout", "block_kernel", "get_block_kernel", "kernel_names",
+           "lse_dtype", "register_kernel", "select_kernel", "set_block_kernel"]

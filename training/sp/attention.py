@@ -201,7 +201,8 @@ def _reject_unsupported(dropout, kwargs) -> None:
     if dropout and dropout > 0:
         raise ValueError("mmsp attention does not implement attention dropout (set attention_dropout=0)")
     if kwargs.get("sliding_window") is not None:
-        raise NotImplementedError("mmsp attention does not implement sliding-window attention (use_sliding_window=False)")
+        raise NotImplementedError(
+            "mmsp attention does not implement sliding-window attention (use_sliding_window=False)")
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("mmsp attention does not implement attention sinks")
 

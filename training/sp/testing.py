@@ -264,6 +264,15 @@ class MathKernel(AttentionKernel):
 register_kernel(MathKernel())
 
 
+def reference_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] boolean block-diagonal causal mask for the stock-transformers REFERENCE runs (test-only:
+    quadratic); padding rows (id < 0) see only themselves so that the reference stays finite."""
+    S = segment_ids.shape[1]
+    keep = torch.ones(S, S, dtype=torch.bool, device=segment_ids.device).tril()[None]
+    keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return (keep | torch.eye(S, dtype=torch.bool, device=segment_ids.device)[None])[:, None]
+
+
 def make_segments(batch: int, length: int, kind: str, gen: torch.Generator) -> torch.Tensor | None:
     """None | "packed" (random document boundaries) | "padded" (tail padding, -1) | "packed_padded"."""
     if kind in (None, "none"):
@@ -378,9 +387,7 @@ def case_llm(cfg: dict) -> dict:
         for b in range(B):
             for i in range(1, L):
                 pos[b, i] = pos[b, i - 1] + 1 if seg[b, i] == seg[b, i - 1] else 0
-        keep = torch.ones(L, L, dtype=torch.bool).tril()[None] & (seg[:, :, None] == seg[:, None, :])
-        keep = keep | torch.eye(L, dtype=torch.bool)[None]  # padding rows: themselves only (finite)
-        ref_mask = keep[:, None]
+        ref_mask = reference_mask(seg)
         valid = seg >= 0
     else:
         pos = torch.arange(L).expand(B, L)
