@@ -36,6 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNEL_ENV = "LONGVILA_ATTN_KERNEL"
+aten = torch.ops.aten  # the op namespace the kernels call (tests substitute CPU emulations of the CUDA ops)
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -141,7 +142,7 @@ def _cpu_flash_native_gqa() -> bool:
     """Whether this torch's CPU flash op takes fewer K/V heads than query heads (probed once, tiny)."""
     q, kv = torch.zeros(1, 2, 2, 8), torch.zeros(1, 1, 2, 8)
     try:
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kv, kv, 0.0, False)
+        aten._scaled_dot_product_flash_attention_for_cpu(q, kv, kv, 0.0, False)
     except RuntimeError:
         return False
     return True
@@ -162,13 +163,13 @@ class CpuFlashKernel(_PerPieceKernel):
     def _fwd(self, q4, k4, v4, causal, scale):
         if not _cpu_flash_native_gqa():
             k4, v4 = _expand_kv(k4, q4.shape[1]), _expand_kv(v4, q4.shape[1])
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q4, k4, v4, 0.0, causal, scale=scale)
+        return aten._scaled_dot_product_flash_attention_for_cpu(q4, k4, v4, 0.0, causal, scale=scale)
 
     def _bwd(self, do4, q4, k4, v4, o4, lse3, causal, scale):
         hkv = k4.shape[1]
         if not _cpu_flash_native_gqa():
             k4, v4 = _expand_kv(k4, q4.shape[1]), _expand_kv(v4, q4.shape[1])
-        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
             do4, q4, k4, v4, o4, lse3, 0.0, causal, scale=scale)
         return dq, _reduce_kv(dk, hkv), _reduce_kv(dv, hkv)
 
@@ -199,7 +200,7 @@ class SdpaFlashVarlenKernel(AttentionKernel):
 
     def forward(self, q, k, v, layout, scale):
         cu_q, cu_k = layout.cu_tensors(q.device)
-        out, lse, _, _, _ = torch.ops.aten._flash_attention_forward(
+        out, lse, _, _, _ = aten._flash_attention_forward(
             q, k, v, cu_q, cu_k, layout.max_q, layout.max_k, 0.0, layout.causal, False, scale=scale)
         return out, lse.t()  # lse is [Hq, Nq]
 
@@ -207,7 +208,7 @@ class SdpaFlashVarlenKernel(AttentionKernel):
         cu_q, cu_k = layout.cu_tensors(q.device)
         rng_state = torch.zeros(2, dtype=torch.uint64, device=q.device)  # no dropout: never read
         unused = torch.empty(0, device=q.device)
-        dq, dk, dv = torch.ops.aten._flash_attention_backward(
+        dq, dk, dv = aten._flash_attention_backward(
             dout.contiguous(), q, k, v, out.contiguous(), lse.t().contiguous(), cu_q, cu_k, layout.max_q,
             layout.max_k, 0.0, layout.causal, rng_state, unused, scale=scale)
         return dq, dk, dv
@@ -267,7 +268,7 @@ class SdpaEfficientKernel(_PerPieceKernel):
 
     def _fwd(self, q4, k4, v4, causal, scale):
         heads = q4.shape[1]
-        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        out, lse, _, _ = aten._scaled_dot_product_efficient_attention(
             q4, _expand_kv(k4, heads), _expand_kv(v4, heads), None, True, 0.0, causal, scale=scale)
         return out, lse  # lse is [1, H, n rounded up to 32]
 
@@ -275,7 +276,7 @@ class SdpaEfficientKernel(_PerPieceKernel):
         heads, hkv, n = q4.shape[1], k4.shape[1], q4.shape[2]
         padded = torch.nn.functional.pad(lse3, (0, -n % 32))
         zero = torch.zeros((), dtype=torch.int64, device=q4.device)  # philox seed/offset: no dropout
-        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+        dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
             do4, q4, _expand_kv(k4, heads), _expand_kv(v4, heads), None, o4, padded, zero, zero, 0.0,
             [True, True, True, False], causal, scale=scale)
         return dq, _reduce_kv(dk, hkv), _reduce_kv(dv, hkv)

@@ -35,13 +35,13 @@ def _check_targets(targets: torch.Tensor, vocab: int) -> None:
                          f"{int(targets.min())}..{int(targets.max())}")
 
 
-def _chunks(hidden: torch.Tensor, weight: torch.Tensor, chunk_rows: int):
-    """(start, end, logits [c, V] in the accumulation dtype, lse [c]) per chunk of rows."""
-    acc = _acc(weight.dtype)
-    for start in range(0, hidden.shape[0], chunk_rows):
-        end = min(start + chunk_rows, hidden.shape[0])
-        logits = (hidden[start:end] @ weight.t()).to(acc)
-        yield start, end, logits, torch.logsumexp(logits, dim=-1)
+def _softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Turn a [c, V] chunk of logits into its softmax in place; returns the log-sum-exp [c] (no temporaries of
+    the chunk's size)."""
+    peak = logits.max(dim=-1).values
+    total = logits.sub_(peak[:, None]).exp_().sum(dim=-1)
+    logits.div_(total[:, None])
+    return peak + total.log()
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -55,15 +55,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if want_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         total = torch.zeros((), dtype=acc, device=weight.device)
-        for start, end, logits, lse in _chunks(h, weight, chunk_rows):
-            tc = t[start:end]
-            total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
-            if want_h or want_w:
-                g = _softmax_minus_onehot_(logits, lse, tc).to(weight.dtype)
-                if want_h:
-                    grad_h[start:end] = g @ weight
-                if want_w:
-                    _accumulate(grad_w, g.t(), h[start:end])
+        for start in range(0, h.shape[0], chunk_rows):
+            hc, tc = h[start:start + chunk_rows], t[start:start + chunk_rows]
+            logits = (hc @ weight.t()).to(acc)
+            picked = logits.gather(1, tc[:, None]).squeeze(1)
+            lse = _softmax_(logits)
+            total += (lse - picked).sum()
+            logits[torch.arange(tc.numel(), device=logits.device), tc] -= 1.0  # d loss / d logits
+            g = logits.to(weight.dtype)
+            if want_h:
+                grad_h[start:start + chunk_rows] = g @ weight
+            if want_w:
+                _accumulate(grad_w, g.t(), hc)
+            del logits, g  # before the next chunk is allocated
         ctx.save_for_backward(rows, grad_h, grad_w)
         ctx.hidden_shape, ctx.hidden_dtype, ctx.weight_dtype = hidden.shape, hidden.dtype, weight.dtype
         return total
@@ -74,17 +78,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = dw = None
         if ctx.needs_input_grad[0]:
             dh = torch.zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype, device=rows.device)
-            dh.index_copy_(0, rows, (grad_h * grad_out).to(ctx.hidden_dtype))
+            dh.index_copy_(0, rows, grad_h.mul_(grad_out).to(ctx.hidden_dtype))
         if ctx.needs_input_grad[1]:
-            dw = (grad_w * grad_out).to(ctx.weight_dtype)
+            dw = grad_w.mul_(grad_out).to(ctx.weight_dtype)
         return dh, dw, None, None, None
-
-
-def _softmax_minus_onehot_(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """d(token loss)/d(logits) = softmax - onehot(target), computed in place in ``logits``."""
-    logits.sub_(lse[:, None]).exp_()
-    logits[torch.arange(targets.numel(), device=logits.device), targets] -= 1.0
-    return logits
 
 
 def _accumulate(grad_w: torch.Tensor, g_t: torch.Tensor, h: torch.Tensor) -> None:
@@ -119,8 +116,12 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     targets = targets.to(hidden.device)
     _check_targets(targets, weight.shape[0])
     out = torch.empty(hidden.shape[0], dtype=_acc(weight.dtype), device=hidden.device)
-    for start, end, logits, lse in _chunks(hidden, weight, chunk_rows or default_chunk_rows(weight.shape[0])):
-        out[start:end] = logits.gather(1, targets[start:end, None]).squeeze(1) - lse
+    rows = chunk_rows or default_chunk_rows(weight.shape[0])
+    for start in range(0, hidden.shape[0], rows):
+        logits = (hidden[start:start + rows] @ weight.t()).to(out.dtype)
+        picked = logits.gather(1, targets[start:start + rows, None]).squeeze(1)
+        out[start:start + rows] = picked - _softmax_(logits)
+        del logits
     return out
 
 

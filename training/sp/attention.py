@@ -98,7 +98,8 @@ def sp_attention(
         raise ValueError(f"query heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}")
     if segment_ids is not None:
         if segment_ids.shape != (q.shape[0], q.shape[2]):
-            raise ValueError(f"segment_ids shape {tuple(segment_ids.shape)} != (batch, local seq) {(q.shape[0], q.shape[2])}")
+            raise ValueError(
+                f"segment_ids shape {tuple(segment_ids.shape)} != (batch, local seq) {(q.shape[0], q.shape[2])}")
         segment_ids = segment_ids.to(device=q.device, dtype=torch.long)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if q.device.type == "meta":  # shape-only run (architecture validation without weights)

@@ -426,3 +426,60 @@ def case_llm(cfg: dict) -> dict:
         "mmsp_calls": _attention.CALL_COUNT["mmsp"] - calls_before,
         "grads": grad_err,
     }
+
+
+# ------------------------------------------------------------------------------------------ memory bounds
+def rss_peak_growth(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(bytes by which this process's peak RSS grew while ``fn()`` ran, its result). Linux: the peak (VmHWM)
+    is reset through /proc/self/clear_refs first, so earlier peaks do not hide growth; run it in a fresh
+    process so that allocator caches do not either."""
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(f.read().split(key + ":")[1].split()[0]) * 1024
+
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS")
+    result = fn()
+    return status("VmHWM") - base, result
+
+
+def case_attention_memory(tokens: int, docs: int, heads: int = 4, kv_heads: int = 2, dim: int = 64) -> dict:
+    """Peak RSS growth of one sp_attention forward + backward (float32, one process, causal) over ``tokens``
+    packed into ``docs`` equal documents; inputs exist before the measurement starts."""
+    from .attention import sp_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, tokens, h, dim, generator=gen).transpose(1, 2).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
+    seg = torch.arange(docs).repeat_interleave(tokens // docs)[None]
+    grad = torch.randn(1, heads, tokens, dim, generator=gen)
+
+    def run():
+        t0 = time.perf_counter()
+        sp_attention(q, k, v, groups=None, segment_ids=seg).backward(grad)
+        return time.perf_counter() - t0
+
+    growth, seconds = rss_peak_growth(run)
+    return {"growth": growth, "seconds": seconds, "input_bytes": 3 * q.numel() * 4}
+
+
+def case_loss_memory(tokens: int, vocab: int, hidden: int) -> dict:
+    """Peak RSS growth of one chunked LM-head cross-entropy forward + backward (float32, every token
+    supervised); the LM-head weight and the hidden states exist before the measurement starts."""
+    from training.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    h = (torch.randn(tokens, hidden, generator=gen) * 0.1).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=gen) * 0.02).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), generator=gen)
+
+    def run():
+        t0 = time.perf_counter()
+        loss = linear_cross_entropy(h, w, labels)
+        loss.backward()
+        return time.perf_counter() - t0, float(loss.detach())
+
+    growth, (seconds, loss) = rss_peak_growth(run)
+    return {"growth": growth, "seconds": seconds, "loss": loss, "weight_bytes": w.numel() * 4,
+            "full_logits_bytes": tokens * vocab * 4}
