@@ -133,11 +133,24 @@ def project_attention(q, k, v, dout, docs: int):
     sp_attention(q, k, v, groups=None, segment_ids=seg).backward(dout)
 
 
+SDPA_NOTES: set = set()
+
+
 def sdpa_attention(q, k, v, dout, docs: int):
-    """Stock SDPA, one call per document (flash backend on CUDA)."""
+    """Stock SDPA, one call per document (flash backend on CUDA); K/V heads expanded if the backend refuses
+    grouped-query attention (noted in the output)."""
     n = q.shape[2] // docs
-    outs = [F.scaled_dot_product_attention(q[:, :, i:i + n], k[:, :, i:i + n], v[:, :, i:i + n], is_causal=True,
-                                           enable_gqa=True) for i in range(0, q.shape[2], n)]
+    try:
+        outs = [F.scaled_dot_product_attention(q[:, :, i:i + n], k[:, :, i:i + n], v[:, :, i:i + n],
+                                               is_causal=True, enable_gqa=True) for i in range(0, q.shape[2], n)]
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError:
+        SDPA_NOTES.add("SDPA refused enable_gqa: K/V heads expanded inside the measured call")
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        outs = [F.scaled_dot_product_attention(q[:, :, i:i + n], k[:, :, i:i + n], v[:, :, i:i + n], is_causal=True)
+                for i in range(0, q.shape[2], n)]
     torch.cat(outs, dim=2).backward(dout)
 
 
@@ -182,7 +195,7 @@ def attention_table(plan: Plan, meter: Meter) -> list[str]:
             release()
             rows.append(_attention_row(tokens, docs, ref, got, attention_flops(tokens, docs, hq, dim)))
             print(rows[-1], flush=True)
-    return rows + [""]
+    return rows + [""] + [f"Note: {n}." for n in sorted(SDPA_NOTES)] + [""]
 
 
 def _ratio(a: float, b: float) -> str:
@@ -234,7 +247,7 @@ def anchor_step(model, ids: torch.Tensor, chunk: int = 2048) -> None:
     """Checkpointed chunked cross-entropy: each chunk's logits are recomputed in backward, never stored."""
     from torch.utils.checkpoint import checkpoint
 
-    hidden = model.model(input_ids=ids).last_hidden_state[0]
+    hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state[0]
     labels = torch.full_like(ids[0], -100)
     labels[:-1] = ids[0, 1:]
 

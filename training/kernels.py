@@ -275,7 +275,7 @@ class SdpaEfficientKernel(_PerPieceKernel):
     def _bwd(self, do4, q4, k4, v4, o4, lse3, causal, scale):
         heads, hkv, n = q4.shape[1], k4.shape[1], q4.shape[2]
         padded = torch.nn.functional.pad(lse3, (0, -n % 32))
-        zero = torch.zeros((), dtype=torch.int64, device=q4.device)  # philox seed/offset: no dropout
+        zero = torch.zeros((), dtype=torch.int64)  # philox seed/offset: host scalars, as the forward returns them
         dq, dk, dv, _ = aten._scaled_dot_product_efficient_attention_backward(
             do4, q4, _expand_kv(k4, heads), _expand_kv(v4, heads), None, o4, padded, zero, zero, 0.0,
             [True, True, True, False], causal, scale=scale)
