@@ -322,6 +322,28 @@ def test_mmsp_at_sp_size_1_matches_the_stock_math(loaded64, pack):
     assert torch.allclose(logits[real], ref[real], atol=1e-12)
 
 
+def test_packed_rows_with_activation_checkpointing(loaded64):
+    """The documents reach the attention as a call keyword, so layers recomputed during backward see them too
+    (a lost context would silently attend across documents): gradients equal the stock math."""
+    from training.model.sp_checks import reference_loss
+
+    model, proc = loaded64
+    batch = SmokeBatchSource(proc, seed=13, batch_size=2, frames=(0, 3), pack=3).batch(0)
+    model.zero_grad(set_to_none=True)
+    reference_loss(model, batch).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
+              segment_ids=batch["segment_ids"]).loss.backward()
+    finally:
+        model.llm.gradient_checkpointing_disable()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-12, rtol=1e-9), n
+    model.zero_grad(set_to_none=True)
+
+
 def test_frame_split_is_balanced_and_deterministic():
     assert frame_split(5, 4) == [(0, 2), (2, 1), (3, 1), (4, 1)]
     assert frame_split(1, 4) == [(0, 1), (1, 0), (1, 0), (1, 0)]
