@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/faults.py
 	$(PY) bench/long_context.py
 
 dev: setup
