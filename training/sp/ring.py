@@ -181,14 +181,28 @@ class _RingAttention(torch.autograd.Function):
         R = group_size(spec.group)
         do = _tokens(dout)
         calls = [c for step in sched.steps for c in step]
-        if R == 1 and len(calls) == 1 and calls[0].q_rows.covers(qf.shape[0]) and calls[0].k_rows.covers(kf.shape[0]):
-            dq, dk, dv = kernel.backward(do, qf, kf, vf, out, lse, calls[0].layout, spec.scale)
-            return _heads(dq, ctx.batch), _heads(dk, ctx.batch), _heads(dv, ctx.batch), None
+        if R == 1 and len(calls) == 1:
+            grads = _single_call_backward(do, qf, kf, vf, out, lse, calls[0], kernel, spec.scale)
+            return (*(_heads(g, ctx.batch) for g in grads), None)
         dq = torch.zeros(qf.shape, dtype=acc_dtype(qf.dtype), device=qf.device)
         kv = torch.stack([kf, vf]) if R > 1 else (kf, vf)
         dkv = _ring_backward(do, qf, kv, out, lse, dq, spec, kernel, sched)
         B = ctx.batch
         return (_heads(dq.to(qf.dtype), B), _heads(dkv[0].to(kf.dtype), B), _heads(dkv[1].to(vf.dtype), B), None)
+
+
+def _single_call_backward(do, qf, kf, vf, out, lse, call, kernel, scale):
+    """dQ, dK, dV when one kernel call saw everything (SP size 1): no float32 accumulators."""
+    rows, krows = call.q_rows, call.k_rows
+    dq_b, dk_b, dv_b = kernel.backward(rows.take(do), rows.take(qf), krows.take(kf), krows.take(vf), rows.take(out),
+                                       rows.take(lse), call.layout, scale)
+    if rows.covers(qf.shape[0]) and krows.covers(kf.shape[0]):
+        return dq_b, dk_b, dv_b
+    dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)  # padding rows: zero
+    rows.put_(dq, dq_b)
+    krows.add_(dk, dk_b)
+    krows.add_(dv, dv_b)
+    return dq, dk, dv
 
 
 def _block_grads(do, qf, kv, out, lse, dq, calls, kernel, scale) -> torch.Tensor:

@@ -24,11 +24,14 @@ BEFORE sharding (so every rank's local next-token targets are right, also at sha
 sample's last token gets -100), positions restart per packed sample and are sharded with the tokens
 (global positions), and every per-token tensor is sharded with ``layout.shard`` (zigzag). Each rank embeds
 only its own tokens and fills its image-token rows from the gathered visual embeddings. The LLM runs with
-the registered ``mmsp`` attention (Ulysses / zigzag ring / 2D) reading the local segment ids.
+the registered ``mmsp`` attention (Ulysses / zigzag ring / 2D); the local segment ids, groups and mode
+travel with the call as the ``mmsp_context`` keyword (so recomputation under activation checkpointing sees
+them). :func:`mmsp_forward` stops at the final hidden states; the LM head runs only where it is needed.
 
-Loss: ``sum of local token losses / N_sp`` with ``N_sp`` = the supervised tokens of the whole SP group's
-batch (all-reduced over the SP group). The returned loss tensor's VALUE is the full batch loss on every rank,
-its GRADIENT is the local part; so after ``backward()`` every rank holds a partial gradient and
+Loss: ``sum of local token losses / N_sp``, the sum taken chunk-wise over the LM head
+(:func:`training.loss.linear_cross_entropy`, no [tokens, vocab] logits), with ``N_sp`` = the supervised
+tokens of the whole SP group's batch (all-reduced over the SP group). The returned loss tensor's VALUE is
+the full batch loss on every rank, its GRADIENT is the local part; so after ``backward()`` every rank holds a partial gradient and
 :func:`sync_gradients` sums them over the SP group. Data parallelism: with ``count_over="sp"`` (default)
 each SP group contributes the mean over its own batch and :func:`sync_gradients` (``dp_reduce="mean"``)
 averages over DP replicas (= DDP semantics); with ``count_over="world"`` the count is all-reduced over
