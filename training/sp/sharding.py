@@ -29,13 +29,13 @@ travel with the call as the ``mmsp_context`` keyword (so recomputation under act
 them). :func:`mmsp_forward` stops at the final hidden states; the LM head runs only where it is needed.
 
 Loss: ``sum of local token losses / N_sp``, the sum taken chunk-wise over the LM head
-(:func:`training.loss.linear_cross_entropy`, no [tokens, vocab] logits), with ``N_sp`` = the supervised
-tokens of the whole SP group's batch (all-reduced over the SP group). The returned loss tensor's VALUE is
-the full batch loss on every rank, its GRADIENT is the local part; so after ``backward()`` every rank holds a partial gradient and
-:func:`sync_gradients` sums them over the SP group. Data parallelism: with ``count_over="sp"`` (default)
-each SP group contributes the mean over its own batch and :func:`sync_gradients` (``dp_reduce="mean"``)
-averages over DP replicas (= DDP semantics); with ``count_over="world"`` the count is all-reduced over
-all ranks and ``dp_reduce="sum"`` gives the exact token-weighted mean over the global batch.
+(:func:`training.loss.linear_cross_entropy`, no [tokens, vocab] logits), with ``N_sp`` = the supervised tokens
+of the whole SP group's batch (all-reduced over the SP group). The returned loss tensor's VALUE is the full
+batch loss on every rank, its GRADIENT is the local part; so after ``backward()`` every rank holds a partial
+gradient and :func:`sync_gradients` sums them over the SP group. Data parallelism: with ``count_over="sp"``
+(default) each SP group contributes the mean over its own batch and :func:`sync_gradients`
+(``dp_reduce="mean"``) averages over DP replicas (= DDP semantics); with ``count_over="world"`` the count is
+all-reduced over all ranks and ``dp_reduce="sum"`` gives the exact token-weighted mean over the global batch.
 
 With SP size 1 (``groups`` None or sp_size 1) everything is the plain single-process model.
 """
