@@ -48,7 +48,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, ignore_index: int, chunk_rows: int):
         rows = (labels != ignore_index).nonzero().squeeze(1)
-        h, t = hidden.index_select(0, rows), labels.index_select(0, rows)
+        every = rows.numel() == labels.numel()  # all rows supervised: no gathered copy
+        h, t = (hidden, labels) if every else (hidden.index_select(0, rows), labels.index_select(0, rows))
         _check_targets(t, weight.shape[0])
         acc = _acc(weight.dtype)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -76,11 +77,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         rows, grad_h, grad_w = ctx.saved_tensors
         dh = dw = None
+        scale = float(grad_out)  # usually 1: the precomputed gradients are returned without a copy
+
+        def scaled(g, dtype):
+            return (g if scale == 1.0 else g * scale).to(dtype)
+
         if ctx.needs_input_grad[0]:
-            dh = torch.zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype, device=rows.device)
-            dh.index_copy_(0, rows, grad_h.mul_(grad_out).to(ctx.hidden_dtype))
+            part = scaled(grad_h, ctx.hidden_dtype)
+            if rows.numel() == ctx.hidden_shape[0]:
+                dh = part
+            else:
+                dh = torch.zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype, device=rows.device)
+                dh.index_copy_(0, rows, part)
         if ctx.needs_input_grad[1]:
-            dw = grad_w.mul_(grad_out).to(ctx.weight_dtype)
+            dw = scaled(grad_w, ctx.weight_dtype)
         return dh, dw, None, None, None
 
 

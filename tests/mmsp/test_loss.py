@@ -56,6 +56,13 @@ def test_edge_cases():
         linear_cross_entropy(h, w, bad)
     with pytest.raises(ValueError, match="hidden size"):
         linear_cross_entropy(h[:, :5], w, labels)
+    every = labels.clamp_min(0)  # all rows supervised (no gathered copy) and a graph run backward twice
+    hc, hr = h.clone().requires_grad_(), h.clone().requires_grad_()
+    loss = linear_cross_entropy(hc, w, every, chunk_rows=10)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    _reference(hr, w, every).backward()
+    assert torch.allclose(hc.grad, 2 * hr.grad, rtol=1e-12, atol=1e-14)
     with torch.no_grad():  # forward only: no gradient buffers, same value
         assert float(linear_cross_entropy(h, w, labels)) == pytest.approx(float(_reference(h, w, labels)), rel=1e-12)
 
