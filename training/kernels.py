@@ -110,21 +110,29 @@ class _PerPieceKernel(AttentionKernel):
         raise NotImplementedError
 
     def forward(self, q, k, v, layout, scale):
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[:2], dtype=lse_dtype(q.dtype), device=q.device)
+        out = lse = None
         for qa, qb, ka, kb in layout.pieces():
             o4, l3 = self._fwd(*(_heads_first(t) for t in (q[qa:qb], k[ka:kb], v[ka:kb])), layout.causal, scale)
-            out[qa:qb] = o4[0].transpose(0, 1)
-            lse[qa:qb] = l3[0, :, : qb - qa].transpose(0, 1)
+            o, l_ = o4[0].transpose(0, 1), l3[0, :, : qb - qa].transpose(0, 1)
+            if len(layout.cu_q) == 2:  # one piece: its result is the answer
+                return o, l_
+            if out is None:
+                out = torch.empty_like(q)
+                lse = torch.empty(q.shape[:2], dtype=lse_dtype(q.dtype), device=q.device)
+            out[qa:qb], lse[qa:qb] = o, l_
         return out, lse
 
     def backward(self, dout, q, k, v, out, lse, layout, scale):
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dq = dk = dv = None
         for qa, qb, ka, kb in layout.pieces():
             views = (_heads_first(t) for t in (dout[qa:qb], q[qa:qb], k[ka:kb], v[ka:kb], out[qa:qb]))
             lse3 = lse[qa:qb].transpose(0, 1).unsqueeze(0).contiguous()
-            g = self._bwd(*views, lse3, layout.causal, scale)
-            dq[qa:qb], dk[ka:kb], dv[ka:kb] = (t[0].transpose(0, 1) for t in g)
+            g = [t[0].transpose(0, 1) for t in self._bwd(*views, lse3, layout.causal, scale)]
+            if len(layout.cu_q) == 2:
+                return tuple(g)
+            if dq is None:
+                dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            dq[qa:qb], dk[ka:kb], dv[ka:kb] = g
         return dq, dk, dv
 
 

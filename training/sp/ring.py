@@ -45,9 +45,9 @@ def _tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 def _heads(x: torch.Tensor, B: int) -> torch.Tensor:
-    """Inverse of :func:`_tokens` (a view)."""
+    """Inverse of :func:`_tokens` (a view when x is contiguous)."""
     N, H, D = x.shape
-    return x.view(B, N // B, H, D).transpose(1, 2)
+    return x.reshape(B, N // B, H, D).transpose(1, 2)
 
 
 def merge_(out_acc, lse_acc, out_blk, lse_blk) -> None:
