@@ -60,7 +60,7 @@ class Plan:
 
 GPU = Plan(torch.bfloat16, (28, 4, 128), [4096, 8192, 16384, 32768, 65536, 131072], [16384, 32768, 65536, 131072],
            {}, True, 3)
-CPU = Plan(torch.float32, (4, 2, 64), [1024, 2048, 4096, 8192], [1024, 2048, 4096],
+CPU = Plan(torch.float32, (4, 2, 64), [2048, 4096, 8192], [1024, 2048, 4096],
            dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2), False, 2)
 STUB_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)

@@ -430,13 +430,21 @@ def case_llm(cfg: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ memory bounds
 def rss_peak_growth(fn: Callable[[], Any]) -> tuple[int, Any]:
-    """(bytes by which this process's peak RSS grew while ``fn()`` ran, its result). Linux: the peak (VmHWM)
-    is reset through /proc/self/clear_refs first, so earlier peaks do not hide growth; run it in a fresh
-    process so that allocator caches do not either."""
+    """(bytes by which this process's peak RSS grew while ``fn()`` ran, its result). Linux: free heap memory
+    is handed back first (glibc ``malloc_trim``) and the peak (VmHWM) is reset through /proc/self/clear_refs,
+    so neither earlier peaks nor memory cached by the allocator hide growth."""
     def status(key: str) -> int:
         with open("/proc/self/status") as f:
             return int(f.read().split(key + ":")[1].split()[0]) * 1024
 
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may undercount reused memory
+        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = status("VmRSS")
