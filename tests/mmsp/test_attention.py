@@ -244,6 +244,15 @@ def test_bfloat16_world2(pool2, case):
 
 
 @pytest.mark.distributed
+@pytest.mark.parametrize("case", [CASES_W4[7], CASES_W4[1]], ids=["2d-packed", "ulysses4-packed"])
+def test_bfloat16_world4(pool4, case):
+    """bf16 through the fused kernels on 4 ranks (2D ring merges in fp32): within bf16 precision."""
+    for r in pool4.run("training.sp.testing:case_attention", _cfg(case, "bfloat16", L=48)):
+        for name in ("out", "dq", "dk", "dv"):
+            assert r[name + "_finite"] and r[name] <= 3e-2, (name, r[name])
+
+
+@pytest.mark.distributed
 def test_math_kernel_world4(pool4):
     """The exact matmul block kernel (the non-CPU path) through the 2D ring."""
     for case in (CASES_W4[7], CASES_W4[3]):
