@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
 	$(PY) bench/faults.py
+	$(PY) bench/long_context.py
 
 dev: setup
 	$(VENV)/bin/longvila dev
