@@ -7,8 +7,7 @@ One process (a world-1 process group: gloo on CPU, nccl on CUDA) runs the traine
 (training.fsdp.LossModule sharded by training.fsdp.shard: float32 master weights, bf16 compute on GPU,
 activation checkpointing per decoder layer, AdamW) on random weights and a random text row of each
 length, two optimizer steps per length; the peak of the second step (optimizer states present) is
-compared with `training.plan.estimate` for the same configuration (full logits: the loss the trainer
-runs today). CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident
+compared with `training.plan.estimate` for the same configuration (the trainer's chunked loss). CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident
 set, printed only (it includes the interpreter and libraries, so no error is computed; the CPU check of the
 plan's terms is tests/training/test_plan.py).
 Prints a table and writes bench/out/fsdp_memory.json.
@@ -82,8 +81,7 @@ def measure(args, device, dtype) -> list[dict]:
     rows = []
     for t in args.tokens:
         p = plan.Plan(shapes=shapes, tokens=t, world=1, compute_bytes=torch.finfo(dtype).bits // 8,
-                      checkpointing=args.checkpointing, cpu_offload=args.cpu_offload, loss_chunk=0,
-                      gpu_gib=args.gpu_gib)
+                      checkpointing=args.checkpointing, cpu_offload=args.cpu_offload, gpu_gib=args.gpu_gib)
         est = plan.estimate(p)["total"]
         row = {"tokens": t, "estimated_gib": est / GIB, "plan_fits": plan.fits(p, plan.estimate(p))}
         try:
@@ -126,7 +124,7 @@ def main() -> int:
     dist.destroy_process_group()
     name = torch.cuda.get_device_name(0) if cuda else "CPU"
     print(f"\nFSDP step memory, {args.profile}, world 1, {name}, checkpointing {args.checkpointing}, "
-          f"cpu offload {args.cpu_offload}, full logits")
+          f"cpu offload {args.cpu_offload}, chunked loss")
     print("| tokens | plan GiB | measured peak GiB | plan error | step s | tokens/s |\n|---|---|---|---|---|---|")
     for r in rows:
         meas = "OOM" if r["measured_gib"] is None else f"{r['measured_gib']:.1f}"

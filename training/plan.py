@@ -20,8 +20,11 @@ parameter counts per module and per decoder layer) and the trainer's configurati
   rank's frames.
 * attention: fused kernels (flash / efficient / cuDNN; O(tokens)), part of the activations; a kernel that
   materialises the score matrix is not modelled.
-* logits: full: [tokens, vocab] in the compute dtype + a float32 copy + log-softmax + its gradient
-  ((b + 16) bytes per vocab entry and token); chunked loss: the same for one chunk of tokens.
+* logits: the trainer's loss (training/loss.py, fused chunked cross-entropy over the LM head): one chunk
+  of float32 logits (256 MiB) turned into its gradient, its compute-dtype copy, a float32 accumulator of
+  the LM head's weight gradient, the hidden-state gradient of every row. Full logits (`--loss-chunk 0`,
+  the loss before it): [tokens, vocab] in the compute dtype + a float32 copy + log-softmax + its gradient,
+  (b + 16) bytes per vocab entry and token.
 
 Per rank, a micro-batch of rows of `tokens` is split over the SP group (tokens / (ulysses x ring)), and
 its frames likewise. It fits when the total stays under the GPU's memory less a 5% reserve (allocator
@@ -111,7 +114,7 @@ class Plan:
     optimizer_moments: int = 2       # AdamW 2, SGD 0 (no momentum), 0 for a forward + backward alone
     checkpointing: bool = True
     cpu_offload: bool = False
-    loss_chunk: int = 2048           # tokens per chunk of the chunked loss; 0: full logits
+    loss_chunk: int | None = None    # rows per loss chunk; None: training.loss's own (256 MiB of logits); 0: full
     gpu_gib: float = 80.0
 
     @property
@@ -161,9 +164,19 @@ def _activations(p: Plan) -> float:
     return llm + workspace + vision + head_saved_bytes(s, b) * t
 
 
+def chunk_rows(p: Plan) -> int:
+    from .loss import default_chunk_rows
+
+    return p.loss_chunk if p.loss_chunk is not None else default_chunk_rows(p.shapes.vocab)
+
+
 def _logits(p: Plan) -> float:
-    rows = min(p.loss_chunk, p.local_tokens) if p.loss_chunk else p.local_tokens
-    return (p.compute_bytes + 16) * p.shapes.vocab * rows
+    s, b, t = p.shapes, p.compute_bytes, p.local_tokens
+    if p.loss_chunk == 0:  # full logits, float32 copy, log-softmax and their gradients
+        return (b + 16) * s.vocab * t
+    # training.loss: one chunk of float32 logits turned into its gradient in place (+ its compute-dtype
+    # copy), the float32 LM-head weight-gradient accumulator, and the hidden-state gradient of every row
+    return (4 + b) * s.vocab * min(chunk_rows(p), t) + 4 * s.vocab * s.hidden + b * t * s.hidden
 
 
 def estimate(p: Plan) -> dict[str, float]:
@@ -248,7 +261,8 @@ def stage_plan(recipe_name: str, stage_id: str, **over) -> Plan:
 # Figures of ../shared/reference/gpu.md (one H100 80GB, bf16, batch 1, SP 1): (label, plan fields, measured GiB
 # or None for "out of memory"). The project rows ran the replicated trainer's model (whole VLM profile, bf16
 # parameters and gradients, full float32 logits, fused SDPA attention) for one forward + backward; the anchor
-# rows a stock Qwen2-1.5B LLM (no vision tower) with checkpointing and a chunked loss, also fwd + bwd.
+# rows a stock Qwen2-1.5B LLM (no vision tower) with checkpointing and a chunked loss, also fwd + bwd (its
+# chunking is not stated: modelled as training/loss.py's with 2,048-row chunks).
 MEASURED = (
     ("project, no checkpointing, 8k", dict(tokens=8192, checkpointing=False), 46.8),
     ("project, no checkpointing, 32k", dict(tokens=32768, checkpointing=False), None),
@@ -290,7 +304,7 @@ def alternatives(p: Plan) -> dict[str, float]:
     """The figures of the other choices: activations with checkpointing flipped, full logits vs chunked,
     and the attention part of the activations."""
     flipped = estimate(replace(p, checkpointing=not p.checkpointing))["activations"]
-    logits = estimate(replace(p, loss_chunk=0 if p.loss_chunk else 2048))["logits"]
+    logits = estimate(replace(p, loss_chunk=None if p.loss_chunk == 0 else 0))["logits"]
     layers_saved = p.shapes.layers if not p.checkpointing else 1
     return {"activations_flipped": flipped, "logits_flipped": logits,
             "attention": attention_saved_bytes(p.shapes, p.compute_bytes, p.ulysses) * p.local_tokens * layers_saved}
@@ -300,8 +314,8 @@ def render(p: Plan, est: dict[str, float]) -> str:
     host, alt = host_bytes(p), alternatives(p)
     ck = "with checkpointing" if p.checkpointing else "without checkpointing"
     ck_other = "without" if p.checkpointing else "with"
-    chunk = f"chunked loss, {p.loss_chunk}-token chunks" if p.loss_chunk else "full logits"
-    chunk_other = "full logits" if p.loss_chunk else "chunked loss (2048-token chunks)"
+    chunk = f"chunked loss, {chunk_rows(p)}-row chunks" if p.loss_chunk != 0 else "full logits"
+    chunk_other = "full logits" if p.loss_chunk != 0 else "the chunked loss of training/loss.py"
     notes = {
         "params": "float32 master weights / world" if p.sharding == "fsdp" else "compute dtype, full replica",
         "grads": "trainable, float32 / world" if p.sharding == "fsdp" else "trainable, full",
@@ -319,7 +333,7 @@ def render(p: Plan, est: dict[str, float]) -> str:
              f"{p.sharding}, "
              f"compute {p.compute_bytes * 8}-bit, checkpointing {'on' if p.checkpointing else 'off'}, "
              f"cpu offload {'on' if p.cpu_offload else 'off'}, loss "
-             f"{f'chunked ({p.loss_chunk} tokens)' if p.loss_chunk else 'full logits'}",
+             f"{f'chunked ({chunk_rows(p)} rows)' if p.loss_chunk != 0 else 'full logits'}",
              f"model: {p.shapes.params / 1e9:.2f}B parameters "
              f"({(p.trainable if p.trainable is not None else p.shapes.params) / 1e9:.3f}B trainable)",
              "", "| component | GiB | |", "|---|---|---|"]
@@ -358,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sharding", choices=["fsdp", "replicate"], default=None)
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--cpu-offload", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--loss-chunk", type=int, default=None, help="tokens per loss chunk; 0: full logits")
+    p.add_argument("--loss-chunk", type=int, default=None,
+                   help="rows per loss chunk (default: training/loss.py's 256 MiB of logits); 0: full logits")
     p.add_argument("--gpu-gib", type=float, default=80.0)
     p.add_argument("--validate", action="store_true", help="compare with the measured figures of gpu.md")
     return p

@@ -90,8 +90,11 @@ def test_estimates_agree_with_the_measured_h100_figures():
     rows = plan.validate()
     assert len(rows) == len(plan.MEASURED)
     assert all(r["agrees"] for r in rows), rows  # every fit / out-of-memory verdict of gpu.md
-    errors = [abs(r["error"]) for r in rows if r["error"] is not None]
-    assert max(errors) < 0.35, rows
+    # the project's own rows (its code, its configuration) within 15%; the anchor's (a configuration gpu.md
+    # states only in outline: optimizer state, chunking and allocator use unknown) within 40%
+    own = [abs(r["error"]) for r in rows if r["error"] is not None and r["case"].startswith("project")]
+    anchor = [abs(r["error"]) for r in rows if r["error"] is not None and r["case"].startswith("anchor")]
+    assert own and max(own) < 0.15 and anchor and max(anchor) < 0.40, rows
 
 
 def test_plan_command_for_the_7b_stage5(capsys):
