@@ -31,7 +31,7 @@ postgres-bin:
 test: setup postgres-bin
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup postgres-bin
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
