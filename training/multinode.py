@@ -174,8 +174,8 @@ def _ray_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     local_world = ctx.get_local_world_size()
     if local_world != config["nproc_per_node"]:
-        raise RuntimeError(f"Ray placed {local_world} workers on node {ctx.get_node_rank()}, the spec asks for "
-                           f"{config['nproc_per_node']} per node (set resources_per_worker to match the nodes)")
+        raise RuntimeError(f"Ray placed {local_world} workers on machine {ctx.get_node_rank()}, the spec asks for "
+                           f"{config['nproc_per_node']} per machine (size resources_per_worker to match the machines)")
     os.environ["LOCAL_WORLD_SIZE"] = str(local_world)  # read by training.sp.groups' node check
     code = train_main(list(config["train_args"]))
     if code:
@@ -184,10 +184,13 @@ def _ray_worker(config: dict) -> None:
 
 def run_ray(spec: LaunchSpec, address: Optional[str] = None, use_gpu: bool = False,
             resources_per_worker: Optional[dict[str, float]] = None, storage_path: Optional[str] = None,
-            name: str = "longvila-train"):
+            placement_strategy: str = "PACK", name: str = "longvila-train"):
     """Train with Ray Train's TorchTrainer over ``spec.world_size`` workers; returns Ray's Result.
 
-    ``storage_path`` must be shared by all nodes on a real cluster (Ray Train keeps its run state there).
+    Ray Train orders the workers by machine (IP), so consecutive ranks share a machine, and reports the
+    workers per machine as the local world size, which must equal ``spec.nproc_per_node`` (size
+    ``resources_per_worker`` so that Ray packs that many per machine). ``storage_path`` must be shared by
+    all nodes on a real cluster (Ray Train keeps its run state there).
     """
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -200,7 +203,8 @@ def run_ray(spec: LaunchSpec, address: Optional[str] = None, use_gpu: bool = Fal
         train_loop_config={"env": dict(spec.env), "train_args": spec.trainer_args(),
                            "nproc_per_node": spec.nproc_per_node},
         scaling_config=ScalingConfig(num_workers=spec.world_size, use_gpu=use_gpu,
-                                     resources_per_worker=resources_per_worker or {"CPU": 1}),
+                                     resources_per_worker=resources_per_worker or {"CPU": 1},
+                                     placement_strategy=placement_strategy),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage_path),
     )

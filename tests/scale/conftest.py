@@ -63,3 +63,37 @@ def instance(dagster_home):
 
     with DagsterInstance.get() as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local 2-node Ray cluster: two raylets (1 CPU each) on 127.0.0.1 (ray.cluster_utils.Cluster), and
+    this process connected to it as the driver. Yields the GCS address. Ray's session folder is a short
+    private temporary folder (its Unix sockets must fit 107 characters), removed afterwards."""
+    import os
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="ray-")
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes Ray use the loopback address for every node (otherwise it
+    # advertises the machine's interface address, which this sandbox does not connect to)
+    env = dict(RAY_TMPDIR=temp, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    os.makedirs(os.path.join(temp, "ray"))  # Ray's address file goes to $RAY_TMPDIR/ray, not created by Ray
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node = dict(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=80 * 1024 * 1024)
+    head = {**node, "include_dashboard": False, "temp_dir": os.path.join(temp, "ray")}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster.address
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        shutil.rmtree(temp, ignore_errors=True)

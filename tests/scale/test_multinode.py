@@ -85,23 +85,45 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def _run_local(out: Path, nnodes: int, nproc: int) -> tuple[list[float], list[str]]:
+    lines: list[str] = []
+    spec = LaunchSpec(nnodes=nnodes, nproc_per_node=nproc, ring_degree=2, master_port=free_port(),
+                      train_args=_train_args(out), env={"OMP_NUM_THREADS": "1"})
+    assert run_local(spec, timeout_s=300, cwd=str(ROOT), sink=lines.append) == 0, "".join(lines[-40:])
+    return _losses(out), lines
+
+
+@pytest.fixture(scope="module")
+def one_node_losses(tmp_path_factory) -> list[float]:
+    """The reference: 1 node x 2 processes, ring SP 2, 3 steps of the smoke model."""
+    losses, _ = _run_local(tmp_path_factory.mktemp("one-node"), 1, 2)
+    assert len(losses) == 3
+    return losses
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_agents_on_loopback_match_one_node(tmp_path, monkeypatch):
+def test_two_agents_on_loopback_match_one_node(tmp_path, one_node_losses):
     """2 nodes x 1 process (ring SP over the two "nodes") gives the same losses as 1 node x 2 processes,
     and global rank 0 runs in node 0."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    lines: list[str] = []
-    runs = {}
-    for nnodes, nproc in ((2, 1), (1, 2)):
-        out = tmp_path / f"{nnodes}x{nproc}"
-        spec = LaunchSpec(nnodes=nnodes, nproc_per_node=nproc, ring_degree=2, master_port=free_port(),
-                          train_args=_train_args(out))
-        assert run_local(spec, timeout_s=300, cwd=str(ROOT), sink=lines.append) == 0, "".join(lines[-40:])
-        runs[(nnodes, nproc)] = _losses(out)
-    assert len(runs[(2, 1)]) == 3 and runs[(2, 1)] == pytest.approx(runs[(1, 2)], rel=1e-6, abs=1e-7)
+    losses, lines = _run_local(tmp_path, 2, 1)
+    assert losses == pytest.approx(one_node_losses, rel=1e-6, abs=1e-7)
     assert any(line.startswith("[node 0]") and "rank layout SPGroups(rank=0/2" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ray_train_on_a_two_node_ray_cluster_matches_torchrun(tmp_path, ray_cluster, one_node_losses):
+    """Ray Train's TorchTrainer runs the unchanged trainer on 2 workers, one per raylet (STRICT_SPREAD);
+    losses equal torchrun's. Both raylets share this machine's IP, so Ray counts them as one machine with
+    2 workers: the spec is 1 x 2."""
+    from training.multinode import run_ray
+
+    spec = LaunchSpec(nnodes=1, nproc_per_node=2, ring_degree=2, train_args=_train_args(tmp_path / "out"),
+                      env={"OMP_NUM_THREADS": "1"})
+    result = run_ray(spec, address=ray_cluster, storage_path=str(tmp_path / "ray"), placement_strategy="STRICT_SPREAD")
+    assert result.error is None
+    assert _losses(tmp_path / "out") == pytest.approx(one_node_losses, rel=1e-6, abs=1e-7)
 
 
 @pytest.mark.slow
