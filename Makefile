@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/faults.py
 
 dev: setup
 	$(VENV)/bin/longvila dev

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -40,7 +41,8 @@ import numpy as np
 from longvila.errors import VideoError
 from longvila.progress import Throttled
 
-from .video import TRUNCATION_SLACK, _short, check_file, frame_index, open_video, truncation_error
+from .video import (TRUNCATION_SLACK, Deadline, _short, check_file, decode_stream, frame_index, header_duration_s,
+                    open_video, run_process, truncation_error)
 
 
 class FrameSpan:
@@ -276,6 +278,7 @@ def _detect_fast(path: str, progress, hist_threshold, hist_floor, ratio, pix_min
     pts: list = []
     tb = float(stream.time_base) if stream.time_base else None
     fps = float(stream.average_rate or stream.guessed_rate or 0) or None
+    deadline = Deadline.for_video(path, header_duration_s(container, stream), "shot detection")
     try:
         stream.thread_type = "AUTO"
         if skip_loop_filter:
@@ -284,7 +287,7 @@ def _detect_fast(path: str, progress, hist_threshold, hist_floor, ratio, pix_min
             stream.codec_context.options = {"skip_loop_filter": "all"}
         n = 0
         try:
-            for frame in container.decode(stream):
+            for frame in decode_stream(container, stream, deadline):
                 feats.add(frame)
                 pts.append(frame.pts)
                 n += 1
@@ -332,15 +335,13 @@ def _transnet_model():
     return model
 
 
-def _rgb_48x27(path: str) -> np.ndarray:
-    import subprocess
-
+def _rgb_48x27(path: str, deadline: Deadline) -> np.ndarray:
     from .video import ffmpeg_exe
 
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", os.fspath(path),
            "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", "48x27", "pipe:1"]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run_process(cmd, deadline)
     buf = np.frombuffer(proc.stdout, np.uint8)
     n = len(buf) // (27 * 48 * 3)
     if proc.returncode != 0 and n == 0:
@@ -354,7 +355,7 @@ def _detect_transnetv2(path: str, progress, threshold) -> list[Shot]:
     import torch
 
     idx = frame_index(path)
-    frames = _rgb_48x27(path)
+    frames = _rgb_48x27(path, Deadline.for_video(path, float(idx.times()[-1]), "ffmpeg decoding for TransNetV2"))
     prog = Throttled(progress)
     prog(0, len(frames), "shots: transnetv2 inference")
     model = _transnet_model()
@@ -392,10 +393,16 @@ def _detect_scenedetect(path: str, progress, make_detector) -> list[Shot]:
     sm.add_detector(make_detector())
     prog = Throttled(progress)
     prog(0, idx.count, "shots: PySceneDetect")
+    deadline = Deadline.for_video(path, float(idx.times()[-1]), "shot detection (PySceneDetect)")
+    timer = threading.Timer(deadline.remaining(), sm.stop)  # stops its decode loop at the deadline
+    timer.start()
     try:
         sm.detect_scenes(video, show_progress=False)
     except Exception as e:  # noqa: BLE001
         raise VideoError(path, f"PySceneDetect failed ({_short(e)})") from None
+    finally:
+        timer.cancel()
+    deadline.check()
     cuts = [int(start.frame_num) for start, _end in sm.get_scene_list()[1:]]
     prog(idx.count, idx.count, "shots: done")
     return shots_from_cuts(cuts, idx.count, times=idx.times(), fps=_fps_of(idx))

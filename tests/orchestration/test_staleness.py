@@ -10,7 +10,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, evaluate_auto
 
 from assets.curation import RAW_VIDEO, build_curation_defs
 from longvila.keys import partition_key_for
-from orchestration.resources import CurationConfig
+from curation.config import CurationConfig
 from orchestration.staleness import StaleStatus, stale_report
 
 DOWNSTREAM = {"video_probe", "video_shots", "video_clips", "clip_frames", "video_frames"}

@@ -28,8 +28,8 @@ from dagster import (
 
 from longvila import io as lio
 from longvila import layout
-from orchestration.partitions import videos
-from orchestration.resources import LakeResource
+from assets.partitions import videos
+from assets.resources import LakeResource
 
 KEYS = ["alpha-0000000a", "beta-0000000b"]
 STAGES = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft"]
@@ -136,8 +136,11 @@ def graph(tmp_path_factory):
     for i, k in enumerate(KEYS):
         (source / f"{k}.bin").write_bytes(f"video {k} content {i}".encode() * 10)
     lake = LakeResource(source=str(source), storage=str(root / "lake"))
+    from orchestration.reports import training_lineage_report
+
     launcher = TrainingLauncher(max_steps=2, num_threads=1)
     tdefs = build_training_defs(launcher=launcher)
+    tdefs = Definitions(assets=[*tdefs.assets, training_lineage_report], resources=tdefs.resources)
     standins = standin_assets(source)
     defs = Definitions(assets=[*standins, *tdefs.assets], resources={"lake": lake, "training_launcher": launcher},
                        executor=in_process_executor)
@@ -177,9 +180,9 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
-    from assets.training import demo_summary
+    from orchestration.demo import training_summary
 
-    lines = demo_summary(inst)
+    lines = training_summary(inst)
     # one line per stage, then the lineage audit of the stage-5 checkpoint (what `make demo` prints)
     assert all("final loss" in l and "tokens/s" in l for l in lines[:5])
     audit = "\n".join(lines[5:])
@@ -271,7 +274,6 @@ assert out.shape[1] > b["input_ids"].shape[1]
 
 @pytest.mark.slow
 def test_changed_video_marks_exactly_downstream_stale(graph):
-    from orchestration.staleness import stale_report  # noqa: F401  (direct statuses come from Dagster)
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._time import get_current_datetime

@@ -16,7 +16,7 @@ SCRIPT = """
 import sys
 from dagster import DagsterInstance, materialize
 from assets.training import TrainingLauncher, build_training_defs
-from orchestration.resources import LakeResource
+from assets.resources import LakeResource
 launcher = TrainingLauncher(max_steps={steps}, checkpoint_every={every}, nproc_per_node=2, num_threads=1)
 defs = build_training_defs(launcher=launcher)
 a = [x for x in defs.assets if x.key.to_user_string() == "stage1_alignment"]
@@ -47,7 +47,7 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
 
     from assets.training import TrainingLauncher, build_training_defs
     from longvila import layout
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
 
     storage = str(tmp_path / "lake")
     shutil.copytree(stage_datasets[1], layout.dataset_dir(storage, "stage1_dataset"))
