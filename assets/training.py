@@ -69,7 +69,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT
-from assets.common import data_version, dataset_video_keys, latest_record, md_table
+from assets.common import dataset_video_keys, lineage_metadata, md_table, per_video_code_versions
 from assets.curation import CLIP_FRAMES
 from assets.resources import LakeResource
 from longvila import io as lio
@@ -185,23 +185,16 @@ def _dataset_asset(recipe: Recipe, n: int):
                        f"under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         storage = lake.storage_root
-        keys: list[str] = []
-        versions: dict[str, dict] = {}
-        if kind in caption_kinds:
-            keys = dataset_video_keys(context.instance, lake)
-            for k in keys:
-                versions[k] = {
-                    "clip_captions_data_version": data_version(latest_record(context.instance, CLIP_CAPTIONS, k)),
-                    "clip_frames_data_version": data_version(latest_record(context.instance, CLIP_FRAMES, k)),
-                }
+        keys = dataset_video_keys(context.instance, lake) if kind in caption_kinds else []
         t0 = time.perf_counter()
         out = dataset_dir_for(storage, n)
         try:
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
-                                           versions=versions, log=context.log.info)
+                                           code_versions=per_video_code_versions(context), log=context.log.info)
         except InputError as e:
             raise Failure(str(e), metadata={"videos": len(keys)}) from e
         inputs = manifest.get("inputs", [])
+        summary = {k: v for k, v in manifest.items() if k not in ("inputs", "video_keys")}  # per-video rows: lake
         return MaterializeResult(
             data_version=DataVersion(manifest["content_hash"]),
             metadata={
@@ -209,8 +202,9 @@ def _dataset_asset(recipe: Recipe, n: int):
                 "num_samples": manifest["num_samples"],
                 "num_videos": len(manifest.get("video_keys", [])),
                 "kind": kind,
-                "manifest": MetadataValue.json(manifest),
+                "manifest": MetadataValue.json(summary),
                 "inputs": MetadataValue.md(md_table(inputs, limit=10, width=64)),
+                **lineage_metadata(out, manifest),
                 "seconds": round(time.perf_counter() - t0, 3),
             },
         )
