@@ -26,11 +26,12 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Optional
+
+from .ports import free_port
 
 PG_BIN_ENV = "LONGVILA_PG_BIN"
 DB_NAME = "dagster"
@@ -52,12 +53,6 @@ def find_pg_bin() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's `postgresql` package "
         f"(`make test` does) or set {PG_BIN_ENV}"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_user() -> Optional[pwd.struct_passwd]:
@@ -162,4 +157,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PostgresServer", "find_pg_bin", "free_port", "PG_BIN_ENV"]
+__all__ = ["PG_BIN_ENV", "PostgresServer", "find_pg_bin"]

@@ -41,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from longvila.ports import free_port
+
 from .sp.groups import check_ulysses_within_node
 
 DEFAULT_PORT = 29500
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ulysses-degree", type=int, default=1)
     p.add_argument("--ring-degree", type=int, default=1)
     p.add_argument("--master-addr", default="127.0.0.1")
-    p.add_argument("--master-port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--master-port", type=int, default=None, help="default: local: a free port; else 29500")
     p.add_argument("--timeout-s", type=float, default=3600.0, help="local: stop every agent after this")
     p.add_argument("--address", default=None, help="ray: cluster address (default: RAY_ADDRESS or a local one)")
     p.add_argument("--storage-path", default=None, help="ray: shared folder or URI for Ray Train's run state")
@@ -245,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv[:cut])
     train_args = tuple(argv[cut + 1:])  # everything after `--` goes to training.train
     spec = LaunchSpec(nnodes=ns.nnodes, nproc_per_node=ns.nproc_per_node, ulysses_degree=ns.ulysses_degree,
-                      ring_degree=ns.ring_degree, master_addr=ns.master_addr, master_port=ns.master_port,
+                      ring_degree=ns.ring_degree, master_addr=ns.master_addr,
+                      master_port=ns.master_port or (free_port() if ns.launcher == "local" else DEFAULT_PORT),
                       train_args=train_args, env=_pipes_env())
     if ns.launcher == "local":
         return run_local(spec, timeout_s=ns.timeout_s)

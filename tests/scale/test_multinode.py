@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from longvila.pgserver import free_port
+from longvila.ports import free_port
 from training.multinode import LaunchSpec, run_local
 from training.multinode_k8s import INDEX_ANNOTATION, to_yaml
 from training.sp.groups import check_ulysses_within_node

@@ -308,3 +308,25 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
     assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "long_video_sft_dataset", *STAGES,
                      "training_lineage_report"} - {"long_video_sft_dataset"}
     assert st["stage4_dataset"] == StaleStatus.FRESH
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_stage_asset_on_two_loopback_nodes_matches_one_node(graph, tmp_path):
+    """The real stage-1 asset through the training_launcher: 2 torchrun agents on 127.0.0.1 (static
+    rendezvous, 1 process each) against 1 agent with 2 processes: same world, same checkpoint bytes."""
+    from assets.training import TrainingLauncher, build_training_defs
+
+    inst, lake = graph["instance"], graph["lake"]
+    versions, losses = {}, {}
+    for nnodes, nproc in ((1, 2), (2, 1)):
+        launcher = TrainingLauncher(max_steps=2, num_threads=1, nnodes=nnodes, nproc_per_node=nproc,
+                                    checkpoint_root=str(tmp_path / f"{nnodes}x{nproc}"))
+        stage1 = next(a for a in build_training_defs(launcher=launcher).assets if a.key == AssetKey(STAGES[0]))
+        res = materialize([stage1], instance=inst, resources={"lake": lake, "training_launcher": launcher})
+        assert res.success
+        mat = res.asset_materializations_for_node(stage1.op.name)[0]
+        versions[nnodes] = mat.tags["dagster/data_version"]
+        losses[nnodes] = mat.metadata["final_loss"].value
+    assert losses[2] == pytest.approx(losses[1], rel=1e-6)
+    assert versions[2] == versions[1]
