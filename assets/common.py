@@ -118,7 +118,12 @@ def write_json(url: str, obj, settings) -> str:
 
 def dataset_video_keys(instance, lake) -> list[str]:
     """Registered video partitions that are present in the source. Without any manifest entry (videos
-    registered by hand, not by a scan) every registered partition counts."""
+    registered by hand, not by a scan) every registered partition counts. In shard mode: the curated
+    videos of the shard manifests (`assets.shards.shard_video_keys`)."""
+    from assets.shards import shard_mode, shard_video_keys
+
+    if shard_mode():
+        return shard_video_keys(lake)
     registered = sorted(instance.get_dynamic_partitions(videos.name))
     manifest = lake.read_manifest()
     if not manifest.get("videos"):
@@ -128,13 +133,13 @@ def dataset_video_keys(instance, lake) -> list[str]:
 
 
 def per_video_code_versions(context) -> dict[str, Optional[str]]:
-    """Code version of every per-video (`videos`-partitioned) ancestor of the running asset, from the asset
+    """Code version of every partitioned (per-video or per-shard) ancestor of the running asset, from the asset
     graph of its job (a run launched from a code location holds every asset; `materialize([...])` only
     the assets it was given)."""
     graph = context.job_def.asset_layer.asset_graph
     ancestors = graph.get_ancestor_asset_keys(context.asset_key)
     return {k.to_user_string(): graph.get(k).code_version for k in sorted(ancestors)
-            if getattr(graph.get(k).partitions_def, "name", None) == videos.name}
+            if graph.get(k).partitions_def is not None}
 
 
 def lineage_metadata(out_dir: str, manifest: dict) -> dict:

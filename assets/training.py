@@ -195,12 +195,12 @@ def dataset_dir_for(storage: str, stage_index: int) -> str:
 # ----------------------------------------------------------------------------------- assets
 
 
-def _dataset_asset(recipe: Recipe, n: int):
+def _dataset_asset(recipe: Recipe, n: int, per_video_inputs: list[AssetKey]):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
-    deps = ([AssetDep(CLIP_CAPTIONS, partition_mapping=AllPartitionMapping()),
-             AssetDep(CLIP_FRAMES, partition_mapping=AllPartitionMapping())] if kind in caption_kinds else [])
+    deps = ([AssetDep(k, partition_mapping=AllPartitionMapping()) for k in per_video_inputs]
+            if kind in caption_kinds else [])
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
@@ -286,9 +286,16 @@ def _stage_asset(recipe: Recipe, n: int):
     return _st
 
 
-def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
+def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None,
+                        per_video_inputs: Optional[list[AssetKey]] = None) -> Definitions:
+    """The stage datasets and checkpoints. Caption datasets read `per_video_inputs` (default: clip captions
+    and clip frames per video; in shard mode (`assets.shards`) the curated shards)."""
+    from assets.shards import CURATED_SHARD, shard_mode
+
     recipe = recipe or recipe_from_env()
-    assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
+    if per_video_inputs is None:
+        per_video_inputs = [CURATED_SHARD] if shard_mode() else [CLIP_CAPTIONS, CLIP_FRAMES]
+    assets_ = [_dataset_asset(recipe, n, per_video_inputs) for n in (1, 2, 3, 4)]
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
     return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
 

@@ -72,22 +72,30 @@ def _write(url: str, data: bytes, settings) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+SHARD_ASSETS = ("raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "clip_captions")
+
+
+def shard_code_versions(curation_cfg, captioning_cfg) -> dict[str, str]:
+    """Code versions of the per-video work a shard does (the per-video assets' code versions)."""
+    from curation.captioning.config import code_versions as caption_code_versions
+    from curation.config import code_versions as curation_code_versions
+
+    both = {**curation_code_versions(curation_cfg), **caption_code_versions(captioning_cfg)}
+    return {k: both[k] for k in SHARD_ASSETS}
+
+
 class ShardWorker:
     """Curates batches of videos; holds one captioner (model loaded once per worker)."""
 
     def __init__(self, storage: str, curation_cfg=None, captioning_cfg=None, settings=None):
         from curation.captioning.config import CaptioningConfig, make_captioner
-        from curation.captioning.config import code_versions as caption_code_versions
         from curation.config import CurationConfig
-        from curation.config import code_versions as curation_code_versions
 
         self.storage, self.settings = storage, settings
         self.cfg = curation_cfg or CurationConfig.from_env()
         cap_cfg = captioning_cfg or CaptioningConfig.from_env()
         self.captioner = make_captioner(cap_cfg)
-        kept = ("raw_video", "video_probe", "video_shots", "video_clips", "clip_frames")
-        self.code_versions = {**{k: v for k, v in curation_code_versions(self.cfg).items() if k in kept},
-                              "clip_captions": caption_code_versions(cap_cfg)["clip_captions"]}
+        self.code_versions = shard_code_versions(self.cfg, cap_cfg)
 
     def run(self, tasks: Sequence[VideoTask], previous: dict) -> list[dict]:
         """Rows (as dicts) for `tasks`; `previous` maps key -> the video's previous row."""
@@ -194,5 +202,12 @@ def _run_on_ray(batches: list, previous: dict, kw: dict, workers: int) -> list[d
     return rows
 
 
+def shard_version(manifest: dict) -> str:
+    """The data version of a curated shard: sha256 of each video's status, raw sha256 and outputs."""
+    rows = {k: [v["status"] if v["status"] != SKIPPED else OK, v.get("raw_sha256"), v.get("outputs")]
+            for k, v in sorted(manifest["videos"].items())}
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
 __all__ = ["OK", "QUARANTINED", "SKIPPED", "ShardWorker", "VideoRow", "VideoTask", "read_shard_manifest",
-           "run_shard", "shard_manifest_url"]
+           "run_shard", "shard_code_versions", "shard_manifest_url", "shard_version"]

@@ -25,6 +25,7 @@ the scan state kept in the lake (`longvila.sources.encode_cursor`), not the stat
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Callable, Optional, Sequence
 
@@ -94,6 +95,53 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
     adds = [videos.build_add_request(part) for part in chunks(res.to_run, PARTITION_ADD_CHUNK)]
     return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
                         cursor=sources.encode_cursor(res.manifest, settings))
+
+
+def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
+    """Shard mode: one tick appends new videos to shards and requests ``curated_shard`` for every shard
+    with a new or changed video (the shard skips its unchanged videos by content hash)."""
+    from assets.shards import CURATED_SHARD, shard_size, video_shards
+    from longvila import shards
+
+    settings = lake.settings()
+    lake_manifest = sources.read_manifest(settings)
+    previous = sources.previous_state(context.cursor, lake_manifest, settings)
+    try:
+        res = sources.scan_source(settings, previous, log=context.log.error, max_changes=max_new_per_tick())
+    except InputError as e:
+        return SkipReason(str(e))
+    _log_scan(context, res, lake_manifest)
+    if _manifest_changed(res.manifest, lake_manifest):
+        sources.write_manifest(settings, res.manifest)
+    added = shards.assign(lake.storage_root, res.new, shard_size(), settings)
+    index = shards.read_index(lake.storage_root, settings)
+    touched: dict[str, list[str]] = {}
+    for key, shard in shards.shard_of(index, res.to_run).items():
+        touched.setdefault(shard, []).append(key)
+    entries = res.manifest["videos"]
+    run_requests = [
+        RunRequest(run_key=f"{shard}:" + hashlib.sha1("".join(sources.run_key(k, entries[k]) for k in sorted(keys))
+                                                      .encode()).hexdigest()[:16],
+                   partition_key=shard, asset_selection=[CURATED_SHARD])
+        for shard, keys in sorted(touched.items())
+    ]
+    adds = [video_shards.build_add_request(sorted(added))] if added else []
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
+                        cursor=sources.encode_cursor(res.manifest, settings))
+
+
+def build_new_shard_sensor() -> SensorDefinition:
+    """Shard mode's new-video sensor (same name and interval as the per-video one)."""
+    from assets.shards import CURATED_SHARD
+
+    @sensor(name="new_video_sensor", target=[CURATED_SHARD], minimum_interval_seconds=SENSOR_INTERVAL_S,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Shard mode: appends new videos to shards and runs curated_shard for each shard with a new "
+            "or changed video (see orchestration/sensors.py, assets/shards.py).")
+    def new_video_sensor(context: SensorEvaluationContext, lake: LakeResource):
+        return evaluate_new_shards(context, lake)
+
+    return new_video_sensor
 
 
 def build_new_video_sensor(chain: Sequence[AssetKey]) -> SensorDefinition:
