@@ -2,7 +2,7 @@
 launch and the lineage audit at 1k / 10k / 100k videos, on SQLite and PostgreSQL instances.
 
     .venv/bin/python bench/scale.py                           # 1k and 10k, SQLite and PostgreSQL
-    .venv/bin/python bench/scale.py --sizes 1000,10000,100000 # the lead's quiet run
+    .venv/bin/python bench/scale.py --sizes 1000,10000,100000 --shard-sizes 100000,1000000   # the lead's run
     .venv/bin/python bench/scale.py --sizes 50 --db sqlite --limit-s 60   # CI smoke size
 
 Fabricated instances, real storage calls: every measurement runs Dagster's own code against a fresh instance
@@ -170,28 +170,28 @@ def _dataset_metadata(graph, key, keys: list[str], lake: Path, tables: bool) -> 
     return {"lineage_table": MetadataValue.path(url), "lineage_sha256": sha, "lineage_videos": len(keys)}
 
 
-def fabricate_history(instance, defs, keys: list[str], lake: Path, history_keys: int, tables: bool = True,
-                      batch: int = 2000) -> dict:
-    """Materialise (as events) every asset upstream of the last training stage, in topological order, with
-    the provenance tags Dagster writes: per-video assets for the first `history_keys` videos, the others once
-    (datasets with a lineage table of all videos when `tables`). Returns counts."""
+def fabricate_history(instance, defs, parts: list[str], keys: list[str], lake: Path, history: int, target: str,
+                      tables: bool = True, batch: int = 2000) -> dict:
+    """Materialise (as events) every asset upstream of `target`, in topological order, with the provenance
+    tags Dagster writes: partitioned assets for the first `history` partitions (videos or shards), the others
+    once (datasets with a lineage table of all `keys` when `tables`). Returns counts."""
     from dagster import AssetKey
 
     graph = defs.resolve_asset_graph()
-    target = AssetKey("stage5_long_sft")
+    target = AssetKey(target)
     wanted = set(graph.get_ancestor_asset_keys(target)) | {target}
     order = [k for k in graph.toposorted_asset_keys if k in wanted and graph.get(k).is_materializable]
     latest: dict = {}  # (key, partition) -> (storage_id, data_version)
     events = 0
     for key in order:
         per_video = graph.get(key).partitions_def is not None
-        parts = keys[:history_keys] if per_video else [None]
+        done = parts[:history] if per_video else [None]
         md = {} if per_video else _dataset_metadata(graph, key, keys, lake, tables)
-        entries = [_entry(key, p, _tags_for(graph, key, p, latest, keys), md) for p in parts]
+        entries = [_entry(key, p, _tags_for(graph, key, p, latest, parts), md) for p in done]
         for i in range(0, len(entries), batch):
             instance.event_log_storage.store_event_batch(entries[i:i + batch])
         events += len(entries)
-        recs = _latest_ids(instance, key, len(parts))
+        recs = _latest_ids(instance, key, len(done))
         latest.update({(key, p): v for p, v in recs.items()})
         if per_video and recs:
             latest[(key, "__max__")] = max(sid for sid, _ in recs.values())
@@ -217,17 +217,12 @@ def _latest_ids(instance, key, n: int) -> dict:
 # ------------------------------------------------------------------------------------------ measurements
 
 
-def load_defs(source: Path, storage: Path):
-    os.environ.update(LONGVILA_SOURCE=str(source), LONGVILA_STORAGE=str(storage), LONGVILA_EXECUTOR="in_process")
+def load_defs(source: Path, storage: Path, shards: bool = False):
+    os.environ.update(LONGVILA_SOURCE=str(source), LONGVILA_STORAGE=str(storage), LONGVILA_EXECUTOR="in_process",
+                      LONGVILA_PARTITION_MODE="shards" if shards else "videos")
     from orchestration.definitions import build_defs
 
     return build_defs()
-
-
-def bench_partition_add(instance, keys, limit_s):
-    from orchestration.bulk import add_partitions
-
-    return measure(lambda: add_partitions(instance, "videos", keys), limit_s)[0]
 
 
 def _workspace(instance):
@@ -314,11 +309,12 @@ def bench_backfill(instance, keys, limit_s: float) -> dict:
             "runs after backfill": instance.get_runs_count()}
 
 
-def bench_lineage(instance, keys, limit_s: float) -> dict:
+def bench_lineage(instance, keys, target: str, limit_s: float) -> dict:
     from orchestration.lineage import fed_by, lineage
 
-    audit, rep = measure(lambda: lineage(instance, "stage5_long_sft"), limit_s)
-    video, yes = measure(lambda: fed_by(lineage(instance, "stage5_long_sft"), keys[len(keys) // 2]), limit_s)
+    key = keys[len(keys) // 2]
+    audit, rep = measure(lambda: lineage(instance, target), limit_s)
+    video, yes = measure(lambda: fed_by(lineage(instance, target, video=key), key), limit_s)
     return {"lineage audit": audit, "lineage --video": video,
             "lineage raw videos": None if rep is None else len(rep["raw_videos"]), "lineage fed": yes}
 
@@ -326,30 +322,40 @@ def bench_lineage(instance, keys, limit_s: float) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_size(n: int, db: str, pg, limit_s: float, steps: set[str], history_max: int) -> dict:
+def run_size(n: int, db: str, pg, limit_s: float, steps: set[str], history_max: int,
+             shard_size: int | None = None) -> dict:
+    """One row. Per-video mode (`shard_size` None): partitions are videos, the audit starts at stage 5.
+    Shard mode: partitions are shards of `shard_size` videos, the audit starts at stage 3 (the deepest
+    checkpoint shard mode feeds); the sensor and backfill steps run in per-video mode only."""
     from dagster import DagsterInstance
 
-    row: dict = {"videos": n, "db": db}
+    from orchestration.bulk import add_partitions
+
+    mode = "videos" if shard_size is None else f"shards of {shard_size:,}"
+    row: dict = {"videos": n, "db": db, "mode": mode}
     keys = video_keys(n)
+    parts = keys if shard_size is None else [f"s{i + 1:06d}" for i in range(-(-n // shard_size))]
+    target = "stage5_long_sft" if shard_size is None else "stage3_short_sft"
     work = Path(tempfile.mkdtemp(prefix="scale-work-"))
     try:
-        defs = load_defs(work / "raw", work / "lake")
-        if "sensor" in steps:
+        defs = load_defs(work / "raw", work / "lake", shards=shard_size is not None)
+        if "sensor" in steps and shard_size is None:
             with bench_home(db, pg), DagsterInstance.get() as inst:
                 row.update(bench_sensor(inst, n, work / "raw", limit_s))
         with bench_home(db, pg), DagsterInstance.get() as inst:
-            row["partition add"] = bench_partition_add(inst, keys, limit_s)
+            row["partition add"] = measure(lambda: add_partitions(inst, "videos" if shard_size is None
+                                                                  else "video_shards", parts), limit_s)[0]
             t0 = time.perf_counter()
-            history = n if db == "postgres" else min(n, history_max)
-            row.update({f"fabricated {k}": v
-                        for k, v in fabricate_history(inst, defs, keys, work / "lake", history).items()})
-            row["history videos"] = history
+            history = len(parts) if db == "postgres" or shard_size else min(n, history_max)
+            row.update({f"fabricated {k}": v for k, v in
+                        fabricate_history(inst, defs, parts, keys, work / "lake", history, target).items()})
+            row["history partitions"] = history
             row["fabrication s"] = time.perf_counter() - t0
             if "lineage" in steps:
-                row.update(bench_lineage(inst, keys, limit_s))
+                row.update(bench_lineage(inst, keys, target, limit_s))
             if "automation" in steps:
                 row.update(bench_automation(inst, defs, limit_s))
-            if "backfill" in steps:
+            if "backfill" in steps and shard_size is None:
                 row.update(bench_backfill(inst, keys, limit_s))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -367,8 +373,8 @@ def fmt(v, limit_s: float) -> str:
 
 
 def table(rows: list[dict], limit_s: float) -> str:
-    head = "| videos | db | " + " | ".join(f"{c} (s)" for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    head = "| videos | partitions | db | " + " | ".join(f"{c} (s)" for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
         cells = []
         for c in COLUMNS:
@@ -380,13 +386,15 @@ def table(rows: list[dict], limit_s: float) -> str:
             if target is not None:
                 cell += " ok" if (r[c] is not None and r[c] <= target) else " MISSED"
             cells.append(cell)
-        lines.append(f"| {r['videos']:,} | {r['db']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['videos']:,} | {r['mode']} | {r['db']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="1000,10000", help="comma-separated video counts")
+    p.add_argument("--sizes", default="1000,10000", help="comma-separated video counts (one partition per video)")
+    p.add_argument("--shard-sizes", default="", help="comma-separated video counts in shard mode (e.g. 1000000)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="videos per shard in shard mode")
     p.add_argument("--db", default="both", choices=["sqlite", "postgres", "both"])
     p.add_argument("--limit-s", type=float, default=300.0, help="stop a measurement after this many seconds")
     p.add_argument("--steps", default="sensor,automation,backfill,lineage")
@@ -397,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.getLogger("dagster").setLevel(logging.WARNING)
     sizes = [int(s) for s in a.sizes.split(",") if s]
+    shard_sizes = [int(s) for s in a.shard_sizes.split(",") if s]
     dbs = ["sqlite", "postgres"] if a.db == "both" else [a.db]
     steps = set(a.steps.split(","))
     rows: list[dict] = []
@@ -405,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         from longvila.pgserver import PostgresServer
 
         pg_cm = PostgresServer()
+    plan = [(n, None) for n in sizes] + [(n, a.shard_size) for n in shard_sizes]
     with pg_cm as pg:
-        for n in sizes:
+        for n, shard in plan:
             for db in dbs:
-                rows.append(run_size(n, db, pg, a.limit_s, steps, a.history_max))
+                rows.append(run_size(n, db, pg, a.limit_s, steps, a.history_max, shard))
                 print(json.dumps(rows[-1], default=str), flush=True)
     load = os.getloadavg()[0]
     md = (f"# bench/scale.py\n\nload average {load:.1f} at the end; limit {a.limit_s:.0f} s per measurement; "

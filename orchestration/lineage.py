@@ -152,8 +152,9 @@ def _expand_partitioned(instance, node: dict, up: str, ptr: int, tag_version, un
     return "manifest", children
 
 
-def _lineage_table(node: dict, unresolved: list[str]):
-    """The lineage table a dataset node recorded (None when it has none or it cannot be read)."""
+def _lineage_table(node: dict, unresolved: list[str], video: Optional[str] = None):
+    """The lineage table a dataset node recorded (None when it has none or it cannot be read); with `video`,
+    only that video's rows."""
     md = node["_metadata"]
     if not md.get("lineage_table"):
         return None
@@ -161,10 +162,15 @@ def _lineage_table(node: dict, unresolved: list[str]):
     from longvila.lineage_table import read_table
 
     try:
-        return read_table(str(md["lineage_table"]), md.get("lineage_sha256"))
+        table = read_table(str(md["lineage_table"]), md.get("lineage_sha256"))
     except InputError as e:
         unresolved.append(f"{node['asset']}: {e}")
         return None
+    if video is None:
+        return table
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table.column("video_key"), video))
 
 
 def verify_table(instance, node: dict, table, page: int = 5000) -> list[str]:
@@ -198,8 +204,10 @@ def verify_table(instance, node: dict, table, page: int = 5000) -> list[str]:
     return problems
 
 
-def lineage(instance, asset: str, partition: Optional[str] = None, verify: bool = False) -> dict:
-    """Walk upstream from the latest materialisation of `asset` (and `partition`); returns the report dict."""
+def lineage(instance, asset: str, partition: Optional[str] = None, verify: bool = False,
+            video: Optional[str] = None) -> dict:
+    """Walk upstream from the latest materialisation of `asset` (and `partition`); returns the report dict.
+    With `video`, the lineage tables contribute only that video's rows (what ``--video`` needs)."""
     recs = _records(instance, asset, partition)
     if not recs:
         raise LookupError(f"{asset}{'[' + partition + ']' if partition else ''}: never materialised")
@@ -210,7 +218,7 @@ def lineage(instance, asset: str, partition: Optional[str] = None, verify: bool 
     while queue:
         node = queue.popleft()
         rec_tags = node.pop("_tags")
-        table = _lineage_table(node, unresolved)
+        table = _lineage_table(node, unresolved, video)
         if table is not None:
             node["_table"] = table
             if table.column("raw_sha256").null_count:
@@ -371,7 +379,8 @@ def run_cli(args) -> int:
     ensure_dagster_home()
     instance = DagsterInstance.get()
     try:
-        rep = lineage(instance, args.asset_key, args.partition, verify=getattr(args, "verify", False))
+        rep = lineage(instance, args.asset_key, args.partition, verify=getattr(args, "verify", False),
+                      video=args.video)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
