@@ -43,6 +43,7 @@ CODE_VERSION_TAG = "dagster/code_version"
 IN_VERSION = "dagster/input_data_version/"
 IN_POINTER = "dagster/input_event_pointer/"
 RAW_VIDEO = "raw_video"
+SHARD_ASSET = "curated_shard"  # shard mode's per-shard curation (assets.shards)
 MARKDOWN_VIDEOS = 200  # raw-video rows printed in the markdown report (all are in the JSON)
 STAGES = ("stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft")
 
@@ -173,34 +174,67 @@ def _lineage_table(node: dict, unresolved: list[str], video: Optional[str] = Non
     return table.filter(pc.equal(table.column("video_key"), video))
 
 
-def verify_table(instance, node: dict, table, page: int = 5000) -> list[str]:
-    """Rows of `table` whose recorded versions are not what the event log holds as of the dataset's event:
-    for each column asset (and raw_video), the newest materialisation of the partition before it."""
+def _versions_as_of(instance, asset: str, before: int, page: int = 5000) -> dict[str, Optional[str]]:
+    """{partition: data version} of the newest materialisation of each partition of `asset` before `before`
+    (paged, newest first: ~partitions / page queries)."""
     from dagster import AssetRecordsFilter
 
+    latest: dict[str, Optional[str]] = {}
+    cursor = None
+    while True:
+        res = instance.fetch_materializations(AssetRecordsFilter(asset_key=_key(asset), before_storage_id=before),
+                                              limit=page, cursor=cursor)
+        for r in res.records:
+            latest.setdefault(r.asset_materialization.partition, _tags(r).get(DATA_VERSION_TAG))
+        if not res.has_more:
+            return latest
+        cursor = res.cursor
+
+
+def _differences(node: dict, asset: str, recorded: dict, actual: dict, source: str) -> list[str]:
+    bad = [k for k, v in recorded.items() if actual.get(k) != v]
+    out = [f"{node['asset']}: {asset}[{k}] recorded {str(recorded[k])[:12]}, {source} has {str(actual.get(k))[:12]}"
+           for k in bad[:20]]
+    if len(bad) > 20:
+        out.append(f"{node['asset']}: {asset}: {len(bad) - 20} more rows differ from the {source}")
+    return out
+
+
+def _shard_rows(instance, node: dict, problems: list[str]) -> dict[str, dict]:
+    """Shard mode: {video: row} of the shard manifests, each manifest checked against curated_shard's data
+    version as of the dataset (the shards' event-log records)."""
+    from curation.scaleout import read_shard_manifest, shard_version
+
+    # the table is <storage>/datasets/<name>/lineage.parquet (longvila.layout.dataset_dir)
+    storage = str(node["_metadata"]["lineage_table"]).rsplit("/datasets/", 1)[0]
+    rows: dict[str, dict] = {}
+    for shard, version in sorted(_versions_as_of(instance, SHARD_ASSET, node["storage_id"]).items()):
+        manifest = read_shard_manifest(storage, shard)
+        if shard_version(manifest) != version:
+            problems.append(f"{node['asset']}: shards/{shard}/manifest.json is not the one {SHARD_ASSET}[{shard}] "
+                            f"recorded ({version[:12]})")
+        rows.update(manifest["videos"])
+    return rows
+
+
+def verify_table(instance, node: dict, table) -> list[str]:
+    """Rows of `table` whose recorded versions are not what the event log holds as of the dataset's event:
+    for each column asset (and raw_video), the newest materialisation of the partition before it. In shard
+    mode (the dataset read ``curated_shard``), the rows of the shard manifests that the event log vouches for."""
     from longvila.lineage_table import KEY, RAW
 
     keys = table.column(KEY).to_pylist()
     problems: list[str] = []
+    shard_rows = _shard_rows(instance, node, problems) if IN_VERSION + SHARD_ASSET in node["_all_tags"] else None
     for col in [c for c in table.column_names if c != KEY]:
         asset = RAW_VIDEO if col == RAW else col
         recorded = dict(zip(keys, table.column(col).to_pylist()))
-        latest: dict[str, str] = {}
-        cursor = None
-        while True:  # newest first, paged: the first record of each partition is its version as of the dataset
-            res = instance.fetch_materializations(
-                AssetRecordsFilter(asset_key=_key(asset), before_storage_id=node["storage_id"]), limit=page,
-                cursor=cursor)
-            for r in res.records:
-                latest.setdefault(r.asset_materialization.partition, _tags(r).get(DATA_VERSION_TAG))
-            if not res.has_more or len(latest) >= len(recorded) and all(k in latest for k in recorded):
-                break
-            cursor = res.cursor
-        bad = [k for k, v in recorded.items() if latest.get(k) != v]
-        problems += [f"{node['asset']}: {asset}[{k}] recorded {str(recorded[k])[:12]}, event log has "
-                     f"{str(latest.get(k))[:12]}" for k in bad[:20]]
-        if len(bad) > 20:
-            problems.append(f"{node['asset']}: {asset}: {len(bad) - 20} more rows differ from the event log")
+        if shard_rows is None:
+            actual, source = _versions_as_of(instance, asset, node["storage_id"]), "event log"
+        else:
+            field = (lambda r: r.get("raw_sha256")) if col == RAW else (lambda r, c=col: r.get("outputs", {}).get(c))
+            actual, source = {k: field(r) for k, r in shard_rows.items()}, "shard manifests"
+        problems += _differences(node, asset, recorded, actual, source)
     return problems
 
 
@@ -218,6 +252,7 @@ def lineage(instance, asset: str, partition: Optional[str] = None, verify: bool 
     while queue:
         node = queue.popleft()
         rec_tags = node.pop("_tags")
+        node["_all_tags"] = rec_tags
         table = _lineage_table(node, unresolved, video)
         if table is not None:
             node["_table"] = table

@@ -73,9 +73,8 @@ def _log_scan(context: SensorEvaluationContext, res: sources.ScanResult, old: di
     context.log.info(f"scan of {res.manifest['source']}: {res.summary()}")
 
 
-def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
-                        chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
-    """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
+def _scan(context: SensorEvaluationContext, lake: LakeResource) -> sources.ScanResult | SkipReason:
+    """The scan of one tick (bounded), logged; the manifest is written if it changed."""
     settings = lake.settings()
     lake_manifest = sources.read_manifest(settings)
     previous = sources.previous_state(context.cursor, lake_manifest, settings)
@@ -86,6 +85,16 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
     _log_scan(context, res, lake_manifest)
     if _manifest_changed(res.manifest, lake_manifest):
         sources.write_manifest(settings, res.manifest)
+    return res
+
+
+def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
+                        chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
+    """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
+    res = _scan(context, lake)
+    if isinstance(res, SkipReason):
+        return res
+    settings = lake.settings()
     entries = res.manifest["videos"]
     run_requests = [
         RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k,
@@ -103,16 +112,10 @@ def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) ->
     from assets.shards import CURATED_SHARD, shard_size, video_shards
     from longvila import shards
 
+    res = _scan(context, lake)
+    if isinstance(res, SkipReason):
+        return res
     settings = lake.settings()
-    lake_manifest = sources.read_manifest(settings)
-    previous = sources.previous_state(context.cursor, lake_manifest, settings)
-    try:
-        res = sources.scan_source(settings, previous, log=context.log.error, max_changes=max_new_per_tick())
-    except InputError as e:
-        return SkipReason(str(e))
-    _log_scan(context, res, lake_manifest)
-    if _manifest_changed(res.manifest, lake_manifest):
-        sources.write_manifest(settings, res.manifest)
     added = shards.assign(lake.storage_root, res.new, shard_size(), settings)
     index = shards.read_index(lake.storage_root, settings)
     touched: dict[str, list[str]] = {}

@@ -58,6 +58,20 @@ def test_shard_mode_end_to_end(tmp_path, monkeypatch, tmp_path_factory):
         assert sorted(v["video_key"] for v in rep["raw_videos"]) == sorted(partition_key_for(f"v{i}.mp4")
                                                                             for i in range(3))
         assert {u["how"] for n in rep["nodes"] for u in n["upstream"]} == {"lineage-table"}
+        # --verify: the rows against the shard manifests, the manifests against curated_shard's data versions
+        assert lineage(inst, "stage1_dataset", verify=True)["unresolved"] == []
+        import json
+
+        man_path = tmp_path / "lake" / "shards" / "s000001" / "manifest.json"
+        saved = man_path.read_text()
+        man = json.loads(saved)
+        first = sorted(man["videos"])[0]
+        man["videos"][first]["outputs"]["clip_captions"] = "0" * 64
+        man_path.write_text(json.dumps(man))
+        problems = lineage(inst, "stage1_dataset", verify=True)["unresolved"]
+        assert any("shards/s000001/manifest.json is not the one" in p for p in problems)
+        assert any(f"clip_captions[{first}]" in p for p in problems)
+        man_path.write_text(saved)
         # a changed video: only its shard is requested
         shutil.copy(src / "v0.mp4", src / "v2.mp4")
         res2 = tick(res.cursor)
