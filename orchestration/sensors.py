@@ -48,11 +48,11 @@ from longvila.errors import InputError
 from orchestration.bulk import PARTITION_ADD_CHUNK, add_partitions, chunks
 
 SENSOR_INTERVAL_S = 30
-MAX_NEW_PER_TICK = 100
+MAX_NEW_PER_TICK = 25
 
 
 def max_new_per_tick() -> int:
-    """New or changed videos taken per tick (``LONGVILA_SENSOR_MAX_NEW``, default 100); the rest wait."""
+    """New or changed videos taken per tick (``LONGVILA_SENSOR_MAX_NEW``, default 25); the rest wait."""
     value = int(os.environ.get("LONGVILA_SENSOR_MAX_NEW") or MAX_NEW_PER_TICK)
     if value < 1:
         raise ValueError(f"LONGVILA_SENSOR_MAX_NEW must be >= 1, got {value}")
