@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/scale.py
 	$(PY) bench/faults.py
 
 dev: setup

@@ -91,7 +91,8 @@ def test_shard_on_a_two_node_ray_cluster_matches_the_per_video_assets(corpus, tm
     res = LakeResource(source=str(corpus), storage=str(tmp_path / "asset-lake"))
     defs = build_defs(modules=[curation_assets, captions_assets], lake=res, executor=in_process_executor)
     v0 = m["videos"][K("v0.mp4")]
-    chain = [k for k in per_video_chain(defs) if k.to_user_string() in v0["outputs"] or k.to_user_string() == "raw_video"]
+    chain = [k for k in per_video_chain(defs)
+             if k.to_user_string() in v0["outputs"] or k.to_user_string() == "raw_video"]
     with DagsterInstance.ephemeral() as inst:
         scan = register_videos(inst, res)
         key = K("v0.mp4")
