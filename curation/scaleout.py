@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 from longvila import io as lio
 from longvila import layout
+from longvila.cache import pinned_copy, snapshot
 
 SHARDS_DIR = "shards"
 OK, SKIPPED, QUARANTINED = "ok", "skipped", "quarantined"
@@ -103,7 +105,7 @@ class ShardWorker:
         for task in tasks:
             t0 = time.perf_counter()
             try:
-                sha = lio.sha256_file(task.url, self.settings)
+                sha = snapshot(task.url, self.settings, suffix=_suffix(task)).sha256  # hashed while cached
                 prev = previous.get(task.key) or {}
                 if (prev.get("status") in (OK, SKIPPED) and prev.get("raw_sha256") == sha
                         and prev.get("code_versions") == self.code_versions):
@@ -117,7 +119,12 @@ class ShardWorker:
         return rows + self._caption(staged)
 
     def _prepare(self, task: VideoTask, sha: str) -> dict:
-        """probe, shots, clips, clip frames of one video: layer files written, their versions returned."""
+        """probe, shots, clips, clip frames of one video, decoded from a local copy of exactly the bytes
+        that were hashed (longvila.cache, also for s3:// sources): layer files written, versions returned."""
+        with pinned_copy(task.url, sha, self.settings, suffix=_suffix(task)) as path:  # the bytes hashed
+            return self._layers(task, sha, path)
+
+    def _layers(self, task: VideoTask, sha: str, path: str) -> dict:
         from curation.clips import make_clips
         from curation.frames import sample_clip_frames
         from curation.probe import probe_video
@@ -125,18 +132,18 @@ class ShardWorker:
         from curation.shots import detect_shots
 
         cfg, st = self.cfg, self.storage
-        probe = probe_video(task.url, sha256=sha)
+        probe = probe_video(path, sha256=sha)
         d = {**probe.to_dict(), "path": task.url, "relpath": task.relpath}
         out = {"video_probe": _write(layout.layer_path(st, "probe", task.key),
                                      (json.dumps(d, indent=2, sort_keys=True, default=str) + "\n").encode(),
                                      self.settings)}
-        shots = detect_shots(task.url, detector=cfg.detector, **cfg.detector_options)
+        shots = detect_shots(path, detector=cfg.detector, **cfg.detector_options)
         out["video_shots"] = _write(layout.layer_path(st, "shots", task.key),
                                     lio.parquet_bytes(shots_to_table(shots)), self.settings)
         clips = make_clips(shots, probe.fps, max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s)
         out["video_clips"] = _write(layout.layer_path(st, "clips", task.key),
                                     lio.parquet_bytes(clips_to_table(clips)), self.settings)
-        frames = sample_clip_frames(task.url, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
+        frames = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
                                     jpeg_quality=cfg.jpeg_quality)
         out["clip_frames"] = _write(layout.layer_path(st, "clip_frames", task.key), lio.parquet_bytes(frames),
                                     self.settings)
@@ -162,6 +169,10 @@ class ShardWorker:
             row.seconds = round(time.perf_counter() - t0, 3)
             rows.append(asdict(row))
         return rows
+
+
+def _suffix(task: VideoTask) -> str:
+    return os.path.splitext(task.relpath or task.url)[1]
 
 
 def _batches(tasks: Sequence[VideoTask], size: int) -> list[list[VideoTask]]:
