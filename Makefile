@@ -43,6 +43,7 @@ bench: setup
 	$(PY) bench/train.py
 	$(PY) bench/scale.py
 	$(PY) bench/faults.py
+	$(PY) bench/long_context.py
 
 dev: setup
 	$(VENV)/bin/longvila dev
