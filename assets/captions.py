@@ -376,7 +376,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
                                         code_versions=per_video_code_versions(context))
         out = dataset_dir(lake.storage_root, "long_video_sft")
         return MaterializeResult(
-            data_version=DataVersion(manifest["sha256"]),
+            data_version=DataVersion(manifest["content_hash"]),
             metadata={
                 "path": MetadataValue.path(out), **lineage_metadata(out, manifest),
                 "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],

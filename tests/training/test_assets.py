@@ -30,9 +30,11 @@ from longvila import io as lio
 from longvila import layout
 from assets.partitions import videos
 from assets.resources import LakeResource
+from training.config import TRAINER_VERSION
 
 KEYS = ["alpha-0000000a", "beta-0000000b"]
 STAGES = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft"]
+DATASET_ASSETS = ["stage1_dataset", "stage2_dataset", "stage3_dataset", "stage4_dataset", "long_video_sft_dataset"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -122,7 +124,7 @@ def standin_assets(source: Path):
         from curation.captioning.dataset import build_long_video_sft
 
         m = build_long_video_sft(lake.storage_root, sorted(context.instance.get_dynamic_partitions("videos")))
-        return MaterializeResult(data_version=DataVersion(m["sha256"]),
+        return MaterializeResult(data_version=DataVersion(m["content_hash"]),
                                  metadata={"path": layout.dataset_dir(lake.storage_root, "long_video_sft"),
                                            "num_records": m["num_records"]})
 
@@ -177,9 +179,13 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         assert md["final_loss"].value > 0 and md["tokens_per_s"].value > 0
         assert md["steps"].value == 2
         assert md["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
-        ckpt = Path(md["checkpoint"].value)
-        assert ckpt.name == "final" and ckpt.parent.name == st
+        ckpt = Path(md["checkpoint"].value)  # the immutable export; `final` points at it
+        assert ckpt.parent.name == "exports" and ckpt.parent.parent.name == st
+        assert (ckpt.parent.parent / "final").resolve() == ckpt.resolve()
         assert m.tags["dagster/data_version"] == sha256_tree(ckpt) == md["checkpoint_sha256"].value
+        # the trainer records the verified version of the dataset it read (issue 12: stage 5 had [null])
+        dataset = DATASET_ASSETS[i]
+        assert md["dataset_versions"].value == [_latest(inst, dataset).tags["dagster/data_version"]]
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
@@ -214,7 +220,9 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     assert {d["asset"] for d in rep["datasets"]} == {"stage1_dataset", "stage2_dataset", "stage3_dataset",
                                                       "stage4_dataset", "long_video_sft_dataset"}
     assert rep["code_versions"]["clip_captions"] == ["standin-captions-1"]
-    assert rep["code_versions"]["stage5_long_sft"][0].startswith("trainer-v1:smoke:")
+    assert rep["code_versions"]["stage5_long_sft"][0].startswith(f"{TRAINER_VERSION}:smoke:")
+    # every stage's checkpoint states the dataset versions it was trained on
+    assert all(c["dataset_versions"] and None not in c["dataset_versions"] for c in rep["checkpoints"])
     assert not rep["unresolved"]
     # per-video inputs come from the lineage table the dataset recorded; --verify checks it against the event log
     s1 = next(n for n in rep["nodes"] if n["asset"] == "stage1_dataset")
@@ -223,7 +231,8 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     assert not lineage(inst, "stage5_long_sft", verify=True)["unresolved"]
     assert fed_by(rep, KEYS[0]) and not fed_by(rep, "gamma-0000000c")
     md = to_markdown(rep)
-    assert KEYS[0] in md and "## Stage checkpoints" in md
+    assert KEYS[0] in md and "## Stage checkpoints" in md and "trained on dataset versions" in md
+    assert "(not recorded)" not in md
     # stage 4 trains on the generated passkey set only: no raw video feeds it... except through stage 3
     rep4 = lineage(inst, "stage4_dataset")
     assert rep4["raw_videos"] == []

@@ -8,10 +8,11 @@
 | 4 context extension | `passkey` | locally generated long-text passkey-retrieval set (rendered to each phase's length at training time) |
 | 5 long SFT | `long_video_sft` | the curated long-video SFT dataset (read by the trainer directly) |
 
-`build_stage_dataset(...)` writes `<out_dir>/samples.parquet` and `manifest.json` (atomically) and
-returns the manifest: name, stage, kind, num_samples, content_hash (sha256 of samples.parquet),
-inputs (per video: key + data versions of the caption and frame files, hashed from the bytes read), code_version,
-and for caption datasets ``lineage`` (the per-video ``lineage.parquet``: raw sha256 and layer versions).
+`build_stage_dataset(...)` writes `<out_dir>/samples-<hash>.parquet` and then `manifest.json` (one
+versioned unit, see training.data.records) and returns the manifest: name, stage, kind, num_samples,
+samples (file name), content_hash (its sha256), inputs (per video: key + data versions of the caption
+and frame files, hashed from the bytes read), code_version, and for caption datasets ``lineage`` (the
+per-video ``lineage.parquet``: raw sha256 and layer versions, see longvila.lineage_table).
 A dataset with zero usable samples raises `InputError` instead of writing anything.
 """
 

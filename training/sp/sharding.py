@@ -316,49 +316,51 @@ def _sum_over_sp(x: torch.Tensor, groups: SPGroups | None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- gradients
-def sync_gradients(model: torch.nn.Module, groups: SPGroups | None, *, dp_reduce: str = "mean",
+def sync_gradients(model_or_params, groups: SPGroups | None, *, dp_reduce: str = "mean",
                    bucket_elems: int = 1 << 24) -> None:
-    """Sum partial gradients over the SP group and reduce over data-parallel replicas (``"mean"`` for
-    ``count_over="sp"``, ``"sum"`` for ``count_over="world"``). Parameters that require grad but got none
-    on this rank (e.g. the vision tower on a rank without frames) take part with zeros. One flattened
-    all-reduce per bucket over all ranks of the world (SP x DP)."""
+    """THE gradient reduction of replicated training: sum the partial gradients over the SP group and
+    reduce over data-parallel replicas: ``"sum"`` when the loss is already normalised by the global token
+    count (``count_over="world"``, what the trainer does; the FSDP path reduce-scatters the same sums),
+    ``"mean"`` for ``count_over="sp"`` (each SP group's own mean: DDP semantics).
+
+    ``model_or_params``: a module (its parameters that require grad) or a list of parameters. A
+    parameter that got no gradient on this rank (e.g. the vision tower on a rank without frames) takes
+    part with zeros. One flattened all-reduce per bucket (per dtype and device) over all ranks of the
+    world, SP x DP; a no-op without torch.distributed or at world size 1."""
     if dp_reduce not in ("mean", "sum"):
         raise ValueError("dp_reduce must be 'mean' or 'sum'")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    params = [p for p in params if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     world = dist.get_world_size()
-    sp_size = groups.sp_size if groups is not None else 1
-    dp_size = groups.dp_size if groups is not None else world // sp_size
-    if groups is not None and groups.dp_size == 1:
-        group = groups.sp_group
-    else:
-        group = None  # the world: SP x DP
-    scale = 1.0 / dp_size if (dp_reduce == "mean" and dp_size > 1) else None
-    by_dtype: dict[tuple, list[torch.Tensor]] = {}
+    dp_size = groups.dp_size if groups is not None else world
+    scale = 1.0 / dp_size if dp_reduce == "mean" and dp_size > 1 else None
+    by_kind: dict[tuple, list[torch.Tensor]] = {}
     for p in params:
-        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    for plist in by_dtype.values():
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for p in plist + [None]:
-            if p is not None:
-                bucket.append(p)
-                size += p.numel()
-            if bucket and (p is None or size >= bucket_elems):
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-                dist.all_reduce(flat, group=group)
-                if scale is not None:
-                    flat.mul_(scale)
-                off = 0
-                for q in bucket:
-                    n = q.numel()
-                    q.grad.copy_(flat[off:off + n].view_as(q.grad))
-                    off += n
-                bucket, size = [], 0
+        by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for plist in by_kind.values():
+        start, size = 0, 0
+        for i, p in enumerate(plist):
+            size += p.numel()
+            if size >= bucket_elems or i == len(plist) - 1:
+                _allreduce_bucket(plist[start:i + 1], scale)
+                start, size = i + 1, 0
+
+
+def _allreduce_bucket(bucket: list[torch.Tensor], scale: float | None) -> None:
+    flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+    dist.all_reduce(flat)
+    if scale is not None:
+        flat.mul_(scale)
+    off = 0
+    for q in bucket:
+        n = q.numel()
+        q.grad.copy_(flat[off:off + n].view_as(q.grad))
+        off += n
 
 
 __all__ = [
