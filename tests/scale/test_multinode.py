@@ -142,3 +142,26 @@ def test_ulysses_group_across_nodes_is_refused_at_run_time(tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode != 0 for p in procs)
     assert all("Ulysses degree 2 does not divide the 1 processes per node" in o for o in outs), outs[0][-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_agents_resume_after_a_kill(tmp_path):
+    """2 loopback nodes: a rank is SIGKILLed after step 3 of 4 (checkpoint every 2 steps); every agent stops;
+    the re-run with --resume starts both nodes at the same step (rank 0 picks it and broadcasts it) and ends
+    with the same losses as an uninterrupted 2-node run."""
+    def run(out: Path, *extra: str) -> int:
+        lines: list[str] = []
+        spec = LaunchSpec(nnodes=2, nproc_per_node=1, ring_degree=2, master_port=free_port(),
+                          train_args=(*_train_args(out, steps=4), "--checkpoint-every", "2", *extra),
+                          env={"OMP_NUM_THREADS": "1"})
+        code = run_local(spec, timeout_s=300, cwd=str(ROOT), sink=lines.append)
+        run.lines = lines
+        return code
+
+    assert run(tmp_path / "ref") == 0
+    reference = _losses(tmp_path / "ref")
+    assert run(tmp_path / "killed", "--kill-after-step", "3") != 0
+    assert run(tmp_path / "killed", "--resume") == 0, "".join(run.lines[-40:])
+    assert any("resumed from" in line and "step 2" in line for line in run.lines), "".join(run.lines[-40:])
+    assert _losses(tmp_path / "killed")[-2:] == pytest.approx(reference[-2:], rel=1e-6, abs=1e-7)
