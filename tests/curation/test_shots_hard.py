@@ -124,6 +124,10 @@ def test_transnet_batched_equals_reference_and_verifier(hard_videos):
     assert np.allclose(ours, ref.numpy(), atol=1e-4)
     kept = _verify(frames, [Boundary(60), Boundary(30)], threshold=0.1, device="cpu")
     assert [b.frame for b in kept] == [60]
+    # the fast detector's own 48x28 I420 frames, converted around the boundaries only, give the same verdicts
+    i420 = np.concatenate(list(iter_frames(path, width=48, height=28, pix_fmt="yuv420p", scaler="area")))[:120]
+    kept = _verify(i420, [Boundary(60), Boundary(30)], threshold=0.1, device="cpu")
+    assert [b.frame for b in kept] == [60]
 
 
 @pytest.fixture(scope="module")
