@@ -4,6 +4,8 @@
                │                └─> video_frames                └─> clip_files (optional)
                └──────────────(every layer that decodes the video also depends on raw_video)
 
+    video_source (external, unpartitioned): the source listing reported by the new-video sensor
+
 Each asset is thin: resolve the partition's source URL from the manifest (`LakeResource.video_url`),
 call the `curation` library, write one file per partition to the `longvila.layout` path atomically,
 and return a `MaterializeResult` with
@@ -50,6 +52,7 @@ from typing import Iterator, Optional
 
 from dagster import (
     AssetCheckResult,
+    AssetSpec,
     AssetExecutionContext,
     AssetKey,
     DataVersion,
@@ -80,6 +83,7 @@ GROUP = "curation"
 RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
 
 # asset keys other layers depend on
+VIDEO_SOURCE = AssetKey("video_source")
 RAW_VIDEO = AssetKey("raw_video")
 VIDEO_PROBE = AssetKey("video_probe")
 VIDEO_SHOTS = AssetKey("video_shots")
@@ -457,7 +461,14 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         ok = n == exp or (exp < cfg.max_video_frames and abs(n - exp) <= 1 and n >= 1)
         return AssetCheckResult(passed=ok, metadata={"num_frames": n, "expected": exp, "duration_s": dur})
 
-    assets_ = [raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
+    source = AssetSpec(
+        key=VIDEO_SOURCE, group_name=GROUP, kinds={"json"},
+        description="The source folder or bucket as the new-video sensor sees it (longvila.sources): each "
+        "materialisation is reported by the sensor when the manifest changes and lists the present videos, "
+        "the removed ones (when and why) and the rejected files (why). Removed videos keep their partition "
+        "and history; the datasets leave them out.",
+    )
+    assets_ = [source, raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
     checks = [probe_is_sane, shots_tile_video, clips_within_bounds, clip_frame_counts, video_frame_count]
 
     if cfg.write_clip_files:

@@ -68,9 +68,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT
-from assets.common import data_version, dataset_video_keys, latest_record, md_table
+from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT, VIDEO_INSTRUCTIONS
+from assets.common import dataset_video_keys, md_table
 from assets.curation import CLIP_FRAMES
+from assets.freshness import freshness_check, per_video_versions
 from assets.resources import LakeResource
 from longvila import io as lio
 from longvila import layout
@@ -161,6 +162,13 @@ def recipe_from_env() -> Recipe:
     return load_recipe(os.environ.get("LONGVILA_RECIPE", "smoke"))
 
 
+def per_video_inputs(recipe: Recipe, n: int) -> list[AssetKey]:
+    """The per-video assets whose versions the stage-`n` dataset records (none for generated data)."""
+    if n == 5:
+        return [VIDEO_INSTRUCTIONS]
+    return [CLIP_CAPTIONS, CLIP_FRAMES] if recipe.stage(n).data.kind in ("captions", "caption_and_qa") else []
+
+
 def dataset_dir_for(storage: str, stage_index: int) -> str:
     if stage_index == 5:
         return layout.dataset_dir(storage, "long_video_sft")
@@ -189,11 +197,7 @@ def _dataset_asset(recipe: Recipe, n: int):
         versions: dict[str, dict] = {}
         if kind in caption_kinds:
             keys = dataset_video_keys(context.instance, lake)
-            for k in keys:
-                versions[k] = {
-                    "clip_captions_data_version": data_version(latest_record(context.instance, CLIP_CAPTIONS, k)),
-                    "clip_frames_data_version": data_version(latest_record(context.instance, CLIP_FRAMES, k)),
-                }
+            versions = per_video_versions(context.instance, keys, per_video_inputs(recipe, n))
         t0 = time.perf_counter()
         out = dataset_dir_for(storage, n)
         try:
@@ -271,7 +275,9 @@ def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[Trai
     recipe = recipe or recipe_from_env()
     assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
-    return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
+    checks = [freshness_check(STAGE_KEYS[n - 1], DATASET_KEYS[n], per_video_inputs(recipe, n)) for n in (1, 2, 3, 4, 5)]
+    return Definitions(assets=assets_, asset_checks=checks,
+                       resources={"training_launcher": launcher or TrainingLauncher()})
 
 
 defs = build_training_defs()

@@ -258,7 +258,7 @@ def register(subparsers) -> None:
 def run_cli(args) -> int:
     from dagster import DagsterInstance
 
-    from longvila.settings import ensure_dagster_home
+    from orchestration.instance import ensure_dagster_home
 
     ensure_dagster_home()
     instance = DagsterInstance.get()

@@ -1,6 +1,6 @@
 """The new-video sensor: the Dagster edge of the source scan in `longvila.sources`.
 
-Every tick (default every 30 s) the sensor scans the source against the state in its cursor (fingerprint
+Every tick (every ``LONGVILA_SENSOR_INTERVAL_S`` = 10 s) the sensor scans the source against the state in its cursor (fingerprint
 and generation of each present video; see `longvila.sources` for listing, identity and removal rules).
 The scan never reads file contents, so a tick costs one listing whatever the file sizes. For each change:
 
@@ -12,6 +12,10 @@ The scan never reads file contents, so a tick costs one listing whatever the fil
 * a removed video: marked removed in the manifest and logged; its partition and history stay, so no
   run or backfill of another video is affected.
 
+Whenever the manifest changes, the tick also reports a materialisation of the external asset
+``video_source`` whose metadata lists the removed videos (when and why) and the rejected files: what
+the UI shows about videos that are gone.
+
 Run keys (`longvila.sources.run_key`) hold the key, a digest of the fingerprint and the change's
 generation: every detected change runs once, and content that goes A -> B -> A runs three times.
 The manifest is rewritten only when it changed; the cursor commits the new state with the run requests.
@@ -19,11 +23,14 @@ The manifest is rewritten only when it changed; the cursor commits the new state
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence
 
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     DefaultSensorStatus,
+    MetadataValue,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -32,13 +39,16 @@ from dagster import (
     sensor,
 )
 
-from assets.curation import RAW_VIDEO
+from assets.common import md_table
+from assets.curation import RAW_VIDEO, VIDEO_SOURCE
 from assets.partitions import videos
 from assets.resources import LakeResource
 from longvila import sources
 from longvila.errors import InputError
 
-SENSOR_INTERVAL_S = 30
+from .instance import AUTOMATED_RUN_TAGS
+
+SENSOR_INTERVAL_S = int(os.environ.get("LONGVILA_SENSOR_INTERVAL_S") or 10)
 
 
 def _manifest_changed(new: dict, old: dict) -> bool:
@@ -55,6 +65,22 @@ def _log_scan(context: SensorEvaluationContext, res: sources.ScanResult, old: di
     context.log.info(f"scan of {res.manifest['source']}: {res.summary()}")
 
 
+def source_report(res: sources.ScanResult, manifest_url: str) -> AssetMaterialization:
+    """The `video_source` materialisation for a scan: counts, removed videos, rejected files."""
+    removed = sources.removed_videos(res.manifest)
+    rejected = [{"file": rel, "reason": why} for rel, why in res.manifest["rejected"].items()]
+    return AssetMaterialization(asset_key=VIDEO_SOURCE, metadata={
+        "source": res.manifest["source"],
+        "manifest": MetadataValue.path(manifest_url),
+        "present": len(sources.present_keys(res.manifest)),
+        "removed": len(removed),
+        "rejected": len(rejected),
+        "this_scan": res.summary(),
+        "removed_videos": MetadataValue.md(md_table(removed, limit=50, width=120)),
+        "rejected_files": MetadataValue.md(md_table(rejected, limit=50, width=120)),
+    })
+
+
 def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
                         chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
     """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
@@ -66,16 +92,17 @@ def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
     except InputError as e:
         return SkipReason(str(e))
     _log_scan(context, res, lake_manifest)
+    events = []
     if _manifest_changed(res.manifest, lake_manifest):
-        sources.write_manifest(settings, res.manifest)
+        events.append(source_report(res, sources.write_manifest(settings, res.manifest)))
     entries = res.manifest["videos"]
     run_requests = [
-        RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k,
+        RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k, tags=AUTOMATED_RUN_TAGS,
                    asset_selection=list(chain) if k in res.new else [RAW_VIDEO])
         for k in res.to_run
     ]
     adds = [videos.build_add_request(res.to_run)] if res.to_run else []
-    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds, asset_events=events,
                         cursor=sources.encode_cursor(res.manifest))
 
 
