@@ -31,7 +31,6 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -131,107 +130,45 @@ def run_direct(videos: list[Path], warmup: Path, storage: Path, workers: int) ->
 
 
 # ------------------------------------------------------------------------------------------ daemon
-class Daemon:
-    """A fresh project instance and a real dagster-daemon watching `source`."""
+def _wait_until_learned(daemon, timeout: float = 300) -> None:
+    """Until the warm process has imported the modules the finished runs recorded (it does so when idle)."""
+    learn_dir = daemon.home / "longvila-warm"
 
-    def __init__(self, work: Path, env: dict):
-        from orchestration.instance import instance_yaml
+    def learned():
+        state = learn_dir / "state"
+        return (not any(learn_dir.glob("worker-*.txt")) and state.exists()
+                and state.read_text().strip() == "complete")
 
-        self.home, self.source = work / "dagster_home", work / "raw"
-        self.home.mkdir(parents=True)
-        self.source.mkdir()
-        (self.home / "dagster.yaml").write_text(instance_yaml())
-        self.env = {**env, "DAGSTER_HOME": str(self.home), "LONGVILA_SOURCE": str(self.source),
-                    "LONGVILA_STORAGE": str(work / "lake")}
-        from dagster import DagsterInstance
+    daemon.wait("warm process learning", learned, timeout)
 
-        self.instance = DagsterInstance.from_config(str(self.home))  # creates the storage before the daemon
-        self.instance.get_runs(limit=1)
-        self.log = open(work / "daemon.log", "wb")
-        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
-                                      "workspace.yaml"], cwd=REPO, env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
 
-    def wait_for_sensor_tick(self, timeout: float = 300) -> None:
-        from dagster._core.scheduler.instigation import TickStatus
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            states = [s for s in self.instance.all_instigator_state() if s.name == "new_video_sensor"]
-            if states and any(t.status in (TickStatus.SKIPPED, TickStatus.SUCCESS) for t in
-                              self.instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id)):
-                return
-            self._check_alive()
-            time.sleep(0.5)
-        raise TimeoutError("the new-video sensor did not tick")
-
-    def land(self, path: Path) -> None:
-        tmp = self.source / f".{path.name}.uploading"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, self.source / path.name)
-
-    def wait_for_runs(self, partitions: set[str], timeout: float = 1800) -> float:
-        """Seconds since the epoch when the last run of `partitions` succeeded (any failure raises)."""
-        from dagster import DagsterRunStatus
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            runs = [r for r in self.instance.get_runs() if r.tags.get("dagster/partition") in partitions]
-            failed = [r for r in runs if r.status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)]
-            if failed:
-                raise RuntimeError(f"run {failed[0].run_id} failed; see {self.log.name}")
-            done = {r.tags["dagster/partition"] for r in runs if r.status == DagsterRunStatus.SUCCESS}
-            busy = [r for r in runs if not r.is_finished]
-            if done == partitions and not busy:
-                return max(self.instance.get_run_record_by_id(r.run_id).end_time for r in runs)
-            self._check_alive()
-            time.sleep(0.5)
-        raise TimeoutError(f"runs of {sorted(partitions - done)} not done in {timeout:.0f} s")
-
-    def wait_until_learned(self, timeout: float = 300) -> None:
-        """Until the warm process has taken in the modules the finished runs recorded (it does so when idle)."""
-        learn_dir = self.home / "longvila-warm"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = learn_dir / "state"
-            if not any(learn_dir.glob("worker-*.txt")) and state.exists() and state.read_text().strip() == "complete":
-                return
-            time.sleep(0.5)
-
-    def _check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"dagster-daemon exited ({self.proc.returncode}); see {self.log.name}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.instance.dispose()
-        self.log.close()
+def _finished_at(daemon, runs) -> float:
+    return max(daemon.instance.get_run_record_by_id(r.run_id).end_time for r in runs)
 
 
 def run_daemon(videos: list[Path], warmup: Path, extra: Path, work: Path,
                env: dict) -> tuple[float, float, float]:
     """(seconds for the batch, seconds for one more video alone, seconds for the warm-up video)."""
     from longvila.keys import partition_key_for
+    from orchestration.harness import ProjectDaemon
 
-    daemon = Daemon(work, env)
+    daemon = ProjectDaemon(work, env=env)
     try:
-        daemon.wait_for_sensor_tick()
+        daemon.wait_for_ticks("new_video_sensor", 1, after=0.0)
         t_cold = time.time()
         daemon.land(warmup)
-        cold = daemon.wait_for_runs({partition_key_for(warmup.name)}) - t_cold
-        daemon.wait_until_learned()
+        cold = _finished_at(daemon, daemon.wait_for_runs({partition_key_for(warmup.name)}, timeout=1800)) - t_cold
+        _wait_until_learned(daemon)
         t0 = time.time()
         for v in videos:
             daemon.land(v)
-        batch = daemon.wait_for_runs({partition_key_for(v.name) for v in videos}) - t0
-        time.sleep(2)
+        runs = daemon.wait_for_runs({partition_key_for(v.name) for v in videos}, timeout=3600)
+        if any(r.status.value != "SUCCESS" for r in runs):
+            raise RuntimeError(f"a run failed; see {daemon.log_path}")
+        batch = _finished_at(daemon, runs) - t0
         t1 = time.time()
         daemon.land(extra)
-        latency = daemon.wait_for_runs({partition_key_for(extra.name)}) - t1
+        latency = _finished_at(daemon, daemon.wait_for_runs({partition_key_for(extra.name)})) - t1
         return batch, latency, cold
     finally:
         daemon.stop()

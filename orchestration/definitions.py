@@ -89,14 +89,17 @@ def build_defs(
     lake: Optional[LakeResource] = None,
     executor: Optional[ExecutorDefinition] = None,
 ) -> Definitions:
-    """Merged Definitions; arguments override the defaults (tests pass an in-process executor)."""
+    """Merged Definitions; arguments override the defaults (tests pass a subset of the layers, an explicit
+    lake or executor). Jobs and schedules join only with the layers they target."""
     ensure_dagster_home()
     layers = Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)],
                                Definitions(resources={"lake": lake or LakeResource.from_env()}))
+    keys = layers.resolve_asset_graph().materializable_asset_keys
+    has_curation, has_training = curation_assets.RAW_VIDEO in keys, training_assets.STAGE_KEYS[-1] in keys
     shared = Definitions(
-        sensors=[build_new_video_sensor(per_video_chain(layers)), automation_sensor],
-        jobs=[curation_lineage_job, training_job],
-        schedules=[training_schedule],
+        sensors=[automation_sensor, *([build_new_video_sensor(per_video_chain(layers))] if has_curation else [])],
+        jobs=[job for job, present in ((curation_lineage_job, has_curation), (training_job, has_training)) if present],
+        schedules=[training_schedule] if has_training else [],
         executor=executor or executor_from_env(),
     )
     return Definitions.merge(layers, shared)

@@ -9,11 +9,11 @@ requests one run of that stage and every later enabled stage, with their dataset
 from the earlier checkpoints, so they are re-trained in order. A stage that was never trained is left
 to a manual launch.
 
-| env var | default | meaning |
-|---|---|---|
-| LONGVILA_TRAIN_SCHEDULE | ``0 2 * * *`` (nightly, 02:00) | cron of the schedule |
-| LONGVILA_TRAIN_SCHEDULE_STAGES | ``all`` for the smoke recipe, ``none`` otherwise | stages it may re-train: ``all``, ``none`` or names (``stage5_long_sft,...``) |
-| LONGVILA_TRAIN_MAX_RUNTIME_S | 1800 for the smoke recipe, 259200 (3 days) otherwise | ``dagster/max_runtime`` of training runs |
+* ``LONGVILA_TRAIN_SCHEDULE``: cron of the schedule (default ``0 2 * * *``, nightly at 02:00);
+* ``LONGVILA_TRAIN_SCHEDULE_STAGES``: stages it may re-train, ``all``, ``none`` or names
+  (``stage5_long_sft,...``); default ``all`` for the smoke recipe, ``none`` otherwise;
+* ``LONGVILA_TRAIN_MAX_RUNTIME_S``: ``dagster/max_runtime`` of training runs (default 1800 s for the
+  smoke recipe, 3 days otherwise).
 
 The schedule is RUNNING by default only when it may re-train some stage: expensive recipes start with
 it stopped (switch it on in the UI after choosing the stages).

@@ -1,7 +1,8 @@
 """The new-video sensor: the Dagster edge of the source scan in `longvila.sources`.
 
-Every tick (every ``LONGVILA_SENSOR_INTERVAL_S`` = 10 s) the sensor scans the source against the state in its cursor (fingerprint
-and generation of each present video; see `longvila.sources` for listing, identity and removal rules).
+Every tick (every ``LONGVILA_SENSOR_INTERVAL_S`` = 10 s) the sensor scans the source against the state in its
+cursor (fingerprint and generation of each present video; see `longvila.sources` for listing, identity and
+removal rules).
 The scan never reads file contents, so a tick costs one listing whatever the file sizes. For each change:
 
 * a new video: its partition is added and one run materialises its whole per-video chain (curation and
