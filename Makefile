@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench dev clean
+.PHONY: setup browser demo test test-fast bench dev clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,28 @@ demo: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/longvila demo
 
-test: setup
+# Debian's Chromium and chromedriver for the browser tests (tests/orchestration/test_browser.py). Installed with
+# apt when missing; where apt is not usable (no root, no apt) this says so loudly and those tests skip.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium), chromedriver: $$(command -v chromedriver)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+	else \
+		echo "############################################################################################"; \
+		echo "# WARNING: chromium/chromedriver are missing and apt-get is not usable here (not root, no sudo"; \
+		echo "# or no apt): the browser tests will be SKIPPED. Install Debian's chromium and chromium-driver."; \
+		echo "############################################################################################"; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup browser
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
@@ -36,6 +54,7 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/orchestration.py
 
 dev: setup
 	$(VENV)/bin/longvila dev

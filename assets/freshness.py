@@ -13,9 +13,9 @@ records which dataset materialisation it consumed (Dagster's ``dagster/input_eve
 
 `freshness_check` is the ``trained_on_current_data`` check of a stage (severity WARN: the checkpoint is
 still usable). It runs with every materialisation of the stage and, through its automation condition,
-every ``LONGVILA_FRESHNESS_CRON`` (default every 10 minutes), so the UI turns it yellow, with the
-counts, soon after new videos are curated. The training schedule (`orchestration.schedules`) re-trains
-the stages whose drift is not zero.
+every ``LONGVILA_FRESHNESS_CRON`` (default every 10 minutes) once the stage was trained, so the UI turns
+it yellow, with the counts, soon after new videos are curated. The training schedule
+(`orchestration.schedules`) re-trains the stages whose drift is not zero.
 
 Look-ups are bulk: two instance queries per per-video asset, whatever the number of videos.
 """
@@ -127,8 +127,10 @@ def freshness_check(stage: AssetKey, dataset: AssetKey, per_video: Sequence[Asse
                     cron: Optional[str] = None):
     """The ``trained_on_current_data`` check of `stage` (module docstring)."""
 
-    @asset_check(asset=stage, name=CHECK_NAME,
-                 automation_condition=AutomationCondition.cron_tick_passed(cron or FRESHNESS_CRON),
+    periodically = (AutomationCondition.cron_tick_passed(cron or FRESHNESS_CRON)
+                    & ~AutomationCondition.any_deps_missing()).with_label("periodically_once_trained")
+
+    @asset_check(asset=stage, name=CHECK_NAME, automation_condition=periodically,
                  description="the checkpoint was trained on the current data: no video new, changed or removed "
                              "since, and its dataset not rebuilt (WARN otherwise, with the counts)")
     def _check(context, lake: LakeResource) -> AssetCheckResult:

@@ -12,6 +12,9 @@
 * `wait_for_ticks(name, n)`: until a sensor (or the automation sensor) completed `n` more ticks;
 * `stop()`: ends the daemon and its children.
 
+`processes_mentioning(needle)` lists the processes whose command line contains `needle` (a run's storage
+path): how the tests check that no training rank outlives a cancelled run.
+
 Every wait polls with a deadline and fails with the daemon log's path; nothing sleeps for a fixed time.
 """
 
@@ -127,3 +130,18 @@ class ProjectDaemon:
                 self.proc.wait(10)
         self.instance.dispose()
         self._log.close()
+
+
+def processes_mentioning(needle: str) -> list[int]:
+    """Pids of this machine's processes (this one excepted) whose command line contains `needle` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            out.append(int(d.name))
+    return out

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.harness import processes_mentioning
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -24,20 +26,6 @@ r = materialize(a, resources={{"lake": LakeResource(storage={storage!r}), "train
                 instance=DagsterInstance.ephemeral(), raise_on_error=False)
 sys.exit(0 if r.success else 3)
 """
-
-
-def _processes_mentioning(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd:
-            out.append(int(d.name))
-    return out
 
 
 @pytest.mark.slow
@@ -63,14 +51,14 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
         assert launcher.poll() is None, "launcher ended before the first checkpoint"
         assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.1)
-    ranks = [p for p in _processes_mentioning(storage) if p != launcher.pid]
+    ranks = [p for p in processes_mentioning(storage) if p != launcher.pid]
     assert len(ranks) >= 3  # torchrun + 2 ranks
     launcher.send_signal(signal.SIGTERM)
     launcher.wait(timeout=60)
     deadline = time.time() + 60
-    while _processes_mentioning(storage) and time.time() < deadline:
+    while processes_mentioning(storage) and time.time() < deadline:
         time.sleep(0.2)
-    assert _processes_mentioning(storage) == [], "a torchrun rank survived the cancelled run"
+    assert processes_mentioning(storage) == [], "a torchrun rank survived the cancelled run"
     assert not (Path(storage) / "checkpoints" / "stage1_alignment" / "final").exists()
 
     # the next run resumes from the newest valid checkpoint and finishes

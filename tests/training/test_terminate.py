@@ -5,7 +5,6 @@ materialisation resumes from the last checkpoint."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,27 +13,13 @@ import pytest
 HERE = Path(__file__).resolve().parent
 
 
-def _processes_mentioning(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd:
-            out.append(int(d.name))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_terminate_from_the_ui_kills_every_rank_and_the_next_run_resumes(tmp_path, stage_datasets):
     from dagster import AssetKey
 
     from longvila import layout
-    from orchestration.harness import ProjectDaemon
+    from orchestration.harness import ProjectDaemon, processes_mentioning
 
     ws = tmp_path / "workspace.yaml"
     ws.write_text(f"load_from:\n  - python_file:\n      relative_path: {HERE / 'terminate_location.py'}\n"
@@ -48,7 +33,7 @@ def test_terminate_from_the_ui_kills_every_rank_and_the_next_run_resumes(tmp_pat
         ckpts = Path(storage) / "checkpoints" / "stage1_alignment"
         daemon.wait("a checkpoint", lambda: any(ckpts.rglob("step-*")), timeout=600, every=0.2)
         assert daemon.instance.get_run_by_id(run.run_id).status.value == "STARTED"
-        ranks = daemon.wait("the ranks", lambda: [p for p in _processes_mentioning(storage)
+        ranks = daemon.wait("the ranks", lambda: [p for p in processes_mentioning(storage)
                                                   if "training.train" in Path(f"/proc/{p}/cmdline").read_text()])
         assert len(ranks) >= 2
 
@@ -56,7 +41,7 @@ def test_terminate_from_the_ui_kills_every_rank_and_the_next_run_resumes(tmp_pat
 
         daemon.wait("the run cancelled", lambda: daemon.instance.get_run_by_id(run.run_id).status.value
                     == "CANCELED", timeout=180)
-        daemon.wait("every rank gone", lambda: not _processes_mentioning(storage), timeout=120)
+        daemon.wait("every rank gone", lambda: not processes_mentioning(storage), timeout=120)
         step_dirs = sorted(p.name for p in ckpts.rglob("step-*"))
         assert step_dirs, "the cancelled run left no checkpoint to resume from"
 
@@ -65,7 +50,8 @@ def test_terminate_from_the_ui_kills_every_rank_and_the_next_run_resumes(tmp_pat
                                                       ("SUCCESS", "FAILURE", "CANCELED") and r.run_id != run.run_id],
                            timeout=900)
         assert runs[0].status.value == "SUCCESS", daemon.log_path
-        md = daemon.instance.get_latest_materialization_event(AssetKey("stage1_alignment")).asset_materialization.metadata
+        latest = daemon.instance.get_latest_materialization_event(AssetKey("stage1_alignment"))
+        md = latest.asset_materialization.metadata
         assert md["resumed_from_step"].value >= 10 and md["resumed_from_step"].value % 10 == 0
         assert md["steps"].value == 400
     finally:
