@@ -72,6 +72,7 @@ from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT, VIDEO_INSTRUCTIONS
 from assets.common import dataset_video_keys, md_table
 from assets.curation import CLIP_FRAMES
 from assets.freshness import freshness_check, per_video_versions
+from assets.policies import TRANSIENT_RETRY
 from assets.resources import LakeResource
 from longvila import io as lio
 from longvila import layout
@@ -189,6 +190,7 @@ def _dataset_asset(recipe: Recipe, n: int):
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
 
     @asset(key=DATASET_KEYS[n], deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
+           retry_policy=TRANSIENT_RETRY,
            description=f"Stage-{n} dataset ({kind}) of recipe {recipe.name}: samples.parquet + manifest.json "
                        f"under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
@@ -204,7 +206,7 @@ def _dataset_asset(recipe: Recipe, n: int):
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
                                            versions=versions, log=context.log.info)
         except InputError as e:
-            raise Failure(str(e), metadata={"videos": len(keys)}) from e
+            raise Failure(str(e), metadata={"videos": len(keys)}, allow_retries=False) from e
         inputs = manifest.get("inputs", [])
         return MaterializeResult(
             data_version=DataVersion(manifest["content_hash"]),
