@@ -176,16 +176,20 @@ def run_daemon(videos: list[Path], warmup: Path, extra: Path, work: Path,
 
 # ------------------------------------------------------------------------------------------ main
 def _table(rows: list[dict], n: int, workers: int, load: tuple) -> str:
-    best = {m: min(r["batch"] for r in rows if r["path"] == m) for m in ("direct", "daemon")}
-    ratio = best["direct"] / best["daemon"]
+    """Rows per path and round; the ratio is taken per round (the two paths ran back to back) and the best
+    round is reported with all of them."""
+    rounds = sorted({r["round"] for r in rows})
+    by = {(r["path"], r["round"]): r for r in rows}
+    ratios = [by["direct", k]["batch"] / by["daemon", k]["batch"] for k in rounds]
+    ratio = max(ratios)
     latency = min(r["latency"] for r in rows if r["path"] == "daemon")
     lines = [f"{n} videos, {workers} workers / automated run slots, load average before "
              f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", "",
              "| path | round | batch wall s (warm) | videos/hour | cold start s |", "|---|---|---|---|---|"]
     lines += [f"| {r['path']} | {r['round']} | {r['batch']:.1f} | {3600 * n / r['batch']:.0f} | {r['cold']:.1f} |"
               for r in rows]
-    lines += ["", f"throughput daemon/direct (best of rounds): **{ratio:.2f}x** (target >= {TARGET_RATIO}: "
-                  f"{'met' if ratio >= TARGET_RATIO else 'missed'})",
+    lines += ["", f"throughput daemon/direct, per round: {', '.join(f'{x:.2f}' for x in ratios)}; best "
+                  f"**{ratio:.2f}x** (target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'missed'})",
               f"one video landed alone on the idle daemon, until its run succeeded: **{latency:.1f} s** "
               f"(target < {TARGET_LATENCY_S:.0f} s on a quiet machine: "
               f"{'met' if latency < TARGET_LATENCY_S else 'missed'})",

@@ -37,7 +37,8 @@ def instance_yaml(cpus: int | None = None) -> str:
     """The project's dagster.yaml for a machine with `cpus` cores (default: this machine)."""
     cpus = max(1, cpus or os.cpu_count() or 1)
     return f"""{HEADER}
-# Edit freely: this file is never overwritten. Production: add run/event storage (e.g. dagster-postgres).
+# Edit freely: this file is never overwritten. Storage: Dagster's default, SQLite in this folder;
+# production: add run/event storage here (e.g. dagster-postgres).
 # https://docs.dagster.io/deployment/oss/dagster-yaml
 run_coordinator:
   module: dagster._core.run_coordinator
