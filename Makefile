@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup browser demo test test-fast bench dev clean
+.PHONY: setup system-packages demo test test-fast bench dev clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,28 +23,34 @@ demo: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/longvila demo
 
-# Debian's Chromium and chromedriver for the browser tests (tests/orchestration/test_browser.py). Installed with
-# apt when missing; where apt is not usable (no root, no apt) this says so loudly and those tests skip.
-browser:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
-		echo "chromium: $$(command -v chromium), chromedriver: $$(command -v chromedriver)"; \
+# Debian packages the tests use: Chromium and its chromedriver (browser tests, tests/orchestration/test_browser.py)
+# and PostgreSQL's server binaries (the scale tests' throwaway server, longvila/pgserver.py). Installed with apt,
+# non-interactively, when missing (as root, or through passwordless sudo); where apt is not usable this says so
+# loudly and the tests that need them skip.
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || missing="chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then \
+		echo "system packages present: chromium, chromedriver, postgresql"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	elif command -v apt-get >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then \
 		sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
 		echo "############################################################################################"; \
-		echo "# WARNING: chromium/chromedriver are missing and apt-get is not usable here (not root, no sudo"; \
-		echo "# or no apt): the browser tests will be SKIPPED. Install Debian's chromium and chromium-driver."; \
+		echo "# WARNING: missing Debian packages:$$missing, and apt-get is not usable here (not root,"; \
+		echo "# no sudo, or no apt): the browser / PostgreSQL tests that need them will be SKIPPED."; \
 		echo "############################################################################################"; \
 	fi
 
-test: setup browser
+test: setup system-packages
 	$(PY) -m pytest -q
 
-test-fast: setup browser
+test-fast: setup system-packages
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
@@ -55,6 +61,9 @@ bench: setup
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
 	$(PY) bench/orchestration.py
+	$(PY) bench/scale.py
+	$(PY) bench/faults.py
+	$(PY) bench/long_context.py
 
 dev: setup
 	$(VENV)/bin/longvila dev

@@ -23,7 +23,10 @@ notices new/changed files by a cheap fingerprint (size + mtime/ETag, `longvila.s
 provenance (run, time, source URL) in the event log. It works unchanged with `materialize()`, the demo
 and `execute_in_process`, and the automated downstream assets react to its data version. A partitioned
 `@observable_source_asset` would re-hash every video on each observation (`DataVersionsByPartition`
-covers all partitions) or need hand-made observation events. `raw_video` copies nothing: the video stays in the source.
+covers all partitions) or need hand-made observation events. `raw_video` hashes the video while copying it
+into the local content-addressed cache (`longvila.cache.snapshot`), and every later step decodes that copy
+(`pinned_copy`, re-fetched and verified if evicted): a source file replaced after raw_video hashed it is
+never silently curated.
 
 Automation: every asset below raw_video has the shared `assets.policies.ON_NEW_DATA` condition (keyed on
 input *data versions* and code versions, not on any new materialisation): a changed video re-runs
@@ -52,9 +55,9 @@ from typing import Iterator, Optional
 
 from dagster import (
     AssetCheckResult,
-    AssetSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     DataVersion,
     Definitions,
     MaterializeResult,
@@ -62,8 +65,10 @@ from dagster import (
 )
 
 from assets.common import (
+    data_version,
     failure,
     input_failure,
+    latest_record,
     layer_result,
     md_table,
     per_video_asset,
@@ -74,13 +79,12 @@ from assets.common import (
 )
 from assets.partitions import partitioned_checks
 from assets.resources import LakeResource
-from curation.config import CurationConfig
+from curation.config import CurationConfig, code_versions
 from longvila import io as lio
 from longvila import layout
-from longvila.settings import default_cache_dir, default_cache_max_bytes
+from longvila.cache import pinned_copy, snapshot
 
 GROUP = "curation"
-RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
 
 # asset keys other layers depend on
 VIDEO_SOURCE = AssetKey("video_source")
@@ -91,6 +95,14 @@ VIDEO_CLIPS = AssetKey("video_clips")
 CLIP_FRAMES = AssetKey("clip_frames")
 VIDEO_FRAMES = AssetKey("video_frames")
 CLIP_FILES = AssetKey("clip_files")
+
+VIDEO_SOURCE_SPEC = AssetSpec(
+    key=VIDEO_SOURCE, group_name=GROUP, kinds={"json"},
+    description="The source folder or bucket as the new-video sensor sees it (longvila.sources): each "
+    "materialisation is reported by the sensor when the manifest changes and lists the present videos, "
+    "the removed ones (when and why) and the rejected files (why). Removed videos keep their partition "
+    "and history; the datasets leave them out.",
+)
 
 # tolerance when comparing clip durations with the configured bounds (float seconds)
 _EPS = 1e-6
@@ -112,13 +124,22 @@ def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
         yield
 
 
+def _raw_sha(context) -> str:
+    """sha256 of the video that this partition's latest raw_video materialisation hashed (its data version)."""
+    sha = data_version(latest_record(context.instance, RAW_VIDEO, context.partition_key))
+    if not sha:
+        raise failure(context, "source lookup", "raw_video has not been materialised")
+    return sha
+
+
+def _suffix(entry: dict) -> str:
+    return os.path.splitext(entry.get("relpath") or entry["url"])[1]
+
+
 @contextlib.contextmanager
-def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
-    url = entry["url"]
-    suffix = os.path.splitext(entry.get("relpath") or url)[1]
-    # remote videos are downloaded once into the local cache and shared by every curation step
-    with lio.local_copy(url, lake.settings(), suffix=suffix, cache_dir=default_cache_dir(),
-                        cache_max_bytes=default_cache_max_bytes()) as path:
+def _local_video(context, entry: dict, lake: LakeResource) -> Iterator[str]:
+    """A local copy holding exactly the bytes raw_video hashed (longvila.cache.pinned_copy)."""
+    with pinned_copy(entry["url"], _raw_sha(context), lake.settings(), suffix=_suffix(entry)) as path:
         yield path
 
 
@@ -133,30 +154,6 @@ def _read_table(lake: LakeResource, layer: str, key: str, columns=None):
 # ---------------------------------------------------------------------------------------------
 # code versions
 # ---------------------------------------------------------------------------------------------
-def code_versions(cfg: CurationConfig) -> dict[str, str]:
-    """Code version of every curation asset for a configuration (library version + parameters)."""
-    from curation import clips as _clips
-    from curation import frames as _frames
-    from curation import probe as _probe
-    from curation import shots as _shots
-
-    fr = dict(size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality)
-    out = {
-        "raw_video": RAW_VIDEO_CODE_VERSION,
-        "video_probe": _probe.CODE_VERSION,
-        "video_shots": _shots.code_version(cfg.detector, **cfg.detector_options),
-        "video_clips": _clips.code_version(max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s),
-        "clip_frames": _frames.code_version(kind="clip", frames_per_clip=cfg.frames_per_clip, **fr),
-        "video_frames": _frames.code_version(kind="video", fps=cfg.video_fps, max_frames=cfg.max_video_frames,
-                                             **fr),
-    }
-    if cfg.write_clip_files:
-        from curation import clipfiles as _clipfiles
-
-        out["clip_files"] = getattr(_clipfiles, "CODE_VERSION", "clipfiles-v1")
-    return out
-
-
 def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
     """How many whole-video frames `video_frames` should hold for a video of `duration_s`."""
     n = int(math.floor(duration_s * cfg.video_fps + 1e-9))
@@ -186,16 +183,16 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         group_name=GROUP,
         code_version=cv["raw_video"],
         kinds={"video"},
-        description="A raw video of the source (not copied). Data version = sha256 of its bytes. "
+        description="A raw video of the source, hashed while copied into the local content-addressed cache "
+        "(the copy every later step decodes). Data version = sha256 of its bytes. "
         "Materialised by the new-video sensor's runs for new or changed videos.",
     )
     def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         entry = _source(context, lake)
         t0 = time.perf_counter()
-        try:
-            sha = lio.sha256_file(entry["url"], lake.settings())
-            fs, p = lio.get_fs(entry["url"], lake.settings())
-            size = int(fs.size(p))
+        try:  # hashed while copied into the local cache: later steps decode exactly these bytes
+            snap = snapshot(entry["url"], lake.settings(), suffix=_suffix(entry))
+            sha, size = snap.sha256, snap.size_bytes
         except FileNotFoundError:
             raise failure(context, "raw video", f"gone from the source ({entry['url']})",
                           file=entry.get("relpath")) from None
@@ -228,8 +225,8 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "probe"), _local_video(entry, lake) as path:
-            res = probe_video(path)
+        with _video_failure(context, entry, "probe"), _local_video(context, entry, lake) as path:
+            res = probe_video(path, sha256=_raw_sha(context))
         d = res.to_dict()
         d["path"] = entry["url"]
         d["relpath"] = entry.get("relpath")
@@ -266,7 +263,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         probe = _read_json(lake, "probe", key)
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "shot detection"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "shot detection"), _local_video(context, entry, lake) as path:
             shots = detect_shots(path, detector=cfg.detector, progress=progress(context), **cfg.detector_options)
         secs = time.perf_counter() - t0
         table = shots_to_table(shots)
@@ -341,7 +338,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         clips = table_to_clips(_read_table(lake, "clips", key))
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "clip frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "clip frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
                                        jpeg_quality=cfg.jpeg_quality, progress=progress(context))
         secs = time.perf_counter() - t0
@@ -374,7 +371,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "video frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "video frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames,
                                         size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
                                         progress=progress(context))
@@ -388,14 +385,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             seconds=round(secs, 3),
         )
 
-    source = AssetSpec(
-        key=VIDEO_SOURCE, group_name=GROUP, kinds={"json"},
-        description="The source folder or bucket as the new-video sensor sees it (longvila.sources): each "
-        "materialisation is reported by the sensor when the manifest changes and lists the present videos, "
-        "the removed ones (when and why) and the rejected files (why). Removed videos keep their partition "
-        "and history; the datasets leave them out.",
-    )
-    assets_ = [source, raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
+    assets_ = [VIDEO_SOURCE_SPEC, raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
 
     if cfg.write_clip_files:
 
@@ -405,40 +395,28 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             group_name=GROUP,
             code_version=cv["clip_files"],
             kinds={"video"},
-            check_specs=[per_video_check_spec("clip_files_exist", CLIP_FILES, description="one file per clip exists")],
-            description="Every clip cut into its own MP4 (curation.clipfiles): clip_files/<key>/<index>.mp4 "
-            "plus index.json written last (the index is the commit marker).",
+            check_specs=[per_video_check_spec("clip_files_exist", CLIP_FILES,
+                                              description="the committed index names one existing file per clip")],
+            description="Every clip cut into its own MP4 (curation.clipfiles.write_clip_set): "
+            "clip_files/<key>/<version>/<index>.mp4, committed by clip_files/<key>/index.json written last.",
         )
         def clip_files(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-            from curation.clipfiles import write_clip_file
+            from curation.clipfiles import write_clip_set
             from curation.schemas import table_to_clips
 
             entry = _source(context, lake)
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            written: list[str] = []
-            records = []
-            try:
-                with _video_failure(context, entry, "clip cutting"), _local_video(entry, lake) as path:
-                    for c in clips:
-                        dst = layout.clip_file_path(lake.storage_root, key, c.index)
-                        rec = write_clip_file(path, c, dst)
-                        written.append(dst)
-                        records.append({"clip_index": c.index, "url": dst, **(rec or {})})
-            except BaseException:
-                # leave no partial set of clip files behind
-                for dst in written:
-                    with contextlib.suppress(Exception):
-                        fs, p = lio.get_fs(dst, lake.settings())
-                        fs.rm(p)
-                raise
-            index_url = layout.clip_files_index_path(lake.storage_root, key)
-            version = write_json(index_url, {"partition": key, "clips": records}, lake.settings())
-            missing = [c.index for c in clips
-                       if not lio.exists(layout.clip_file_path(lake.storage_root, key, c.index), lake.settings())]
+            # one versioned set, committed by its index.json: a failure leaves the previous set intact
+            with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
+                index, sha = write_clip_set(path, clips, layout.clip_files_dir(lake.storage_root, key),
+                                            lake.settings(), index_extra={"partition": key})
+            missing = [r["clip_index"] for r in index["clips"] if not lio.exists(r["url"], lake.settings())]
+            missing += sorted({c.index for c in clips} - {r["clip_index"] for r in index["clips"]})
             exist = AssetCheckResult(check_name="clip_files_exist", passed=not missing,
                                      metadata={"missing": str(missing[:20]), "num_clips": len(clips)})
-            return layer_result(index_url, version, checks=[exist], num_files=len(records))
+            return layer_result(layout.clip_files_index_path(lake.storage_root, key), sha, checks=[exist],
+                                num_files=len(index["clips"]), set_version=index["version"])
 
         assets_.append(clip_files)
 

@@ -1,14 +1,15 @@
 """How far a stage checkpoint is behind its data, as an asset check the UI shows on every stage.
 
-A stage dataset records, per video, the data versions of the per-video assets it was built from
-(stage 1-3 datasets: ``clip_captions`` and ``clip_frames`` in their manifest's ``inputs``; the
-long-video SFT dataset: ``video_instructions`` in its ``video_versions`` metadata). A checkpoint
-records which dataset materialisation it consumed (Dagster's ``dagster/input_event_pointer`` tag).
-`stage_drift` compares the two with what the instance holds now, for the videos present in the source:
+A checkpoint records which dataset materialisation it consumed (Dagster's ``dagster/input_event_pointer``
+and ``dagster/input_data_version`` tags). `stage_drift` compares, for the per-video assets the dataset
+reads (stages 1-3: ``clip_captions`` and ``clip_frames``; stage 5: ``video_instructions``; none for generated
+data or in shard mode), the data versions the event log held when that dataset was built (the rule of
+``longvila lineage --verify``) with the versions it holds now, for the videos present in the source:
 
-* new: a video with current versions that the consumed dataset did not contain;
-* changed: a video whose versions differ from the consumed ones (re-curated, re-captioned);
-* removed: a video the dataset contained that is no longer present (or lost its captions);
+* new: a present video with current versions that had none when the dataset was built;
+* changed: a video whose versions differ from those of that time (re-curated, re-captioned);
+* removed: a video that had versions then and was removed from the source after the checkpoint was trained
+  (the source manifest's ``removed_at``);
 * dataset_behind: the dataset itself was rebuilt since the checkpoint was trained.
 
 `freshness_check` is the ``trained_on_current_data`` check of a stage (severity WARN: the checkpoint is
@@ -17,14 +18,16 @@ every ``LONGVILA_FRESHNESS_CRON`` (default every 10 minutes) once the stage was 
 it yellow, with the counts, soon after new videos are curated. The training schedule
 (`orchestration.schedules`) re-trains the stages whose drift is not zero.
 
-Look-ups are bulk: two instance queries per per-video asset, whatever the number of videos.
+Look-ups are bulk: per per-video asset, two queries for the current versions and about videos / 5,000
+paged queries for the versions of the dataset's time, whatever the number of videos.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from datetime import datetime
+from typing import Iterable, Optional, Sequence
 
 from dagster import (
     AssetCheckResult,
@@ -35,8 +38,9 @@ from dagster import (
     asset_check,
 )
 
-from assets.common import data_version, dataset_video_keys, latest_record, metadata_values
+from assets.common import data_version, dataset_video_keys, latest_record, versions_as_of
 from assets.resources import LakeResource
+from longvila import sources
 
 FRESHNESS_CRON = os.environ.get("LONGVILA_FRESHNESS_CRON") or "*/10 * * * *"
 CHECK_NAME = "trained_on_current_data"
@@ -45,7 +49,7 @@ INPUT_VERSION_TAG = "dagster/input_data_version/"
 
 
 def version_field(asset: AssetKey) -> str:
-    """The name under which datasets record the data version of a per-video asset."""
+    """The name of a per-video asset's data version in a video's row of versions."""
     return f"{asset.to_python_identifier()}_data_version"
 
 
@@ -62,20 +66,16 @@ def latest_versions(instance, asset: AssetKey, partitions: Sequence[str]) -> dic
     return {r.asset_materialization.partition: data_version(r) for r in records}
 
 
-def per_video_versions(instance, keys: Sequence[str], assets: Sequence[AssetKey]) -> dict[str, dict]:
-    """{video key: {"<asset>_data_version": version}} for the videos that have every asset materialised."""
-    by_asset = {a: latest_versions(instance, a, keys) for a in assets}
-    return {k: {version_field(a): by_asset[a][k] for a in assets} for k in keys
-            if all(k in by_asset[a] for a in assets)}
+def _rows(by_asset: dict[AssetKey, dict[str, str]], keys: Iterable[str]) -> dict[str, dict]:
+    """{video: {"<asset>_data_version": version}} for the `keys` that have a version of every asset."""
+    return {k: {version_field(a): v[k] for a, v in by_asset.items()} for k in keys
+            if all(k in v for v in by_asset.values())}
 
 
-def consumed_versions(dataset_metadata: dict, assets: Sequence[AssetKey]) -> dict[str, dict]:
-    """The per-video versions a dataset materialisation recorded (see the module docstring)."""
-    fields = [version_field(a) for a in assets]
-    manifest = dataset_metadata.get("manifest") or {}
-    if manifest.get("inputs"):
-        return {i["video_key"]: {f: i.get(f) for f in fields} for i in manifest["inputs"] if "video_key" in i}
-    return {k: {fields[0]: v} for k, v in (dataset_metadata.get("video_versions") or {}).items()}
+def _removed_since(manifest: dict, since_ts: float) -> set[str]:
+    """Videos the source manifest marks removed after the POSIX time `since_ts`."""
+    return {r["key"] for r in sources.removed_videos(manifest)
+            if r["removed_at"] and datetime.fromisoformat(r["removed_at"]).timestamp() > since_ts}
 
 
 @dataclass
@@ -106,20 +106,18 @@ def stage_drift(instance, lake: LakeResource, stage: AssetKey, dataset: AssetKey
         return Drift()
     tags = trained.asset_materialization.tags or {}
     pointer = tags.get(INPUT_POINTER_TAG + dataset.to_user_string())
-    consumed_record = None
-    if pointer and pointer.isdigit():
-        recs = instance.fetch_materializations(AssetRecordsFilter(asset_key=dataset, storage_ids=[int(pointer)]),
-                                               limit=1).records
-        consumed_record = recs[0] if recs else None
     current_dataset = data_version(latest_record(instance, dataset))
     drift = Drift(trained=True,
                   dataset_behind=current_dataset != tags.get(INPUT_VERSION_TAG + dataset.to_user_string()))
     if per_video:
-        consumed = consumed_versions(metadata_values(consumed_record), per_video)
-        current = per_video_versions(instance, dataset_video_keys(instance, lake), per_video)
+        present = dataset_video_keys(instance, lake)
+        current = _rows({a: latest_versions(instance, a, present) for a in per_video}, present)
+        then = {a: versions_as_of(instance, a, int(pointer)) if pointer and pointer.isdigit() else {}
+                for a in per_video}
+        consumed = _rows(then, set().union(*then.values()))
         drift.new = sorted(set(current) - set(consumed))
         drift.changed = sorted(k for k in set(current) & set(consumed) if current[k] != consumed[k])
-        drift.removed = sorted(set(consumed) - set(current))
+        drift.removed = sorted(set(consumed) & _removed_since(lake.read_manifest(), trained.timestamp))
     return drift
 
 

@@ -9,7 +9,7 @@ One file per video partition per layer, so a partition's outputs are independent
 | clips | `clips/<key>.parquet` | Parquet, schema curation.schemas.CLIPS |
 | clip_frames | `clip_frames/<key>.parquet` | Parquet, JPEG bytes, schema curation.schemas.CLIP_FRAMES |
 | video_frames | `video_frames/<key>.parquet` | Parquet, JPEG bytes, schema curation.schemas.VIDEO_FRAMES |
-| clip_files | `clip_files/<key>/<clip_index:05d>.mp4` | optional per-clip MP4 |
+| clip_files | `clip_files/<key>/index.json` -> `<key>/<version>/<clip_index:05d>.mp4` | optional per-clip MP4s |
 | clip_captions | `captions/<key>.parquet` | Parquet |
 | video_summary | `summaries/<key>.json` | JSON |
 | video_instructions | `instructions/<key>.jsonl` | LLaVA conversation records |
@@ -57,12 +57,14 @@ def layer_path(storage: str, layer: str, key: str) -> str:
     return join(storage, layer, f"{check_key(key)}.{LAYER_EXT[layer]}")
 
 
-def clip_file_path(storage: str, key: str, clip_index: int) -> str:
-    return join(storage, "clip_files", check_key(key), f"{int(clip_index):05d}.mp4")
+def clip_files_dir(storage: str, key: str) -> str:
+    """Root of one video's versioned clip-file sets (curation.clipfiles.write_clip_set)."""
+    return join(storage, "clip_files", check_key(key))
 
 
 def clip_files_index_path(storage: str, key: str) -> str:
-    return join(storage, "clip_files", check_key(key), "index.json")
+    """The commit marker of a video's clip files: names the current version and its files."""
+    return join(clip_files_dir(storage, key), "index.json")
 
 
 def dataset_dir(storage: str, name: str) -> str:

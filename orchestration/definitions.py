@@ -42,12 +42,13 @@ from assets import evaluation as evaluation_assets
 from assets import training as training_assets
 from assets.partitions import videos
 from assets.resources import LakeResource
+from assets.shards import build_shard_defs, shard_mode
 
 from . import reports
 from .executors import executor_from_env
-from .schedules import training_job, training_schedule
 from .instance import AUTOMATED_RUN_TAGS, ensure_dagster_home
-from .sensors import build_new_video_sensor
+from .schedules import training_job, training_schedule
+from .sensors import build_new_shard_sensor, build_new_video_sensor
 
 # Every module here exposes `defs: dagster.Definitions`; listed explicitly, in lineage order.
 ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets, reports]
@@ -90,14 +91,21 @@ def build_defs(
     executor: Optional[ExecutorDefinition] = None,
 ) -> Definitions:
     """Merged Definitions; arguments override the defaults (tests pass a subset of the layers, an explicit
-    lake or executor). Jobs and schedules join only with the layers they target."""
+    lake or executor). Jobs and schedules join only with the layers they target. In shard mode
+    (`assets.shards`), curated shards feed the caption datasets and stages 1-4; the per-video curation and
+    caption layers, whose work the shards do, are left out."""
     ensure_dagster_home()
-    layers = Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)],
-                               Definitions(resources={"lake": lake or LakeResource.from_env()}))
+    sharded = modules is None and shard_mode()
+    layer_defs = ([build_shard_defs(), Definitions(assets=[curation_assets.VIDEO_SOURCE_SPEC]),
+                   training_assets.build_training_defs(), evaluation_assets.defs, reports.defs] if sharded
+                  else [m.defs for m in (modules or ASSET_MODULES)])
+    layers = Definitions.merge(*layer_defs, Definitions(resources={"lake": lake or LakeResource.from_env()}))
     keys = layers.resolve_asset_graph().materializable_asset_keys
-    has_curation, has_training = curation_assets.RAW_VIDEO in keys, training_assets.STAGE_KEYS[-1] in keys
+    has_curation, has_training = curation_assets.RAW_VIDEO in keys, training_assets.STAGE_KEYS[0] in keys
+    new_video = ([build_new_shard_sensor()] if sharded
+                 else [build_new_video_sensor(per_video_chain(layers))] if has_curation else [])
     shared = Definitions(
-        sensors=[automation_sensor, *([build_new_video_sensor(per_video_chain(layers))] if has_curation else [])],
+        sensors=[automation_sensor, *new_video],
         jobs=[job for job, present in ((curation_lineage_job, has_curation), (training_job, has_training)) if present],
         schedules=[training_schedule] if has_training else [],
         executor=executor or executor_from_env(),

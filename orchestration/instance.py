@@ -38,7 +38,7 @@ def instance_yaml(cpus: int | None = None) -> str:
     cpus = max(1, cpus or os.cpu_count() or 1)
     return f"""{HEADER}
 # Edit freely: this file is never overwritten. Storage: Dagster's default, SQLite in this folder;
-# production: add run/event storage here (e.g. dagster-postgres).
+# production: append deploy/dagster-postgres.yaml (PostgreSQL storage; README "Scaling out").
 # https://docs.dagster.io/deployment/oss/dagster-yaml
 run_coordinator:
   module: dagster._core.run_coordinator

@@ -10,7 +10,7 @@ os.environ.setdefault("LONGVILA_RETRY_DELAY_S", "0.05")
 
 @pytest.fixture(autouse=True)
 def _isolated_download_cache(tmp_path_factory, monkeypatch):
-    # remote (s3://) videos are cached locally by the curation assets; keep each test's cache private
+    # raw videos are copied into a content-addressed cache by the curation assets; keep each test's cache private
     monkeypatch.setenv("LONGVILA_CACHE_DIR", str(tmp_path_factory.mktemp("download-cache")))
 
 

@@ -8,7 +8,7 @@ Layout under `longvila.layout.dataset_dir(storage, "long_video_sft")`:
 * ``manifest.json`` (written last: it is the commit point):
 
       {"name": "long_video_sft", "format": "llava-conversations-jsonl", "records": "records-....jsonl",
-       "sha256": "...", "num_records": N, "num_videos": V,
+       "content_hash": "<sha256 of the records file>", "num_records": N, "num_videos": V,
        "videos": {"<key>": {"data_version": "...", "num_records": n, "question_types": {...}}},
        "failed": {"<key>": "reason"}, "missing": ["<key>", ...],
        "question_types": {"Spatial": n, ...}, "created_utc": "..."}
@@ -36,8 +36,13 @@ def instructions_report_path(storage: str, key: str) -> str:
     return lio.join(storage, "instructions", f"{key}.report.json")
 
 
-def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> dict:
-    """Gather the instruction records of `keys` into one dataset; return the manifest."""
+def build_long_video_sft(storage: str, keys: Sequence[str], settings=None,
+                         code_versions: dict[str, str | None] | None = None) -> dict:
+    """Gather the instruction records of `keys` into one dataset; return the manifest. The per-video
+    provenance (raw sha256, instructions version) goes to ``lineage.parquet`` (longvila.lineage_table)."""
+    from longvila.lineage_table import LineageTable, raw_sha256
+
+    lineage = LineageTable(DATASET_NAME, dict(code_versions or {}))
     videos: dict[str, dict] = {}
     failed: dict[str, str] = {}
     missing: list[str] = []
@@ -61,23 +66,26 @@ def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> di
             if r.get("question_type") in qtypes:
                 qtypes[r["question_type"]] += 1
         videos[key] = {"data_version": hashlib.sha256(data).hexdigest(), "num_records": len(recs), "question_types": counts}
+        lineage.add(key, raw_sha256(storage, key, settings), {"video_instructions": videos[key]["data_version"]})
         records.extend(recs)
     body = to_jsonl(records).encode("utf-8")
     sha = hashlib.sha256(body).hexdigest()
     root = layout.dataset_dir(storage, DATASET_NAME)
     name = f"records-{sha[:16]}.jsonl"
     lio.write_bytes(lio.join(root, name), body, settings)
+    table_url, table_sha = lineage.write(root, settings)
     manifest = {
         "name": DATASET_NAME,
         "format": FORMAT,
         "records": name,
-        "sha256": sha,
+        "content_hash": sha,
         "num_records": len(records),
         "num_videos": len(videos),
         "videos": videos,
         "failed": failed,
         "missing": missing,
         "question_types": qtypes,
+        "lineage": {"table": table_url.rsplit("/", 1)[-1], "sha256": table_sha, "videos": len(lineage.rows)},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     lio.write_json(lio.join(root, "manifest.json"), manifest, settings)
@@ -95,8 +103,8 @@ def load_long_video_sft(storage: str, settings=None) -> tuple[dict, list[dict]]:
     manifest = lio.read_json(murl, settings)
     rurl = lio.join(root, manifest["records"])
     body = lio.read_bytes(rurl, settings)
-    if hashlib.sha256(body).hexdigest() != manifest["sha256"]:
-        raise InputError(rurl, "records file does not match the manifest's sha256")
+    if hashlib.sha256(body).hexdigest() != manifest["content_hash"]:
+        raise InputError(rurl, "records file does not match the manifest's content_hash (sha256)")
     return manifest, read_jsonl(body.decode("utf-8"), rurl)
 
 

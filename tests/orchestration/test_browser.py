@@ -1,4 +1,4 @@
-"""The Dagster UI in a real browser (Debian's Chromium through its chromedriver, installed by ``make browser``):
+"""The Dagster UI in a real browser (Debian's Chromium through its chromedriver, installed by ``make test`` through ``make system-packages``):
 the asset graph, the per-video partitions, a materialisation of one video's curation launched from the UI
 and seen to succeed, the stage-5 loss curve and the V-NIAH heatmap.
 
@@ -49,7 +49,7 @@ def artifacts() -> Path:
 def project(tmp_path_factory, small_video_cache):
     """The whole lineage materialised on one video, then a daemon and a webserver on that instance."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (make browser installs them)")
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make system-packages installs them)")
     from orchestration.demo import run_demo
     from orchestration.harness import ProjectDaemon
 

@@ -19,7 +19,7 @@ def test_layout_refuses_foreign_keys(key):
     with pytest.raises(InputError, match="not a video partition key"):
         layout.layer_path("/lake", "probe", key)
     with pytest.raises(InputError):
-        layout.clip_file_path("/lake", key, 0)
+        layout.clip_files_dir("/lake", key)
 
 
 def test_layout_accepts_generated_keys_and_plain_names():

@@ -97,7 +97,7 @@ def test_changed_video_and_code_version_staleness(tmp_path, small_video_cache, h
     # bring a up to date again, then change the shot detector's parameters (a new code version)
     assert helpers.run_partition(defs, inst, ka, keys).success
     assert stale_report(defs, inst, [ka, kb]).transitive == set()
-    cfg2 = CurationConfig(detector_options={"hist_threshold": 0.3})
+    cfg2 = CurationConfig(detector_options={"cut_ratio": 3.0})
     mod2 = types.SimpleNamespace(defs=build_curation_defs(cfg2))
     from dagster import in_process_executor
 

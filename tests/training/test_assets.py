@@ -30,9 +30,11 @@ from longvila import io as lio
 from longvila import layout
 from assets.partitions import videos
 from assets.resources import LakeResource
+from training.config import TRAINER_VERSION
 
 KEYS = ["alpha-0000000a", "beta-0000000b"]
 STAGES = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft"]
+DATASET_ASSETS = ["stage1_dataset", "stage2_dataset", "stage3_dataset", "stage4_dataset", "long_video_sft_dataset"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,9 +53,12 @@ def standin_assets(source: Path):
     """raw_video -> clip_frames, video_frames -> clip_captions -> video_instructions -> long_video_sft_dataset."""
 
     @asset(key="raw_video", partitions_def=videos, code_version="standin-raw-1")
-    def raw_video(context: AssetExecutionContext) -> MaterializeResult:
+    def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         data = (source / f"{context.partition_key}.bin").read_bytes()
-        return MaterializeResult(data_version=DataVersion(hashlib.sha256(data).hexdigest()),
+        sha = hashlib.sha256(data).hexdigest()
+        # like curation's probe layer: the raw sha256 the datasets' lineage tables read
+        lio.write_json(layout.layer_path(lake.storage_root, "probe", context.partition_key), {"sha256": sha})
+        return MaterializeResult(data_version=DataVersion(sha),
                                  metadata={"path": str(source / f"{context.partition_key}.bin")})
 
     def _seed(k):
@@ -119,10 +124,9 @@ def standin_assets(source: Path):
         from curation.captioning.dataset import build_long_video_sft
 
         m = build_long_video_sft(lake.storage_root, sorted(context.instance.get_dynamic_partitions("videos")))
-        return MaterializeResult(data_version=DataVersion(m["sha256"]),
+        return MaterializeResult(data_version=DataVersion(m["content_hash"]),
                                  metadata={"path": layout.dataset_dir(lake.storage_root, "long_video_sft"),
-                                           "num_records": m["num_records"],
-                                           "video_versions": {k: v["data_version"] for k, v in m["videos"].items()}})
+                                           "num_records": m["num_records"]})
 
     return [raw_video, clip_frames, video_frames, clip_captions, video_instructions, long_video_sft_dataset]
 
@@ -178,9 +182,13 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         assert md["final_loss"].value > 0 and md["tokens_per_s"].value > 0
         assert md["steps"].value == 2
         assert md["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
-        ckpt = Path(md["checkpoint"].value)
-        assert ckpt.name == "final" and ckpt.parent.name == st
+        ckpt = Path(md["checkpoint"].value)  # the immutable export; `final` points at it
+        assert ckpt.parent.name == "exports" and ckpt.parent.parent.name == st
+        assert (ckpt.parent.parent / "final").resolve() == ckpt.resolve()
         assert m.tags["dagster/data_version"] == sha256_tree(ckpt) == md["checkpoint_sha256"].value
+        # the trainer records the verified version of the dataset it read (issue 12: stage 5 had [null])
+        dataset = DATASET_ASSETS[i]
+        assert md["dataset_versions"].value == [_latest(inst, dataset).tags["dagster/data_version"]]
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
@@ -215,14 +223,19 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     assert {d["asset"] for d in rep["datasets"]} == {"stage1_dataset", "stage2_dataset", "stage3_dataset",
                                                       "stage4_dataset", "long_video_sft_dataset"}
     assert rep["code_versions"]["clip_captions"] == ["standin-captions-1"]
-    assert rep["code_versions"]["stage5_long_sft"][0].startswith("trainer-v1:smoke:")
+    assert rep["code_versions"]["stage5_long_sft"][0].startswith(f"{TRAINER_VERSION}:smoke:")
+    # every stage's checkpoint states the dataset versions it was trained on
+    assert all(c["dataset_versions"] and None not in c["dataset_versions"] for c in rep["checkpoints"])
     assert not rep["unresolved"]
-    # partitioned upstreams are verified against Dagster's hashed input versions
+    # per-video inputs come from the lineage table the dataset recorded; --verify checks it against the event log
     s1 = next(n for n in rep["nodes"] if n["asset"] == "stage1_dataset")
-    assert {u["asset"]: u["how"] for u in s1["upstream"]} == {"clip_captions": "verified", "clip_frames": "verified"}
+    assert {u["asset"]: u["how"] for u in s1["upstream"]} == {"clip_captions": "lineage-table",
+                                                               "clip_frames": "lineage-table"}
+    assert not lineage(inst, "stage5_long_sft", verify=True)["unresolved"]
     assert fed_by(rep, KEYS[0]) and not fed_by(rep, "gamma-0000000c")
     md = to_markdown(rep)
-    assert KEYS[0] in md and "## Stage checkpoints" in md
+    assert KEYS[0] in md and "## Stage checkpoints" in md and "trained on dataset versions" in md
+    assert "(not recorded)" not in md
     # stage 4 trains on the generated passkey set only: no raw video feeds it... except through stage 3
     rep4 = lineage(inst, "stage4_dataset")
     assert rep4["raw_videos"] == []
@@ -351,3 +364,25 @@ def test_checkpoints_show_when_their_data_moved_on_and_the_schedule_retrains_the
                                                                  "long_video_sft_dataset"}
     assert req.tags["longvila/automated"] == "true" and req.tags["dagster/priority"] == "-1"
     assert project_defs.resolve_job_def("training").tags["dagster/max_runtime"] == "1800"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_stage_asset_on_two_loopback_nodes_matches_one_node(graph, tmp_path):
+    """The real stage-1 asset through the training_launcher: 2 torchrun agents on 127.0.0.1 (static
+    rendezvous, 1 process each) against 1 agent with 2 processes: same world, same checkpoint bytes."""
+    from assets.training import TrainingLauncher, build_training_defs
+
+    inst, lake = graph["instance"], graph["lake"]
+    versions, losses = {}, {}
+    for nnodes, nproc in ((1, 2), (2, 1)):
+        launcher = TrainingLauncher(max_steps=2, num_threads=1, nnodes=nnodes, nproc_per_node=nproc,
+                                    checkpoint_root=str(tmp_path / f"{nnodes}x{nproc}"))
+        stage1 = next(a for a in build_training_defs(launcher=launcher).assets if a.key == AssetKey(STAGES[0]))
+        res = materialize([stage1], instance=inst, resources={"lake": lake, "training_launcher": launcher})
+        assert res.success
+        mat = res.asset_materializations_for_node(stage1.op.name)[0]
+        versions[nnodes] = mat.tags["dagster/data_version"]
+        losses[nnodes] = mat.metadata["final_loss"].value
+    assert losses[2] == pytest.approx(losses[1], rel=1e-6)
+    assert versions[2] == versions[1]

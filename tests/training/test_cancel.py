@@ -45,9 +45,9 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)], cwd=REPO,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = Path(storage) / "checkpoints" / "stage1_alignment" / "checkpoints"
+    stage_dir = Path(storage) / "checkpoints" / "stage1_alignment"
     deadline = time.time() + 240
-    while not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
+    while not any(stage_dir.glob("runs/*/checkpoints/step-*")):
         assert launcher.poll() is None, "launcher ended before the first checkpoint"
         assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.1)

@@ -8,14 +8,17 @@
 | 4 context extension | `passkey` | locally generated long-text passkey-retrieval set (rendered to each phase's length at training time) |
 | 5 long SFT | `long_video_sft` | the curated long-video SFT dataset (read by the trainer directly) |
 
-`build_stage_dataset(...)` writes `<out_dir>/samples.parquet` and `manifest.json` (atomically) and
-returns the manifest: name, stage, kind, num_samples, content_hash (sha256 of samples.parquet),
-inputs (per video: key + data versions of the caption and frame files), code_version.
+`build_stage_dataset(...)` writes `<out_dir>/samples-<hash>.parquet` and then `manifest.json` (one
+versioned unit, see training.data.records) and returns the manifest: name, stage, kind, num_samples,
+samples (file name), content_hash (its sha256), inputs (per video: key + data versions of the caption
+and frame files, hashed from the bytes read), code_version, and for caption datasets ``lineage`` (the
+per-video ``lineage.parquet``: raw sha256 and layer versions, see longvila.lineage_table).
 A dataset with zero usable samples raises `InputError` instead of writing anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Iterable
 
@@ -24,12 +27,15 @@ import pyarrow as pa
 from longvila import io as lio
 from longvila import layout
 from longvila.errors import InputError
+from longvila.lineage_table import LineageTable, raw_sha256
 
 from .passkey import passkey_records
 from .records import make_record, read_records, write_dataset
 from .stages import uniform_indices
 
-BUILD_VERSION = "stage-data-v1"
+BUILD_VERSION = "stage-data-v2"
+# lake layer read by a caption dataset -> the asset that writes it (the lineage table's column names)
+CAPTION_LAYERS = {"captions": "clip_captions", "clip_frames": "clip_frames"}
 
 CAPTION_PROMPTS = (
     "<video>\nDescribe this video clip.",
@@ -109,9 +115,18 @@ def video_samples(video_key: str, captions: dict[int, str], frames: dict[int, li
     return out
 
 
+def _read_layer(url: str) -> tuple[pa.Table, str]:
+    """A layer's Parquet table and the sha256 of the bytes read (= the data version its asset recorded)."""
+    import pyarrow.parquet as pq
+
+    data = lio.read_bytes(url)
+    return pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
+
+
 def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_frames: int,
-                          versions: dict[str, dict] | None = None, log=None) -> tuple[list[dict], list[dict]]:
-    """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`."""
+                          lineage: LineageTable | None = None, log=None) -> tuple[list[dict], list[dict]]:
+    """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`.
+    Each used video's raw sha256 and the versions of the two files read go into `lineage`."""
     records, inputs = [], []
     for key in sorted(video_keys):
         cap_url = layout.layer_path(storage, "captions", key)
@@ -121,30 +136,34 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
                 log(f"[data] {key}: no captions or clip frames yet; skipped")
             continue
         try:
-            caps = clip_caption_map(lio.read_parquet(cap_url), cap_url)
-            frames = clip_frame_map(lio.read_parquet(fr_url), fr_url)
+            (cap_table, cap_v), (fr_table, fr_v) = _read_layer(cap_url), _read_layer(fr_url)
+            caps, frames = clip_caption_map(cap_table, cap_url), clip_frame_map(fr_table, fr_url)
         except InputError as e:
             if log:
                 log(f"[data] {key}: {e}; skipped")
             continue
         recs = video_samples(key, caps, frames, kind, num_frames)
         records.extend(recs)
-        v = dict((versions or {}).get(key, {}))
-        v.setdefault("captions_sha256", lio.sha256_file(cap_url))
-        v.setdefault("clip_frames_sha256", lio.sha256_file(fr_url))
-        inputs.append({"video_key": key, "samples": len(recs), **v})
+        versions = {CAPTION_LAYERS["captions"]: cap_v, CAPTION_LAYERS["clip_frames"]: fr_v}
+        inputs.append({"video_key": key, "samples": len(recs), **versions})
+        if lineage is not None:
+            lineage.add(key, raw_sha256(storage, key), versions)
     return records, inputs
 
 
 def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_keys: list[str] | None = None,
-                        seed: int = 0, versions: dict[str, dict] | None = None, log=None) -> dict:
-    """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples."""
+                        seed: int = 0, code_versions: dict[str, str | None] | None = None, log=None) -> dict:
+    """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples.
+    Caption datasets also write ``lineage.parquet`` (longvila.lineage_table; `code_versions` are the
+    upstream assets' code versions), named with its sha256 under the manifest's ``lineage``."""
     kind = stage.data.kind
     inputs: list[dict] = []
+    lineage = None
     if kind in ("captions", "caption_and_qa"):
         if storage is None:
             raise InputError(out_dir, "caption datasets need the storage root of the curated clips")
-        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, versions, log)
+        lineage = LineageTable(out_dir.rstrip("/").rsplit("/", 1)[-1], dict(code_versions or {}))
+        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, lineage, log)
     elif kind == "passkey":
         records = [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
                                meta={"passkey": r["passkey"], "depth": r["depth"]})
@@ -167,4 +186,7 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
         "num_frames": stage.num_frames, "inputs": inputs, "code_version": BUILD_VERSION,
         "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}),
     }
+    if lineage is not None:
+        url, sha = lineage.write(out_dir)
+        manifest["lineage"] = {"table": url.rsplit("/", 1)[-1], "sha256": sha, "videos": len(lineage.rows)}
     return write_dataset(out_dir, records, manifest)
