@@ -29,7 +29,8 @@ demo: setup
 # loudly and the tests that need them skip.
 system-packages:
 	@missing=""; \
-	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || missing="chromium chromium-driver"; \
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  missing="$$missing chromium chromium-driver"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then \
@@ -42,7 +43,7 @@ system-packages:
 		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
 		echo "############################################################################################"; \
-		echo "# WARNING: missing Debian packages:$$missing, and apt-get is not usable here (not root,"; \
+		echo "# WARNING: missing Debian packages:$$missing; apt-get is not usable here (not root,"; \
 		echo "# no sudo, or no apt): the browser / PostgreSQL tests that need them will be SKIPPED."; \
 		echo "############################################################################################"; \
 	fi

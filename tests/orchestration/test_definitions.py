@@ -209,6 +209,12 @@ def test_project_instance_config(tmp_path, monkeypatch):
     assert queue.max_concurrent_runs == cpus + 1
     assert [(t["key"], t["value"], t["limit"]) for t in queue.tag_concurrency_limits] == [(AUTOMATED_TAG, "true", cpus)]
     assert inst.get_concurrency_config().pool_config.default_pool_limit == 1
+    # the stages share the `training` pool, which therefore has one slot: one stage on the GPUs at a time
+    from assets.training import STAGE_KEYS, build_training_defs
+
+    assert {a.op.pool for a in build_training_defs().assets if a.key in STAGE_KEYS} == {"training"}
+    inst.event_log_storage.initialize_concurrency_limit_to_default("training")
+    assert inst.event_log_storage.get_concurrency_info("training").slot_count == 1
     assert inst.run_monitoring_enabled and isinstance(inst.run_launcher, WarmRunLauncher)
     inst.dispose()
     own = Path(home) / "dagster.yaml"
