@@ -56,6 +56,8 @@ from dagster import Array, Field
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
+from longvila.locks import pid_alive
+
 PID_TAG = "longvila/worker_pid"
 HOST_TAG = "longvila/worker_host"
 START_TIMEOUT_S = 120.0
@@ -170,7 +172,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
     def terminate(self, run_id: str) -> bool:
         run = self._instance.get_run_by_id(run_id)
         pid = self._worker_pid(run)
-        if run is None or run.is_finished or pid is None or not _alive(pid):
+        if run is None or run.is_finished or pid is None or not pid_alive(pid):
             return False
         self._instance.report_run_canceling(run)
         os.kill(pid, signal.SIGINT)  # Dagster's interrupt: the step is cancelled, Pipes forward it
@@ -184,7 +186,7 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
         pid = self._worker_pid(run)
         if pid is None:
             return CheckRunHealthResult(WorkerStatus.UNKNOWN, "no worker pid recorded on this host")
-        if _alive(pid):
+        if pid_alive(pid):
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
         return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker (pid {pid}) is gone", run_worker_id=str(pid))
 
@@ -193,19 +195,6 @@ class WarmRunLauncher(RunLauncher, ConfigurableClass):
             for warm in self._warm.values():
                 warm.stop()
             self._warm.clear()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this process is not alive
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
 
 
 # ----------------------------------------------------------------------------------------- warm process
