@@ -1,4 +1,5 @@
-"""The Dagster UI in a real browser (Debian's Chromium through its chromedriver, installed by ``make test`` through ``make system-packages``):
+"""The Dagster UI in a real browser (Debian's Chromium through its chromedriver, installed by ``make test``
+through ``make system-packages``):
 the asset graph, the per-video partitions, a materialisation of one video's curation launched from the UI
 and seen to succeed, the stage-5 loss curve and the V-NIAH heatmap.
 

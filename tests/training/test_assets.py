@@ -72,7 +72,8 @@ def standin_assets(source: Path):
                       "frame_index_in_clip": pa.array([r[1] for r in rows], pa.int32()),
                       "frame_number": pa.array([r[2] for r in rows], pa.int64()),
                       "pts_s": [r[2] / 25 for r in rows], "width": pa.array([32] * len(rows), pa.int32()),
-                      "height": pa.array([32] * len(rows), pa.int32()), "jpeg": pa.array([r[3] for r in rows], pa.binary())})
+                      "height": pa.array([32] * len(rows), pa.int32()),
+                      "jpeg": pa.array([r[3] for r in rows], pa.binary())})
         url = layout.layer_path(lake.storage_root, "clip_frames", k)
         lio.write_parquet(t, url)
         return MaterializeResult(data_version=DataVersion(lio.sha256_file(url)))
@@ -240,9 +241,6 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     rep4 = lineage(inst, "stage4_dataset")
     assert rep4["raw_videos"] == []
     # the CLI: exit 0 yes / 1 no with a sentence
-    import orchestration.lineage as L
-
-    orig = L.DagsterInstance if hasattr(L, "DagsterInstance") else None
     import dagster
 
     old_get = dagster.DagsterInstance.get
@@ -307,7 +305,8 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
         view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                               instance=inst, asset_graph=g)
         r = CachingStaleStatusResolver(instance=inst, asset_graph=g, loading_context=view)
-        return {k.to_user_string(): r.get_status(k, None) for k in g.toposorted_asset_keys if not g.get(k).is_partitioned}
+        return {k.to_user_string(): r.get_status(k, None) for k in g.toposorted_asset_keys
+                if not g.get(k).is_partitioned}
 
     st = status()
     direct = {k for k, v in st.items() if v == StaleStatus.STALE}

@@ -43,8 +43,8 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
     # quiet machine (a step of the smoke model takes ~20 ms); older checkpoints are pruned, so wait for any
     steps, every = 400, 10
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)], cwd=REPO,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage_dir = Path(storage) / "checkpoints" / "stage1_alignment"
     deadline = time.time() + 240
     while not any(stage_dir.glob("runs/*/checkpoints/step-*")):
