@@ -38,8 +38,8 @@ Kubernetes path (UNTESTED here: dagster-k8s is not installed and there is no clu
             containers: [{name: trainer, volumeMounts: [{name: ckpt, mountPath: /mnt/checkpoints}],
                           resources: {limits: {nvidia.com/gpu: 8}}}]
 
-Stage assets share the Dagster pool ``training`` (set a limit of 1 with
-``dagster instance concurrency set training 1`` so that stages never compete for the GPUs).
+Stage assets share the Dagster pool ``training``, which the project's dagster.yaml limits to one slot
+(`orchestration.instance`: pools default to 1), so stages never compete for the GPUs.
 """
 
 
