@@ -382,6 +382,8 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
                 "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],
                 "failed_videos": json.dumps(manifest["failed"])[:2000], "missing_videos": str(manifest["missing"]),
                 "question_types": json.dumps(manifest["question_types"]), "seconds": round(time.perf_counter() - t0, 3),
+                # per-video instruction versions: what the stage-5 freshness check compares (assets.freshness)
+                "video_versions": MetadataValue.json({k: v["data_version"] for k, v in manifest["videos"].items()}),
             },
         )
 

@@ -9,6 +9,7 @@ import shutil
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, in_process_executor
 
+import orchestration.definitions  # noqa: F401  (the module's own `defs` is built in the default mode, not this test's)
 from longvila.keys import partition_key_for
 
 SMALL = dict(fps=25, size=(160, 96))
@@ -36,6 +37,10 @@ def test_shard_mode_end_to_end(tmp_path, monkeypatch, tmp_path_factory):
 
     lake = LakeResource(source=str(src), storage=str(tmp_path / "lake"))
     defs = build_defs(lake=lake, executor=in_process_executor)
+    graph = defs.resolve_asset_graph()
+    assert AssetKey("curated_shard") in graph.get(AssetKey("stage1_dataset")).parent_keys
+    every = graph.get_all_asset_keys()
+    assert AssetKey("raw_video") not in every and AssetKey("video_source") in every
     with DagsterInstance.ephemeral() as inst:
         def tick(cursor):
             res = evaluate_new_shards(build_sensor_context(instance=inst, cursor=cursor, resources={"lake": lake}),
