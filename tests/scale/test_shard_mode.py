@@ -1,6 +1,6 @@
 """Shard mode through Dagster: the sensor appends videos to sealed shards, curated_shard curates a shard
-(a bad video is a quarantined row, the shard succeeds), the stage-1 dataset and the lineage audit read the
-shards' videos, and a changed video re-runs only its own shard."""
+(a bad video is a quarantined row, the shard succeeds), the stage-1 dataset, the stage-5 long-video SFT
+dataset and the lineage audit read the shards' videos, and a changed video re-runs only its own shard."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def test_shard_mode_end_to_end(tmp_path, monkeypatch, tmp_path_factory):
         assert sorted(v["video_key"] for v in rep["raw_videos"]) == sorted(partition_key_for(f"v{i}.mp4")
                                                                             for i in range(3))
         assert {u["how"] for n in rep["nodes"] for u in n["upstream"]} == {"lineage-table"}
+        # stage 5's long-video SFT data from the shards' summaries and QA records
+        outcome = run_batch(defs, inst, [AssetKey("long_video_sft_dataset")], None, "long_video_sft")
+        assert outcome.success, outcome.failures
+        sft = inst.get_latest_materialization_event(AssetKey("long_video_sft_dataset")).asset_materialization
+        assert sft.metadata["num_videos"].value == 3 and sft.metadata["num_records"].value >= 3
+        assert sorted(v["video_key"] for v in lineage(inst, "long_video_sft_dataset")["raw_videos"]) == sorted(
+            partition_key_for(f"v{i}.mp4") for i in range(3))
         # --verify: the rows against the shard manifests, the manifests against curated_shard's data versions
         assert lineage(inst, "stage1_dataset", verify=True)["unresolved"] == []
         import json
