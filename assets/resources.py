@@ -7,9 +7,9 @@ Definitions work on a laptop (local folders) and against S3/MinIO (``s3://`` URL
 
 | field | env var (fallback) | default | meaning |
 |---|---|---|---|
-| `source` | `LONGVILA_SOURCE` | `<root>/data/raw` | fsspec URL of the raw videos: a local folder or `s3://bucket/prefix`; scanned recursively |
-| `storage` | `LONGVILA_STORAGE` | `<root>/data/lake` | fsspec URL where every derived artefact (layout in `longvila.layout`) and the video manifest are written |
-| `s3_endpoint_url` | `LONGVILA_S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL` | AWS | S3-compatible endpoint (MinIO, Ceph, moto) |
+| `source` | `LONGVILA_SOURCE` | `<root>/data/raw` | fsspec URL of the raw videos (folder or `s3://...`), recursive |
+| `storage` | `LONGVILA_STORAGE` | `<root>/data/lake` | fsspec URL of every derived artefact (`longvila.layout`) |
+| `s3_endpoint_url` | `LONGVILA_S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL` | AWS | S3-compatible endpoint (MinIO, moto) |
 | `aws_access_key_id` | `AWS_ACCESS_KEY_ID` | boto chain | S3 key id |
 | `aws_secret_access_key` | `AWS_SECRET_ACCESS_KEY` | boto chain | S3 secret |
 | `aws_region` | `AWS_REGION`, `AWS_DEFAULT_REGION` | boto chain | S3 region |

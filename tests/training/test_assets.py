@@ -197,7 +197,7 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
 
     lines = training_summary(inst)
     # one line per stage, then the lineage audit of the stage-5 checkpoint (what `make demo` prints)
-    assert all("final loss" in l and "tokens/s" in l for l in lines[:5])
+    assert all("final loss" in line and "tokens/s" in line for line in lines[:5])
     audit = "\n".join(lines[5:])
     assert "# Lineage of `stage5_long_sft`" in audit and "## Raw videos" in audit and "## Stage checkpoints" in audit
     assert _latest(inst, "stage5_long_sft").tags["dagster/data_version"] in audit
