@@ -113,12 +113,13 @@ class LakeResource(ConfigurableResource):
         return sources.read_manifest(self.settings())
 
     def video_entry(self, key: str) -> dict:
-        """Manifest entry of a present video (relpath, url, size, fingerprint, ...); InputError otherwise."""
-        return sources.video_entry(self.read_manifest(), key)
+        """Manifest entry of a present video (relpath, url, size, fingerprint, ...); InputError otherwise. The
+        manifest is parsed once per process while unchanged (`sources.shared_manifest`), not once per step."""
+        return dict(sources.video_entry(sources.shared_manifest(self.settings()), key))
 
     def present_keys(self) -> list[str]:
         """Partition keys of the videos currently present in the source (removed ones excluded)."""
-        return sources.present_keys(self.read_manifest())
+        return sources.present_keys(sources.shared_manifest(self.settings()))
 
 
 __all__ = ["LakeResource"]
