@@ -5,6 +5,8 @@
     clip_captions, clip_frames (all videos) ─> stage3_dataset ─> stage3_short_sft    (after stage 2)
     (generated passkey set)                 ─> stage4_dataset ─> stage4_context_extension (after 3)
     long_video_sft_dataset                                    ─> stage5_long_sft     (after 4)
+    video_frames, clip_captions (all videos) ─> stage5_dataset ─┘ (only when the recipe's stage-5
+        data.options add samples: V-NIAH-style retrieval, passkey; trained together with the SFT set)
     stage5_long_sft ─> training_lineage_report (markdown: raw videos -> datasets -> checkpoints)
 
 Each stage asset launches ``torchrun -m training.train`` through Dagster Pipes (the launcher is the
@@ -83,6 +85,8 @@ LONG_VIDEO_SFT = AssetKey("long_video_sft_dataset")
 STAGE_KEYS = [AssetKey(n) for n in STAGE_NAMES]
 DATASET_KEYS = {1: AssetKey("stage1_dataset"), 2: AssetKey("stage2_dataset"), 3: AssetKey("stage3_dataset"),
                 4: AssetKey("stage4_dataset"), 5: LONG_VIDEO_SFT}
+STAGE5_EXTRA = AssetKey("stage5_dataset")
+VIDEO_FRAMES = AssetKey("video_frames")
 LINEAGE_REPORT = AssetKey("training_lineage_report")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,6 +184,20 @@ def dataset_dir_for(storage: str, stage_index: int) -> str:
     return layout.dataset_dir(storage, f"stage{stage_index}_dataset")
 
 
+def has_extra_samples(stage) -> bool:
+    """Stage 5 trains on the long-video SFT set plus a built dataset of the samples its options add."""
+    opts = stage.data.options
+    return stage.data.kind == "long_video_sft" and bool(opts.retrieval_samples or opts.passkey_samples)
+
+
+def _dataset_key(n: int) -> AssetKey:
+    return STAGE5_EXTRA if n == 5 else DATASET_KEYS[n]
+
+
+def _dataset_dir(storage: str, n: int) -> str:
+    return layout.dataset_dir(storage, "stage5_dataset") if n == 5 else dataset_dir_for(storage, n)
+
+
 def _md_table(rows: list[dict], limit: int = 10) -> str:
     if not rows:
         return "(none)"
@@ -199,30 +217,30 @@ def _dataset_asset(recipe: Recipe, n: int):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
-    deps = ([AssetDep(CLIP_CAPTIONS, partition_mapping=AllPartitionMapping()),
-             AssetDep(CLIP_FRAMES, partition_mapping=AllPartitionMapping())] if kind in caption_kinds else [])
+    dep_keys = ([CLIP_CAPTIONS, CLIP_FRAMES] if kind in caption_kinds else []) + (
+        [VIDEO_FRAMES] + ([] if kind in caption_kinds else [CLIP_CAPTIONS]) if stage.data.options.retrieval_samples
+        else [])
+    deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
     import hashlib
 
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
 
-    @asset(key=DATASET_KEYS[n], deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
-           description=f"Stage-{n} dataset ({kind}) of recipe {recipe.name}: samples.parquet + manifest.json "
-                       f"under datasets/stage{n}_dataset/.")
+    @asset(key=_dataset_key(n), deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
+           description=f"Stage-{n} dataset ({kind}{', extra samples' if n == 5 else ''}) of recipe {recipe.name}: "
+                       f"samples.parquet + manifest.json under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         storage = lake.storage_root
         keys: list[str] = []
         versions: dict[str, dict] = {}
-        if kind in caption_kinds:
+        if dep_keys:
             keys = sorted(context.instance.get_dynamic_partitions(videos.name))
             for k in keys:
-                versions[k] = {
-                    "clip_captions_data_version": _data_version(_latest_record(context.instance, CLIP_CAPTIONS, k)),
-                    "clip_frames_data_version": _data_version(_latest_record(context.instance, CLIP_FRAMES, k)),
-                }
+                versions[k] = {f"{d.path[-1]}_data_version": _data_version(_latest_record(context.instance, d, k))
+                               for d in dep_keys}
         t0 = time.perf_counter()
-        out = dataset_dir_for(storage, n)
+        out = _dataset_dir(storage, n)
         try:
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
                                            versions=versions, log=context.log.info)
@@ -247,7 +265,8 @@ def _dataset_asset(recipe: Recipe, n: int):
 
 def _stage_asset(recipe: Recipe, n: int):
     stage = recipe.stage(n)
-    deps = [DATASET_KEYS[n]] + ([STAGE_KEYS[n - 2]] if n > 1 else [])
+    extra = n == 5 and has_extra_samples(stage)
+    deps = [DATASET_KEYS[n]] + ([STAGE5_EXTRA] if extra else []) + ([STAGE_KEYS[n - 2]] if n > 1 else [])
 
     @asset(key=STAGE_KEYS[n - 1], deps=deps, group_name=GROUP, pool="training",
            code_version=f"{TRAINER_VERSION}:{recipe.name}:{recipe.stage_fingerprint(n)}", kinds={"pytorch"},
@@ -262,7 +281,8 @@ def _stage_asset(recipe: Recipe, n: int):
         data_dir = dataset_dir_for(storage, n)
         if not lio.exists(lio.join(data_dir, "manifest.json")):
             raise Failure(f"{data_dir}: stage-{n} dataset not materialised")
-        args = ["--recipe", recipe.source or recipe.name, "--stage", stage.name, "--data", data_dir,
+        data_dirs = [data_dir] + ([_dataset_dir(storage, n)] if extra else [])
+        args = ["--recipe", recipe.source or recipe.name, "--stage", stage.name, "--data", *data_dirs,
                 "--output-dir", out_dir, "--metrics-out", layout.join(out_dir, "metrics.jsonl"),
                 "--seed", str(recipe.seed), "--resume"]
         if n > 1:
@@ -287,6 +307,8 @@ def _stage_asset(recipe: Recipe, n: int):
                                                  "sp": [stage.ulysses_degree, stage.ring_degree],
                                                  "rope_theta": [p.rope_theta for p in stage.phases] or stage.rope_theta})
         md["dataset"] = MetadataValue.path(data_dir)
+        if extra:
+            md["extra_dataset"] = MetadataValue.path(data_dirs[1])
         return MaterializeResult(metadata=md, data_version=res.data_version)
 
     return _st
@@ -311,6 +333,8 @@ def training_lineage_report(context: AssetExecutionContext) -> MaterializeResult
 def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
     recipe = recipe or recipe_from_env()
     assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
+    if has_extra_samples(recipe.stage(5)):
+        assets_.append(_dataset_asset(recipe, 5))
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
     assets_.append(training_lineage_report)
     return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})

@@ -91,7 +91,7 @@ def standin_assets(source: Path):
                 f"A cat jumps onto the {colour} table."]
         url = layout.layer_path(lake.storage_root, "captions", k)
         lio.write_parquet(pa.table({"clip_index": pa.array([0, 1, 2], pa.int32()), "caption": caps,
-                                    "ok": [True, True, True]}), url)
+                                    "ok": [True, True, True], "source": ["annotation"] * 3}), url)
         return MaterializeResult(data_version=DataVersion(lio.sha256_file(url)))
 
     @asset(key="video_instructions", partitions_def=videos, deps=["clip_captions", "video_frames"],

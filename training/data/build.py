@@ -8,6 +8,16 @@
 | 4 context extension | `passkey` | locally generated long-text passkey-retrieval set (rendered to each phase's length at training time) |
 | 5 long SFT | `long_video_sft` | the curated long-video SFT dataset (read by the trainer directly) |
 
+For stage 5 this module builds only the extra samples of its `data.options` (retrieval, passkey),
+trained together with the long-video SFT dataset.
+
+`data.options` (`training.data.options`) add to a caption kind: short QA on the clips' on-screen
+text (from annotation sidecars: "What text is shown?" -> "7", with the clip's frames, plus
+`frame_samples` single-frame ones), and keep the caption samples of a `caption_share` of the clips
+whose captions come from `caption_source`; to any kind:
+`passkey_samples` text-only passkey samples and `retrieval_samples` V-NIAH-style retrieval samples
+(`training.data.retrieval`).
+
 `build_stage_dataset(...)` writes `<out_dir>/samples.parquet` and `manifest.json` (atomically) and
 returns the manifest: name, stage, kind, num_samples, content_hash (sha256 of samples.parquet),
 inputs (per video: key + data versions of the caption and frame files), code_version.
@@ -16,6 +26,7 @@ A dataset with zero usable samples raises `InputError` instead of writing anythi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Iterable
 
@@ -25,11 +36,12 @@ from longvila import io as lio
 from longvila import layout
 from longvila.errors import InputError
 
+from .options import DataOptions
 from .passkey import passkey_records
 from .records import make_record, read_records, write_dataset
 from .stages import uniform_indices
 
-BUILD_VERSION = "stage-data-v1"
+BUILD_VERSION = "stage-data-v2"
 
 CAPTION_PROMPTS = (
     "<video>\nDescribe this video clip.",
@@ -38,6 +50,7 @@ CAPTION_PROMPTS = (
 )
 QA_WHAT = "<video>\nWhat happens in this clip? Answer in one sentence."
 QA_ORDER = "<video>\nThe video shows two scenes one after the other. What happens in the second scene?"
+OCR_QUESTION = "<video>\nWhat text is shown? Answer with a single word or number."
 
 
 def _col(table: pa.Table, names: Iterable[str], source: str) -> str:
@@ -68,6 +81,49 @@ def clip_frame_map(table: pa.Table, source: str) -> dict[int, list[bytes]]:
     out: dict[int, list[bytes]] = {}
     for c, _, b in rows:
         out.setdefault(int(c), []).append(b)
+    return out
+
+
+def clip_text_map(table: pa.Table) -> dict[int, str]:
+    """clip index -> on-screen text of the clip (annotated captions; rows without text skipped)."""
+    if "on_screen_text" not in table.column_names:
+        return {}
+    ok = table.column("ok").to_pylist() if "ok" in table.column_names else [True] * table.num_rows
+    return {int(i): t.strip() for i, t, good in zip(table.column("clip_index").to_pylist(),
+                                                     table.column("on_screen_text").to_pylist(), ok)
+            if good and isinstance(t, str) and t.strip()}
+
+
+def _from_source(captions: dict[int, str], table: pa.Table, source: str) -> dict[int, str]:
+    """The captions written by `source` ("annotation" / "model"; "any": all of them)."""
+    if source == "any":
+        return captions
+    from curation.captioning.captioner import caption_sources
+
+    by_clip = dict(zip((int(c) for c in table.column("clip_index").to_pylist()), caption_sources(table)))
+    return {c: t for c, t in captions.items() if by_clip.get(c) == source}
+
+
+def _in_share(sample_id: str, share: float) -> bool:
+    """Stable pseudo-random choice of a `share` of the ids (a hash, not the order)."""
+    if share >= 1.0:
+        return True
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def text_samples(video_key: str, texts: dict[int, str], frames: dict[int, list[bytes]], num_frames: int,
+                 frame_samples: int) -> list[dict]:
+    """Short OCR QA of the clips with on-screen text: one with the clip's frames, `frame_samples` with one frame."""
+    out = []
+    for c in sorted(t for t in texts if frames.get(t)):
+        fr = frames[c]
+        sel = [fr[i] for i in uniform_indices(len(fr), num_frames)] if num_frames else fr
+        conv = [{"from": "human", "value": OCR_QUESTION}, {"from": "gpt", "value": texts[c]}]
+        out.append(make_record(f"{video_key}/c{c:05d}/text", "qa", conv, sel, video_key,
+                               {"clip_index": c, "question": "text"}))
+        for j in uniform_indices(len(fr), frame_samples):
+            out.append(make_record(f"{video_key}/c{c:05d}/text-f{j}", "qa", conv, [fr[j]], video_key,
+                                   {"clip_index": c, "question": "text", "frame": j}))
     return out
 
 
@@ -110,8 +166,10 @@ def video_samples(video_key: str, captions: dict[int, str], frames: dict[int, li
 
 
 def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_frames: int,
-                          versions: dict[str, dict] | None = None, log=None) -> tuple[list[dict], list[dict]]:
+                          versions: dict[str, dict] | None = None, log=None,
+                          options: DataOptions | None = None) -> tuple[list[dict], list[dict]]:
     """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`."""
+    opts = options or DataOptions()
     records, inputs = [], []
     for key in sorted(video_keys):
         cap_url = layout.layer_path(storage, "captions", key)
@@ -121,13 +179,18 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
                 log(f"[data] {key}: no captions or clip frames yet; skipped")
             continue
         try:
-            caps = clip_caption_map(lio.read_parquet(cap_url), cap_url)
+            cap_table = lio.read_parquet(cap_url)
+            caps = clip_caption_map(cap_table, cap_url)
             frames = clip_frame_map(lio.read_parquet(fr_url), fr_url)
         except InputError as e:
             if log:
                 log(f"[data] {key}: {e}; skipped")
             continue
-        recs = video_samples(key, caps, frames, kind, num_frames)
+        shared = {c: t for c, t in _from_source(caps, cap_table, opts.caption_source).items()
+                  if _in_share(f"{key}/c{c:05d}", opts.caption_share)}
+        recs = video_samples(key, shared, frames, kind, num_frames)
+        if kind == "caption_and_qa":
+            recs += text_samples(key, clip_text_map(cap_table), frames, num_frames, opts.frame_samples)
         records.extend(recs)
         v = dict((versions or {}).get(key, {}))
         v.setdefault("captions_sha256", lio.sha256_file(cap_url))
@@ -136,19 +199,48 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
     return records, inputs
 
 
+def _passkey(n: int, seed: int, opts: DataOptions) -> list[dict]:
+    return [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
+                        meta={"passkey": r["passkey"], "depth": r["depth"], "fill": r["fill"]})
+            for r in passkey_records(n, seed=seed, digits=opts.passkey_digits, min_fill=opts.passkey_min_fill)]
+
+
+def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int, log) -> tuple[list[dict], list[dict]]:
+    """The passkey and retrieval samples a stage's `data.options` mix in (a passkey stage has its own)."""
+    opts = stage.data.options
+    records, inputs = [], []
+    if opts.passkey_samples and stage.data.kind != "passkey":
+        records += _passkey(opts.passkey_samples, seed, opts)
+        inputs.append({"generator": "passkey", "seed": seed, "num_samples": opts.passkey_samples})
+    if opts.retrieval_samples:
+        from .retrieval import haystack_from_lake, retrieval_records
+
+        if storage is None:
+            raise InputError(stage.name, "retrieval samples need the storage root (haystack frames)")
+        haystack, hay_inputs = haystack_from_lake(storage, video_keys, opts.needle_size, log)
+        if not haystack:
+            raise InputError(stage.name, f"retrieval samples need haystack frames: none of {len(video_keys)} videos "
+                                         "has video_frames outside clips with on-screen text")
+        records += retrieval_records(haystack, opts, seed)
+        inputs += hay_inputs
+        inputs.append({"generator": "retrieval", "seed": seed, "needle_seed": opts.needle_seed,
+                       "num_samples": opts.retrieval_samples, "haystack_frames": len(haystack)})
+    return records, inputs
+
+
 def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_keys: list[str] | None = None,
                         seed: int = 0, versions: dict[str, dict] | None = None, log=None) -> dict:
     """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples."""
     kind = stage.data.kind
+    opts = stage.data.options
     inputs: list[dict] = []
     if kind in ("captions", "caption_and_qa"):
         if storage is None:
             raise InputError(out_dir, "caption datasets need the storage root of the curated clips")
-        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, versions, log)
+        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, versions, log,
+                                                opts)
     elif kind == "passkey":
-        records = [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
-                               meta={"passkey": r["passkey"], "depth": r["depth"]})
-                   for r in passkey_records(stage.data.num_samples or 32, seed=seed)]
+        records = _passkey(stage.data.num_samples or 32, seed, opts)
         inputs = [{"generator": "passkey", "seed": seed, "num_samples": len(records)}]
     elif kind in ("external", "long_text"):
         records = []
@@ -156,8 +248,13 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
             got = read_records(p, kind="external")
             records.extend(got)
             inputs.append({"path": p, "samples": len(got)})
+    elif kind == "long_video_sft" and (opts.retrieval_samples or opts.passkey_samples):
+        records = []  # the SFT records stay in their own dataset; this one holds the extra samples
     else:
         raise InputError(out_dir, f"data kind {kind!r} is not built here (stage 5 reads the long-video SFT dataset)")
+    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log)
+    records += extra
+    inputs += extra_inputs
     if len(records) < max(1, stage.data.min_samples):
         why = (f"{len(video_keys or [])} videos given, {len(inputs)} with captions and clip frames"
                if kind in ("captions", "caption_and_qa") else f"{len(inputs)} inputs")
