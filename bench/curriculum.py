@@ -15,7 +15,7 @@ datasets (`training.data.build.build_stage_dataset` with the smoke recipe's data
 checkpoint with held-out needles (render seed 1; training needles use seed 0) on the lake's text-free
 haystack, and the passkey benchmark of stages 3 and 4 at 1x and 4x stage 3's context.
 
-Prints the per-stage table and the CPU seconds of each stage; writes bench/out/curriculum.json.
+Prints the per-stage table and the CPU seconds of each stage; writes bench/out/curriculum.json (--out).
 The threads per process are set with --threads (default 1, as measured in bench/RESULTS.md).
 """
 
@@ -174,6 +174,7 @@ def main() -> int:
     ap.add_argument("--steps-scale", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out" / "curriculum.json"), help="results file (JSON)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     result = run(args)
@@ -181,7 +182,7 @@ def main() -> int:
     print(table(result))
     cpu = sum(r["cpu_s"] for r in result["stages"].values())
     print(f"total wall {result['wall_s']:.0f} s, training CPU {cpu:.0f} s, load average {result['load_average']:.1f}")
-    out = REPO / "bench" / "out" / "curriculum.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     return 0

@@ -135,3 +135,16 @@ def test_passkey_benchmark_grid_and_teacher_forced_scoring(tmp_path):
     assert json.loads(open(paths["results"]).read())["summary"]["accuracy"] == 1.0
     with pytest.raises(ValueError, match="shorter than"):
         run_passkey(model, proc, PasskeyConfig(lengths=[16]))
+
+
+def test_benchmark_scores_are_identical_on_re_run(tmp_path, smoke_checkpoint):
+    """Fixed seeds: the same checkpoint, haystack and needle set give byte-identical results files."""
+    from evaluation.benchmarks import run_niah_benchmark
+
+    storage = str(tmp_path / "lake")
+    _frames(storage, "hay-1", [0.5 + i for i in range(6)])
+    cfg = NiahConfig(frame_counts=[1, 4], depths=[0, 100], num_needles=3, frame_size=32, seed=1)
+    frames = layout.layer_path(storage, "video_frames", "hay-1")
+    for out in ("a", "b"):
+        run_niah_benchmark(smoke_checkpoint, str(tmp_path / out), cfg, frames_parquet=frames)
+    assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()

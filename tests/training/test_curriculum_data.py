@@ -100,3 +100,25 @@ def test_retrieval_without_any_usable_haystack_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="haystack"):
         build_stage_dataset(str(tmp_path / "ds"), st, storage=str(tmp_path), video_keys=["missing-00000001"])
     assert not lio.exists(str(tmp_path / "ds" / "manifest.json"))
+
+
+def test_a_changed_video_changes_only_its_own_inputs(tmp_path):
+    """Rebuilding after one video's captions change: the manifest's inputs differ for that video only."""
+    storage = str(tmp_path)
+    for key in (KEY, "other-00000002"):
+        write_annotated_video(storage, key)
+    st = load_recipe("smoke").stage(3)
+    before = build_stage_dataset(str(tmp_path / "a"), st, storage=storage, video_keys=[KEY, "other-00000002"])
+    import pyarrow.compute as pc
+
+    from longvila import io as lio
+    from longvila import layout
+
+    url = layout.layer_path(storage, "captions", "other-00000002")
+    t = lio.read_parquet(url)
+    text = t.column("on_screen_text")
+    lio.write_parquet(t.set_column(t.schema.get_field_index("on_screen_text"), "on_screen_text",
+                                   pc.if_else(pc.equal(text, "4"), "5", text)), url)
+    after = build_stage_dataset(str(tmp_path / "b"), st, storage=storage, video_keys=[KEY, "other-00000002"])
+    changed = {i["video_key"] for i in before["inputs"] if i.get("video_key") and i not in after["inputs"]}
+    assert changed == {"other-00000002"} and before["content_hash"] != after["content_hash"]

@@ -205,7 +205,8 @@ def _passkey(n: int, seed: int, opts: DataOptions) -> list[dict]:
             for r in passkey_records(n, seed=seed, digits=opts.passkey_digits, min_fill=opts.passkey_min_fill)]
 
 
-def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int, log) -> tuple[list[dict], list[dict]]:
+def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int, log,
+                   versions: dict[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
     """The passkey and retrieval samples a stage's `data.options` mix in (a passkey stage has its own)."""
     opts = stage.data.options
     records, inputs = [], []
@@ -222,7 +223,7 @@ def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int,
             raise InputError(stage.name, f"retrieval samples need haystack frames: none of {len(video_keys)} videos "
                                          "has video_frames outside clips with on-screen text")
         records += retrieval_records(haystack, opts, seed)
-        inputs += hay_inputs
+        inputs += [{**i, **(versions or {}).get(i["video_key"], {})} for i in hay_inputs]
         inputs.append({"generator": "retrieval", "seed": seed, "needle_seed": opts.needle_seed,
                        "num_samples": opts.retrieval_samples, "haystack_frames": len(haystack)})
     return records, inputs
@@ -252,7 +253,7 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
         records = []  # the SFT records stay in their own dataset; this one holds the extra samples
     else:
         raise InputError(out_dir, f"data kind {kind!r} is not built here (stage 5 reads the long-video SFT dataset)")
-    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log)
+    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log, versions)
     records += extra
     inputs += extra_inputs
     if len(records) < max(1, stage.data.min_samples):
