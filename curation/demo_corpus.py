@@ -7,10 +7,12 @@
   shot look alike and a background never identifies a digit) separated by *distractor shots* (the
   ffmpeg test patterns of `curation.synth.SOURCES`, content without text). Beside each video its
   annotation sidecar (`curation.captioning.sidecar`): the shot spans with a caption each ("The number
-  7 in white on a red background.") and, for glyph shots, the on-screen text ("7"). Every
-  `srt_every`-th lesson gets an SRT sidecar (captions only), the others JSON.
+  7 in white on a red background.") and, for glyph shots, the on-screen text ("7"), as JSON (with
+  `srt_every` > 0 every `srt_every`-th lesson gets an SRT sidecar instead: captions only, so nothing
+  tells its digit frames from text-free ones; the demo keeps lessons in JSON).
 * the sample corpus of `curation.synth.make_sample_corpus` (synthetic pattern videos and a real test
-  video, no sidecars: their clips are captioned by the VLM).
+  video; their clips are captioned by the VLM), where `srt_video` gets an SRT sidecar with a generic
+  caption per shot (the SRT path of the caption layer).
 
 Everything is a pure function of `seed`. Cuts fall on frame boundaries (`fps` frames per second), so
 the sidecar spans are exact; consecutive glyph shots get backgrounds half a hue circle apart, so a
@@ -151,13 +153,25 @@ def write_sidecar(video: Path, shots: list[Shot], fps: int, srt: bool) -> Path:
     return path
 
 
+def _sample_corpus(d: Path, srt_video: str | None) -> dict:
+    """`curation.synth.make_sample_corpus`, with an SRT sidecar (one generic caption per shot) for `srt_video`."""
+    out = {name: {**info, "sidecar": None} for name, info in make_sample_corpus(str(d)).items()}
+    info = out.get(srt_video or "")
+    if info and info["cuts"] is not None:
+        bounds = [0, *info["cuts"], round(info["duration_s"] * info["fps"])]
+        shots = [Shot(b - a, None, f"A synthetic test pattern, shot {i + 1} of {len(bounds) - 1}.")
+                 for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        info["sidecar"] = write_sidecar(d / srt_video, shots, info["fps"], srt=True).name
+    return out
+
+
 def make_demo_corpus(dest_dir: str, seed: int = 0, lessons: int = 6, glyph_shots: int = 80, size: int = 128,
-                     fps: int = 8, srt_every: int = 6, with_sample_corpus: bool = True) -> dict:
+                     fps: int = 8, srt_every: int = 0, with_sample_corpus: bool = True,
+                     srt_video: str | None = "street_cuts.mp4") -> dict:
     """Write the demo corpus into `dest_dir` (module docstring); returns the per-file info."""
     d = Path(dest_dir)
     d.mkdir(parents=True, exist_ok=True)
-    out = {name: {**info, "sidecar": None} for name, info in make_sample_corpus(str(d)).items()} \
-        if with_sample_corpus else {}
+    out = _sample_corpus(d, srt_video) if with_sample_corpus else {}
     for i in range(lessons):
         path = d / f"lesson_{i + 1:02d}.mp4"
         shots = lesson(path, random.Random(seed * 1000 + i), glyph_shots, size, fps)

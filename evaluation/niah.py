@@ -447,7 +447,7 @@ def _needle_rows_from_parquet(url: str) -> list[tuple[dict, str]]:
 
 
 def _needle_image(row: dict, where: str, folder: str | None):
-    from PIL import Image
+    from training.data.records import iter_jpeg_images
 
     img = row.get("image")
     if isinstance(img, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
@@ -460,12 +460,7 @@ def _needle_image(row: dict, where: str, folder: str | None):
         img = lio.read_bytes(lio.join(folder, img)) if lio.exists(lio.join(folder, img)) else None
     if not isinstance(img, (bytes, bytearray)):
         raise InputError(where, "no image (expected `image` bytes or a `file_name` in the folder)")
-    try:
-        im = Image.open(io.BytesIO(img))
-        im.load()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types
-        raise InputError(where, f"image is not decodable: {exc}") from None
-    return im.convert("RGB")
+    return next(iter_jpeg_images([bytes(img)], where))  # any PIL-readable format, despite the name
 
 
 def read_needle_set(path: str, limit: int = 0) -> list[Needle]:

@@ -58,7 +58,7 @@ def test_user_needle_sets_in_the_public_layout(tmp_path):
 @pytest.mark.parametrize("listing,reason", [
     ([{"file_name": "a.png", "question": "Q?"}], "non-empty `question` and `answer`"),
     ([{"file_name": "missing.png", "question": "Q?", "answer": "x"}], "no image"),
-    ([{"file_name": "junk.png", "question": "Q?", "answer": "x"}], "not decodable"),
+    ([{"file_name": "junk.png", "question": "Q?", "answer": "x"}], "not a decodable image"),
     ([], "empty"),
 ])
 def test_bad_needle_sets_name_the_file_and_row(tmp_path, listing, reason):

@@ -263,6 +263,8 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
     manifest = {
         "name": out_dir.rstrip("/").rsplit("/", 1)[-1], "stage": stage.name, "kind": kind,
         "num_frames": stage.num_frames, "inputs": inputs, "code_version": BUILD_VERSION,
-        "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}),
+        # the videos whose data the samples hold: captioned clips, and the haystack frames of retrieval samples
+        "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}
+                             | {i["video_key"] for i in inputs if i.get("video_key") and i.get("haystack_frames")}),
     }
     return write_dataset(out_dir, records, manifest)
