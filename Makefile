@@ -36,6 +36,8 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/faults.py
+	$(PY) bench/long_context.py
 
 dev: setup
 	$(VENV)/bin/longvila dev

@@ -6,7 +6,7 @@ long-video SFT dataset over all videos.
     video_probe ────────────────────────┴──────────────────────┘ (duration)
     video_frames ──────────────────────────────────────────────┘ (frame reference of the records)
 
-Per-video assets are partitioned by `orchestration.partitions.videos`; the dataset is unpartitioned
+Per-video assets are partitioned by `assets.partitions.videos`; the dataset is unpartitioned
 and depends on every partition of `video_instructions`. All outputs follow `longvila.layout`
 (captions/, summaries/, instructions/, datasets/long_video_sft/) and are written atomically.
 
@@ -16,8 +16,11 @@ the same settings into the runs. Code versions contain the prompt tags (version 
 model ids and decoding parameters, so editing `curation/prompts/video_qa.v1.txt` marks only
 `video_instructions` (and the dataset) stale, a new VLM marks `clip_captions` and everything below.
 
+Automation: every per-video asset has the shared `assets.policies.ON_NEW_DATA` condition, so captions are
+re-made only when an input's bytes (data version) or the models/prompts (code version) changed.
+
 Failure policy: a backend that is unreachable (connection refused, timeouts, 5xx after retries)
-fails the partition's run (retryable; nothing is written); so does a configuration error (HTTP
+fails the partition's run (retried with backoff by `assets.policies.TRANSIENT_RETRY`; nothing is written); so does a configuration error (HTTP
 401/403/404: wrong key, endpoint or model name; not retryable). Bad model output is data, not a crash:
 a rejected caption is a row with ok = false and the reason; a summary or QA reply that stays invalid
 after the retries is written as the video's failure record (summary JSON `ok: false`,
@@ -37,11 +40,9 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    AutomationCondition,
     ConfigurableResource,
     DataVersion,
     Definitions,
-    Failure,
     MaterializeResult,
     MetadataValue,
     asset,
@@ -49,14 +50,27 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.common import (
+    dataset_video_keys,
+    failure,
+    input_failure,
+    layer_result,
+    md_table,
+    per_video_asset,
+    per_video_check,
+    write_json,
+    write_table,
+    write_versioned,
+)
 from assets.curation import CLIP_FRAMES, VIDEO_CLIPS, VIDEO_FRAMES, VIDEO_PROBE
+from assets.partitions import partitioned_checks
+from assets.policies import TRANSIENT_RETRY
+from assets.resources import LakeResource
 from curation.captioning import checks
 from curation.captioning.config import CaptioningConfig, ModelSettings, code_versions, make_annotator, make_captioner
 from curation.captioning.types import CONFIG_ERROR, UNAVAILABLE
 from longvila import io as lio
 from longvila.errors import InputError
-from orchestration.partitions import partitioned_checks, videos
-from orchestration.resources import LakeResource
 
 GROUP = "captions"
 CLIP_CAPTIONS = AssetKey("clip_captions")
@@ -82,8 +96,10 @@ class CaptionModelsResource(ConfigurableResource):
     timeout_s: float = Field(default=120.0, description="HTTP read timeout per request")
     max_retries: int = Field(default=3, description="HTTP retries (connection errors, timeouts, 429, 5xx)")
     device: str = Field(default="cpu", description="torch device for local models")
-    torch_threads: Optional[int] = Field(default=None, description="torch CPU threads while generating (None: 1 for smoke models)")
-    models_dir: Optional[str] = Field(default=None, description="where smoke models are built (default <root>/data/models)")
+    torch_threads: Optional[int] = Field(default=None,
+                                         description="torch CPU threads while generating (None: 1 for smoke models)")
+    models_dir: Optional[str] = Field(default=None,
+                                      description="where smoke models are built (default <root>/data/models)")
 
     @classmethod
     def from_config(cls, cfg: CaptioningConfig) -> "CaptionModelsResource":
@@ -106,34 +122,12 @@ class CaptionModelsResource(ConfigurableResource):
         )
 
 
-
-
-def _fail(context, layer: str, reason: str, retryable: bool = False, **meta) -> Failure:
-    return Failure(
-        description=f"{layer} failed for partition {context.partition_key}: {reason}",
-        metadata={"partition": context.partition_key, "layer": layer, "reason": reason, **{k: str(v) for k, v in meta.items()}},
-        allow_retries=retryable,
-    )
-
-
 def _read(lake: LakeResource, layer: str, key: str, context, what: str, parquet: bool = True):
     url = lake.layer_url(layer, key)
     try:
         return lio.read_parquet(url, lake.settings()) if parquet else lio.read_json(url, lake.settings())
     except FileNotFoundError:
-        raise _fail(context, what, f"missing input {url} (materialise {layer} first)") from None
-
-
-def _md(rows: list[dict], limit: int = 8, width: int = 80) -> str:
-    if not rows:
-        return "(empty)"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows[:limit]:
-        out.append("| " + " | ".join(str(r[c]).replace("|", "/").replace("\n", " ")[:width] for c in cols) + " |")
-    if len(rows) > limit:
-        out.append(f"| ... {len(rows) - limit} more |" + " |" * (len(cols) - 1))
-    return "\n".join(out)
+        raise failure(context, what, f"missing input {url} (materialise {layer} first)") from None
 
 
 def _annotation_sidecar(lake: LakeResource, key: str, context):
@@ -142,7 +136,7 @@ def _annotation_sidecar(lake: LakeResource, key: str, context):
     from curation.captioning.sidecar import find_sidecar, load_sidecar
 
     try:
-        video = lake.video_url(key)
+        video = lake.video_entry(key)["url"]
     except InputError:
         return None  # not in the source manifest (materialised without a scan): no source to look beside
     url = find_sidecar(video, lake.settings())
@@ -184,20 +178,18 @@ def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
 def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
     cfg = cfg or CaptioningConfig.from_env()
     cv = code_versions(cfg)
-    eager = AutomationCondition.eager()
 
-    @asset(
+    @per_video_asset(
         key=CLIP_CAPTIONS,
         deps=[VIDEO_CLIPS, CLIP_FRAMES, VIDEO_PROBE],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["clip_captions"],
-        automation_condition=eager,
         kinds={"parquet"},
         description="One caption per clip: the video's annotation sidecar where it covers the clip "
         "(curation.captioning.sidecar), else the VLM (curation.captioning.captioner). captions/<key>.parquet.",
     )
-    def clip_captions(context: AssetExecutionContext, lake: LakeResource, caption_models: CaptionModelsResource) -> MaterializeResult:
+    def clip_captions(context: AssetExecutionContext, lake: LakeResource,
+                      caption_models: CaptionModelsResource) -> MaterializeResult:
         from curation.schemas import table_to_clips
         from curation.captioning.captioner import caption_video
 
@@ -206,47 +198,41 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         frames = _read(lake, "clip_frames", key, context, "clip captions")
         run_cfg = caption_models.config(cfg)
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "clip captions"):
             sidecar = _annotation_sidecar(lake, key, context)
             table = caption_video(lambda: make_captioner(run_cfg), clips, frames, sidecar)
-        except InputError as e:
-            raise _fail(context, "clip captions", e.reason, file=e.source) from None
         secs = time.perf_counter() - t0
         d = table.to_pydict()
         for kind, retryable in ((CONFIG_ERROR, False), (UNAVAILABLE, True)):
             bad = [e for e in d["error"] if e and e.startswith(kind)]
             if bad:
-                raise _fail(context, "clip captions", f"captioning backend {kind} for {len(bad)} clip(s): {bad[0]}",
-                            retryable=retryable)
-        data = lio.parquet_bytes(table)
+                raise failure(context, "clip captions", f"captioning backend {kind} for {len(bad)} clip(s): {bad[0]}",
+                              retryable=retryable)
         out = lake.layer_url("captions", key)
-        lio.write_bytes(out, data, lake.settings())
+        version, _ = write_table(out, table, lake.settings())
         n_ok = sum(d["ok"])
         tokens = sum(d["tokens"])
         failed = [{"clip": ci, "error": e} for ci, ok, e in zip(d["clip_index"], d["ok"], d["error"]) if not ok]
-        return MaterializeResult(
-            data_version=DataVersion(lio.sha256_bytes(data)),
-            metadata={
-                "path": MetadataValue.path(out),
-                "num_clips": len(clips),
-                "num_ok": n_ok,
-                "num_failed": len(clips) - n_ok,
-                "num_truncated": sum("truncated" in f for f in d["flags"]),
-                "tokens": tokens,
-                "seconds": round(secs, 3),
-                "clips_per_s": round(len(clips) / secs, 3) if secs > 0 else 0.0,
-                "tokens_per_s": round(tokens / secs, 1) if secs > 0 else 0.0,
-                **_caption_source_metadata(table, sidecar),
-                "failures": MetadataValue.md(_md(failed) if failed else "none"),
-                "preview": MetadataValue.md(_md([
-                    {"clip": ci, "span_s": f"{s:.1f}-{e:.1f}", "ok": ok, "source": src, "caption": c}
-                    for ci, s, e, ok, src, c in zip(d["clip_index"], d["start_s"], d["end_s"], d["ok"], d["source"],
-                                                    d["caption"])])),
-            },
+        return layer_result(
+            out, version,
+            num_clips=len(clips),
+            num_ok=n_ok,
+            num_failed=len(clips) - n_ok,
+            num_truncated=sum("truncated" in f for f in d["flags"]),
+            tokens=tokens,
+            seconds=round(secs, 3),
+            clips_per_s=round(len(clips) / secs, 3) if secs > 0 else 0.0,
+            tokens_per_s=round(tokens / secs, 1) if secs > 0 else 0.0,
+            **_caption_source_metadata(table, sidecar),
+            failures=MetadataValue.md(md_table(failed) if failed else "none"),
+            preview=MetadataValue.md(md_table([
+                {"clip": ci, "span_s": f"{s:.1f}-{e:.1f}", "ok": ok, "source": src, "caption": c}
+                for ci, s, e, ok, src, c in zip(d["clip_index"], d["start_s"], d["end_s"], d["ok"], d["source"],
+                                                d["caption"])])),
         )
 
-    @asset_check(asset=CLIP_CAPTIONS, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
-                 description="every clip of video_clips has exactly one caption row, and it is ok")
+    @per_video_check(asset=CLIP_CAPTIONS, additional_deps=[VIDEO_CLIPS],
+                     description="every clip of video_clips has exactly one caption row, and it is ok")
     def every_clip_captioned(context, lake: LakeResource) -> AssetCheckResult:
         from curation.schemas import table_to_clips
 
@@ -258,80 +244,79 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             "num_clips": r["num_clips"], "missing": str(r["missing"]), "extra": str(r["extra"]),
             "num_failed": len(r["failed"]), "failed": json.dumps(r["failed"])[:2000]})
 
-    @asset_check(asset=CLIP_CAPTIONS, partitions_def=videos, description="no ok caption is empty")
+    @per_video_check(asset=CLIP_CAPTIONS, description="no ok caption is empty")
     def no_empty_captions(context, lake: LakeResource) -> AssetCheckResult:
         caps = lio.read_parquet(lake.layer_url("captions", context.partition_key), lake.settings())
         r = checks.no_empty_captions(caps)
         return AssetCheckResult(passed=r["passed"], metadata={"empty_clips": str(r["empty"])})
 
-    @asset_check(asset=CLIP_CAPTIONS, partitions_def=videos,
-                 description="duplicate or near-duplicate captions (normalised text / char 3-gram Jaccard >= 0.9)")
+    @per_video_check(asset=CLIP_CAPTIONS,
+                     description="duplicate or near-duplicate captions (normalised text / char 3-gram Jaccard >= 0.9)")
     def no_duplicate_captions(context, lake: LakeResource) -> AssetCheckResult:
         caps = lio.read_parquet(lake.layer_url("captions", context.partition_key), lake.settings())
         r = checks.duplicate_captions(caps)
         return AssetCheckResult(passed=r["passed"], severity=AssetCheckSeverity.WARN, metadata={
             "num_pairs": len(r["pairs"]), "threshold": r["threshold"],
-            "pairs": MetadataValue.md(_md(r["pairs"], limit=20) if r["pairs"] else "none")})
+            "pairs": MetadataValue.md(md_table(r["pairs"], limit=20) if r["pairs"] else "none")})
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_SUMMARY,
         deps=[CLIP_CAPTIONS, VIDEO_PROBE],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_summary"],
-        automation_condition=eager,
         kinds={"json"},
         description="Video-level summary from the time-stamped clip captions (LLM, JSON-schema "
         "constrained). summaries/<key>.json; ok=false records the video's failure.",
     )
-    def video_summary(context: AssetExecutionContext, lake: LakeResource, caption_models: CaptionModelsResource) -> MaterializeResult:
+    def video_summary(context: AssetExecutionContext, lake: LakeResource,
+                      caption_models: CaptionModelsResource) -> MaterializeResult:
         from curation.captioning.annotate import captions_from_table
 
         key = context.partition_key
         caps_table = _read(lake, "captions", key, context, "video summary")
         duration = float(_read(lake, "probe", key, context, "video summary", parquet=False)["duration_s"])
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "video summary"):
             ann = make_annotator(caption_models.config(cfg))
             rec = ann.summarize(key, captions_from_table(caps_table), duration, num_clips=caps_table.num_rows)
-        except InputError as e:
-            raise _fail(context, "video summary", e.reason, file=e.source) from None
         if rec["error_kind"] in (UNAVAILABLE, CONFIG_ERROR):
-            raise _fail(context, "video summary", rec["error"], retryable=rec["error_kind"] == UNAVAILABLE)
-        data = (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            raise failure(context, "video summary", rec["error"], retryable=rec["error_kind"] == UNAVAILABLE)
         out = lake.layer_url("summaries", key)
-        lio.write_bytes(out, data, lake.settings())
+        version = write_json(out, rec, lake.settings())
         if not rec["ok"]:
             context.log.warning(f"video {key}: {rec['error']}")
-        return MaterializeResult(
-            data_version=DataVersion(lio.sha256_bytes(data)),
-            metadata={
-                "path": MetadataValue.path(out), "ok": rec["ok"], "error": str(rec["error"] or ""),
-                "attempts": rec["attempts"], "tokens": rec["tokens"], "seconds": round(time.perf_counter() - t0, 3),
-                "captions_used": rec["num_captions_used"], "model": rec["model"], "prompt_version": rec["prompt_version"],
-                "title": rec["title"], "summary": MetadataValue.md(rec["summary"] or "(none)"),
-            },
+        return layer_result(
+            out, version,
+            ok=rec["ok"], error=str(rec["error"] or ""),
+            attempts=rec["attempts"], tokens=rec["tokens"], seconds=round(time.perf_counter() - t0, 3),
+            captions_used=rec["num_captions_used"], model=rec["model"],
+            prompt_version=rec["prompt_version"],
+            title=rec["title"], summary=MetadataValue.md(rec["summary"] or "(none)"),
         )
 
-    @asset_check(asset=VIDEO_SUMMARY, partitions_def=videos, description="the summary reply was valid (ok)")
+    @per_video_check(asset=VIDEO_SUMMARY, description="the summary reply was valid (ok)")
     def summary_is_valid(context, lake: LakeResource) -> AssetCheckResult:
         rec = lio.read_json(lake.layer_url("summaries", context.partition_key), lake.settings())
         return AssetCheckResult(passed=bool(rec.get("ok")), metadata={
             "error": str(rec.get("error") or "none"), "attempts": rec.get("attempts", 0)})
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_INSTRUCTIONS,
         deps=[VIDEO_SUMMARY, CLIP_CAPTIONS, VIDEO_PROBE, VIDEO_FRAMES],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_instructions"],
-        automation_condition=eager,
         kinds={"json"},
         description="LLaVA conversation records (one captioning sample + question-answer pairs over the "
         "seven LongVILA question types) for long-video SFT. instructions/<key>.jsonl + .report.json.",
     )
-    def video_instructions(context: AssetExecutionContext, lake: LakeResource, caption_models: CaptionModelsResource) -> MaterializeResult:
-        from curation.captioning.annotate import captions_from_table, instruction_records, question_type_coverage, to_jsonl
+    def video_instructions(context: AssetExecutionContext, lake: LakeResource,
+                           caption_models: CaptionModelsResource) -> MaterializeResult:
+        from curation.captioning.annotate import (
+            captions_from_table,
+            instruction_records,
+            question_type_coverage,
+            to_jsonl,
+        )
 
         key = context.partition_key
         caps_table = _read(lake, "captions", key, context, "video instructions")
@@ -342,37 +327,33 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         except InputError:
             video = key
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "video instructions"):
             ann = make_annotator(caption_models.config(cfg))
             qa = ann.question_answers(key, captions_from_table(caps_table), duration, summary.get("summary", ""))
-        except InputError as e:
-            raise _fail(context, "video instructions", e.reason, file=e.source) from None
         if qa["error_kind"] in (UNAVAILABLE, CONFIG_ERROR):
-            raise _fail(context, "video instructions", qa["error"], retryable=qa["error_kind"] == UNAVAILABLE)
+            raise failure(context, "video instructions", qa["error"], retryable=qa["error_kind"] == UNAVAILABLE)
         records = instruction_records(key, summary, qa, video=video, frames_path=lake.layer_url("video_frames", key),
                                       duration_s=duration)
         coverage = question_type_coverage(records)
         report = {k: qa[k] for k in ("key", "ok", "error", "error_kind", "rejected", "attempts", "attempt_errors",
                                      "tokens", "model", "prompt_version", "duration_s")}
         report.update(summary_ok=bool(summary.get("ok")), num_records=len(records), question_types=coverage)
-        data = to_jsonl(records).encode("utf-8")
         out = lake.layer_url("instructions", key)
-        lio.write_bytes(out, data, lake.settings())
+        version = write_versioned(out, to_jsonl(records).encode("utf-8"), lake.settings())
         lio.write_json(_instructions_report_url(lake, key), report, lake.settings())
         if not qa["ok"]:
             context.log.warning(f"video {key}: {qa['error']}")
-        return MaterializeResult(
-            data_version=DataVersion(lio.sha256_bytes(data)),
-            metadata={
-                "path": MetadataValue.path(out), "ok": qa["ok"], "error": str(qa["error"] or ""),
-                "num_records": len(records), "num_qa": len(qa["qa"]), "num_rejected": len(qa["rejected"]),
-                "attempts": qa["attempts"], "tokens": qa["tokens"], "seconds": round(time.perf_counter() - t0, 3),
-                "question_types": json.dumps(coverage), "model": qa["model"], "prompt_version": qa["prompt_version"],
-                "preview": MetadataValue.md(_md([
-                    {"type": r["question_type"], "span_s": f"{r['frames']['start_s']:.0f}-{r['frames']['end_s']:.0f}",
-                     "question": r["conversations"][0]["value"].split("\n", 1)[-1], "answer": r["conversations"][1]["value"]}
-                    for r in records])),
-            },
+        return layer_result(
+            out, version,
+            ok=qa["ok"], error=str(qa["error"] or ""),
+            num_records=len(records), num_qa=len(qa["qa"]), num_rejected=len(qa["rejected"]),
+            attempts=qa["attempts"], tokens=qa["tokens"], seconds=round(time.perf_counter() - t0, 3),
+            question_types=json.dumps(coverage), model=qa["model"], prompt_version=qa["prompt_version"],
+            preview=MetadataValue.md(md_table([
+                {"type": r["question_type"], "span_s": f"{r['frames']['start_s']:.0f}-{r['frames']['end_s']:.0f}",
+                 "question": r["conversations"][0]["value"].split("\n", 1)[-1],
+                 "answer": r["conversations"][1]["value"]}
+                for r in records])),
         )
 
     def _records(lake, key):
@@ -381,15 +362,15 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         url = lake.layer_url("instructions", key)
         return read_jsonl(lio.read_bytes(url, lake.settings()).decode("utf-8"), url)
 
-    @asset_check(asset=VIDEO_INSTRUCTIONS, partitions_def=videos,
-                 description="all seven question types present (absent ones are listed)")
+    @per_video_check(asset=VIDEO_INSTRUCTIONS,
+                     description="all seven question types present (absent ones are listed)")
     def question_types_covered(context, lake: LakeResource) -> AssetCheckResult:
         r = checks.question_types_present(_records(lake, context.partition_key))
         return AssetCheckResult(passed=r["passed"], severity=AssetCheckSeverity.WARN, metadata={
             "counts": json.dumps(r["counts"]), "absent": ", ".join(r["absent"]) or "none"})
 
-    @asset_check(asset=VIDEO_INSTRUCTIONS, partitions_def=videos, additional_deps=[VIDEO_PROBE],
-                 description="every record's time span lies inside [0, duration] and start <= end")
+    @per_video_check(asset=VIDEO_INSTRUCTIONS, additional_deps=[VIDEO_PROBE],
+                     description="every record's time span lies inside [0, duration] and start <= end")
     def timestamps_in_bounds(context, lake: LakeResource) -> AssetCheckResult:
         key = context.partition_key
         duration = float(lio.read_json(lake.layer_url("probe", key), lake.settings())["duration_s"])
@@ -398,8 +379,8 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             "duration_s": duration, "num_out_of_bounds": len(r["out_of_bounds"]),
             "out_of_bounds": json.dumps(r["out_of_bounds"][:20])})
 
-    @asset_check(asset=VIDEO_INSTRUCTIONS, partitions_def=videos,
-                 description="the question-answer reply was valid (else the video's failure record is shown)")
+    @per_video_check(asset=VIDEO_INSTRUCTIONS,
+                     description="the question-answer reply was valid (else the video's failure record is shown)")
     def instructions_generated(context, lake: LakeResource) -> AssetCheckResult:
         rep = lio.read_json(_instructions_report_url(lake, context.partition_key), lake.settings())
         return AssetCheckResult(passed=bool(rep.get("ok")), metadata={
@@ -410,6 +391,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         key=LONG_VIDEO_SFT,
         deps=[AssetDep(VIDEO_INSTRUCTIONS, partition_mapping=AllPartitionMapping())],
         group_name=GROUP,
+        retry_policy=TRANSIENT_RETRY,
         code_version=cv["long_video_sft_dataset"],
         kinds={"json"},
         description="Stage-5 long-video SFT dataset: the instruction records of every video partition "
@@ -420,16 +402,11 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         from curation.captioning.dataset import build_long_video_sft
         from longvila.layout import dataset_dir
 
-        keys = sorted(context.instance.get_dynamic_partitions(videos.name))
-        try:
-            present = set(lake.present_keys())
-        except Exception:  # noqa: BLE001 - no manifest yet: use every registered partition
-            present = set(keys)
-        keys = [k for k in keys if k in present] if present else keys
+        keys = dataset_video_keys(context.instance, lake)
         t0 = time.perf_counter()
         manifest = build_long_video_sft(lake.storage_root, keys, lake.settings())
         return MaterializeResult(
-            data_version=DataVersion(manifest["sha256"]),
+            data_version=DataVersion(manifest["content_hash"]),
             metadata={
                 "path": MetadataValue.path(dataset_dir(lake.storage_root, "long_video_sft")),
                 "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],
@@ -455,42 +432,6 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
                       question_types_covered, timestamps_in_bounds, instructions_generated, sft_dataset_consistent],
         resources={"caption_models": CaptionModelsResource.from_config(cfg)},
     )
-
-
-def _latest_metadata(instance, key: AssetKey, partition: Optional[str]) -> dict:
-    from dagster import AssetRecordsFilter
-
-    recs = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    if not recs or not recs[0].asset_materialization:
-        return {}
-    return {k: getattr(v, "value", v) for k, v in (recs[0].asset_materialization.metadata or {}).items()}
-
-
-def demo_summary(instance) -> list[str]:
-    """Per-video caption/summary/instruction counts and the SFT dataset size, for `longvila demo`.
-    (Smoke models are random: their captions and answers are meaningless text.)"""
-    keys = sorted(instance.get_dynamic_partitions(videos.name))
-    if not keys:
-        return []
-    lines = [f"{'video':<30} {'clips':>5} {'cap_ok':>6} {'clips/s':>8} {'summary':>8} {'records':>8} {'types':>6}"]
-    for k in keys:
-        c = _latest_metadata(instance, CLIP_CAPTIONS, k)
-        s = _latest_metadata(instance, VIDEO_SUMMARY, k)
-        i = _latest_metadata(instance, VIDEO_INSTRUCTIONS, k)
-        try:
-            ntypes = sum(1 for v in json.loads(i.get("question_types", "{}")).values() if v)
-        except (TypeError, ValueError):
-            ntypes = 0
-        lines.append(f"{k[:30]:<30} {c.get('num_clips', '-'):>5} {c.get('num_ok', '-'):>6} {c.get('clips_per_s', 0):>8} "
-                     f"{str(s.get('ok', '-')):>8} {i.get('num_records', '-'):>8} {ntypes:>4}/7")
-    d = _latest_metadata(instance, LONG_VIDEO_SFT, None)
-    if d:
-        lines.append(f"long_video_sft_dataset: {d.get('num_records')} records from {d.get('num_videos')} videos "
-                     f"(failed: {d.get('failed_videos')})")
-    lines.append("note: with the smoke models (tiny random weights) captions and answers are meaningless text")
-    return lines
 
 
 defs = build_caption_defs()

@@ -1,4 +1,4 @@
-"""Curation lineage: one partition per raw video (`orchestration.partitions.videos`).
+"""Curation lineage: one partition per raw video (`assets.partitions.videos`).
 
     raw_video ─┬─> video_probe ─┬─> video_shots ─> video_clips ─┬─> clip_frames
                │                └─> video_frames                └─> clip_files (optional)
@@ -16,19 +16,20 @@ and return a `MaterializeResult` with
 * metadata: counts, durations, timings, a markdown preview and the output path.
 
 Why `raw_video` is a *materialised* asset and not an observable source asset: the new-video sensor
-already hashes new/changed files to confirm a change, and one `raw_video` run per changed partition
-records the sha256 as the data version with full provenance (run, time, source URL) in the event
-log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
+notices new/changed files by a cheap fingerprint (size + mtime/ETag, `longvila.sources`), and one
+`raw_video` run per change hashes the bytes and records the sha256 as the data version with full
+provenance (run, time, source URL) in the event log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
 downstream assets react to it. A partitioned `@observable_source_asset` would re-hash every video on
 each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
-events. `raw_video` copies nothing: the video stays in the source.
+events. `raw_video` hashes the video while copying it into the local content-addressed cache
+(`longvila.cache.snapshot`), and every later step decodes that copy (`pinned_copy`, re-fetched and
+verified if evicted): a source file replaced after raw_video hashed it is never silently curated.
 
-Automation: every asset below raw_video has `eager_on_new_data()` (`AutomationCondition.eager()`
-keyed on input *data versions* rather than on any new materialisation), so a partition added by the
-sensor flows through the whole lineage in one run once its raw_video is materialised (the automation
-sensor is enabled in `orchestration.definitions`), a changed video re-runs exactly its partition, and
-a re-run that reproduces identical bytes triggers nothing. A failed partition is not retried until
-its input changes.
+Automation: every asset below raw_video has the shared `assets.policies.ON_NEW_DATA` condition (keyed on
+input *data versions* and code versions, not on any new materialisation): a changed video re-runs
+exactly its partition, a re-run that reproduces identical bytes triggers nothing, and a failed
+partition is not retried until its input changes. Steps are retried with backoff on transient errors
+(`assets.policies.TRANSIENT_RETRY`), never on bad input.
 
 Bad input: a corrupt/empty/non-video file raises `longvila.errors.VideoError` in the library; the
 asset turns it into `dagster.Failure` naming the source file (relative path and URL) and the reason.
@@ -44,30 +45,40 @@ video_frames has the expected count (min(max_video_frames, duration*fps), at lea
 
 import contextlib
 import json
+import math
 import os
 import time
 from typing import Iterator, Optional
 
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
-    AutomationCondition,
     DataVersion,
     Definitions,
-    Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
-    asset_check,
 )
 
+from assets.common import (
+    data_version,
+    failure,
+    input_failure,
+    latest_record,
+    layer_result,
+    md_table,
+    per_video_asset,
+    per_video_check,
+    progress,
+    write_json,
+    write_table,
+)
+from assets.partitions import partitioned_checks
+from assets.resources import LakeResource
+from curation.config import CurationConfig
 from longvila import io as lio
-from longvila.settings import default_cache_dir, default_cache_max_bytes
-from longvila.errors import InputError
-from orchestration.partitions import partitioned_checks, videos
-from orchestration.resources import CurationConfig, LakeResource
+from longvila import layout
+from longvila.cache import pinned_copy, snapshot
 
 GROUP = "curation"
 RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
@@ -88,61 +99,35 @@ _EPS = 1e-6
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _write_table(url: str, table, settings) -> tuple[str, int]:
-    """Write a pyarrow table as Parquet atomically; return (sha256, size) of the bytes written."""
-    data = lio.parquet_bytes(table)
-    lio.write_bytes(url, data, settings)
-    return lio.sha256_bytes(data), len(data)
-
-
-def _write_json(url: str, obj, settings) -> str:
-    data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
-    lio.write_bytes(url, data, settings)
-    return lio.sha256_bytes(data)
-
-
 def _source(context, lake: LakeResource) -> dict:
-    """Manifest entry of the run's partition; Failure if unknown or deleted."""
-    key = context.partition_key
-    try:
-        return lake.video_entry(key)
-    except InputError as e:
-        raise Failure(
-            description=f"partition {key}: {e.reason}",
-            metadata={"partition": key, "file": e.source, "reason": e.reason},
-            allow_retries=False,
-        ) from None
+    """Manifest entry of the run's partition; a non-retryable Failure if unknown or removed."""
+    with input_failure(context, "source lookup"):
+        return lake.video_entry(context.partition_key)
 
 
 @contextlib.contextmanager
 def _video_failure(context, entry: dict, layer: str) -> Iterator[None]:
-    """Turn a library InputError/VideoError into a Failure naming the *source* file and the reason."""
-    try:
+    """A library InputError/VideoError becomes a Failure naming the *source* file and the reason."""
+    with input_failure(context, layer, file=entry.get("relpath") or entry.get("url"), url=entry.get("url")):
         yield
-    except InputError as e:
-        name = entry.get("relpath") or entry.get("url")
-        raise Failure(
-            description=f"{layer} failed for {name!r}: {e.reason}",
-            metadata={
-                "partition": context.partition_key,
-                "file": str(name),
-                "url": str(entry.get("url")),
-                "reason": e.reason,
-                "layer": layer,
-            },
-            allow_retries=False,
-        ) from None
+
+
+def _raw_sha(context) -> str:
+    """sha256 of the video that this partition's latest raw_video materialisation hashed (its data version)."""
+    sha = data_version(latest_record(context.instance, RAW_VIDEO, context.partition_key))
+    if not sha:
+        raise failure(context, "source lookup", "raw_video has not been materialised")
+    return sha
+
+
+def _suffix(entry: dict) -> str:
+    return os.path.splitext(entry.get("relpath") or entry["url"])[1]
 
 
 @contextlib.contextmanager
-def _local_video(entry: dict, lake: LakeResource) -> Iterator[str]:
-    url = entry["url"]
-    suffix = os.path.splitext(entry.get("relpath") or url)[1]
-    # remote videos are downloaded once into the local cache and shared by every curation step
-    with lio.local_copy(url, lake.settings(), suffix=suffix, cache_dir=default_cache_dir(),
-                        cache_max_bytes=default_cache_max_bytes()) as path:
+def _local_video(context, entry: dict, lake: LakeResource) -> Iterator[str]:
+    """A local copy holding exactly the bytes raw_video hashed (longvila.cache.pinned_copy)."""
+    with pinned_copy(entry["url"], _raw_sha(context), lake.settings(), suffix=_suffix(entry)) as path:
         yield path
 
 
@@ -152,32 +137,6 @@ def _read_json(lake: LakeResource, layer: str, key: str):
 
 def _read_table(lake: LakeResource, layer: str, key: str, columns=None):
     return lio.read_parquet(lake.layer_url(layer, key), lake.settings(), columns=columns)
-
-
-def _md_table(rows: list[dict], limit: int = 8) -> str:
-    if not rows:
-        return "(empty)"
-    cols = list(rows[0].keys())
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows[:limit]:
-        out.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    if len(rows) > limit:
-        out.append(f"| ... {len(rows) - limit} more |" + " |" * (len(cols) - 1))
-    return "\n".join(out)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _progress(context, every_s: float = 10.0):
-    from longvila.progress import Throttled
-
-    return Throttled(lambda done, total, msg: context.log.info(f"{done}/{total or '?'} {msg}"), every_s)
-
-
-def _probe_fields(lake: LakeResource, key: str) -> dict:
-    return _read_json(lake, "probe", key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,32 +166,8 @@ def code_versions(cfg: CurationConfig) -> dict[str, str]:
     return out
 
 
-def eager_on_new_data() -> AutomationCondition:
-    """`AutomationCondition.eager()` that reacts to new *data versions* of its inputs, not to every
-    new materialisation.
-
-    Like eager: run a partition when it is newly missing or an input changed, once none of its
-    inputs is missing or in progress. Unlike eager, re-materialising an input that produced the same
-    bytes (same content hash = same data version, e.g. a re-run of raw_video on an unchanged file)
-    triggers nothing downstream.
-    """
-    deps_changed = AutomationCondition.any_deps_match(
-        (AutomationCondition.data_version_changed() & ~AutomationCondition.executed_with_root_target())
-        .with_label("data_version_changed_without_root")
-        | AutomationCondition.will_be_requested()
-    ).with_label("any_deps_have_new_data")
-    return (
-        (AutomationCondition.newly_missing() | deps_changed).since_last_handled()
-        & ~AutomationCondition.any_deps_missing()
-        & ~AutomationCondition.any_deps_in_progress()
-        & ~AutomationCondition.in_progress()
-    ).with_label("eager_on_new_data")
-
-
 def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
     """How many whole-video frames `video_frames` should hold for a video of `duration_s`."""
-    import math
-
     n = int(math.floor(duration_s * cfg.video_fps + 1e-9))
     return max(1, min(cfg.max_video_frames, n))
 
@@ -253,33 +188,26 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
     """
     cfg = cfg or CurationConfig.from_env()
     cv = code_versions(cfg)
-    eager = eager_on_new_data()
 
-    @asset(
+    @per_video_asset(
+        automated=False,
         key=RAW_VIDEO,
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["raw_video"],
         kinds={"video"},
-        description="A raw video of the source (not copied). Data version = sha256 of its bytes. "
+        description="A raw video of the source, hashed while copied into the local content-addressed cache "
+        "(the copy every later step decodes). Data version = sha256 of its bytes. "
         "Materialised by the new-video sensor's runs for new or changed videos.",
     )
     def raw_video(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         entry = _source(context, lake)
         t0 = time.perf_counter()
-        try:
-            sha = lio.sha256_file(entry["url"], lake.settings())
-            fs, p = lio.get_fs(entry["url"], lake.settings())
-            size = int(fs.size(p))
+        try:  # hashed while copied into the local cache: later steps decode exactly these bytes
+            snap = snapshot(entry["url"], lake.settings(), suffix=_suffix(entry))
+            sha, size = snap.sha256, snap.size_bytes
         except FileNotFoundError:
-            raise Failure(
-                description=f"raw video {entry.get('relpath')!r} is gone from the source ({entry['url']})",
-                metadata={"partition": context.partition_key, "file": str(entry.get("relpath")),
-                          "reason": "file not found"},
-                allow_retries=False,
-            ) from None
-        if entry.get("sha256") and entry["sha256"] != sha:
-            context.log.info(f"{entry['relpath']!r} changed since the scan; recording its current hash")
+            raise failure(context, "raw video", f"gone from the source ({entry['url']})",
+                          file=entry.get("relpath")) from None
         return MaterializeResult(
             data_version=DataVersion(sha),
             metadata={
@@ -291,13 +219,11 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             },
         )
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_PROBE,
         deps=[RAW_VIDEO],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_probe"],
-        automation_condition=eager,
         kinds={"video", "json"},
         description="Container/codec/duration/fps (VFR aware)/frames/size/rotation/audio of the video "
         "(curation.probe). Written to probe/<key>.json.",
@@ -308,33 +234,30 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "probe"), _local_video(entry, lake) as path:
-            res = probe_video(path)
+        with _video_failure(context, entry, "probe"), _local_video(context, entry, lake) as path:
+            res = probe_video(path, sha256=_raw_sha(context))
         d = res.to_dict()
         d["path"] = entry["url"]
         d["relpath"] = entry.get("relpath")
         out = lake.layer_url("probe", key)
-        version = _write_json(out, d, lake.settings())
-        return MaterializeResult(
-            data_version=DataVersion(version),
-            metadata={
-                "path": MetadataValue.path(out),
-                "source": entry.get("relpath", ""),
-                "duration_s": float(res.duration_s),
-                "fps": float(res.fps),
-                "fps_is_variable": bool(res.fps_is_variable),
-                "frame_count": int(res.frame_count),
-                "resolution": f"{res.width}x{res.height}",
-                "codec": str(res.codec),
-                "has_audio": bool(res.has_audio),
-                "seconds": round(time.perf_counter() - t0, 3),
-            },
+        version = write_json(out, d, lake.settings())
+        return layer_result(
+            out, version,
+            source=entry.get("relpath", ""),
+            duration_s=float(res.duration_s),
+            fps=float(res.fps),
+            fps_is_variable=bool(res.fps_is_variable),
+            frame_count=int(res.frame_count),
+            resolution=f"{res.width}x{res.height}",
+            codec=str(res.codec),
+            has_audio=bool(res.has_audio),
+            seconds=round(time.perf_counter() - t0, 3),
         )
 
-    @asset_check(asset=VIDEO_PROBE, partitions_def=videos, blocking=True,
-                 description="duration, fps, frame count and size are positive and consistent")
+    @per_video_check(asset=VIDEO_PROBE, blocking=True,
+                     description="duration, fps, frame count and size are positive and consistent")
     def probe_is_sane(context, lake: LakeResource) -> AssetCheckResult:
-        d = _probe_fields(lake, context.partition_key)
+        d = _read_json(lake, "probe", context.partition_key)
         problems = []
         if not d.get("duration_s", 0) > 0:
             problems.append(f"duration_s={d.get('duration_s')}")
@@ -353,13 +276,11 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             metadata={"problems": "; ".join(problems) or "none"},
         )
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_SHOTS,
         deps=[RAW_VIDEO, VIDEO_PROBE],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_shots"],
-        automation_condition=eager,
         kinds={"video", "parquet"},
         description=f"Shot boundaries (detector {cfg.detector!r}, curation.shots). shots/<key>.parquet.",
     )
@@ -369,52 +290,48 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
 
         entry = _source(context, lake)
         key = context.partition_key
-        probe = _probe_fields(lake, key)
+        probe = _read_json(lake, "probe", key)
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "shot detection"), _local_video(entry, lake) as path:
-            shots = detect_shots(path, detector=cfg.detector, progress=_progress(context), **cfg.detector_options)
+        with _video_failure(context, entry, "shot detection"), _local_video(context, entry, lake) as path:
+            shots = detect_shots(path, detector=cfg.detector, progress=progress(context), **cfg.detector_options)
         secs = time.perf_counter() - t0
         table = shots_to_table(shots)
         out = lake.layer_url("shots", key)
-        version, _ = _write_table(out, table, lake.settings())
+        version, _ = write_table(out, table, lake.settings())
         lengths = [s.end_s - s.start_s for s in shots]
-        return MaterializeResult(
-            data_version=DataVersion(version),
-            metadata={
-                "path": MetadataValue.path(out),
-                "detector": cfg.detector,
-                "num_shots": len(shots),
-                "mean_shot_s": round(sum(lengths) / len(lengths), 3) if lengths else 0.0,
-                "seconds": round(secs, 3),
-                "frames_per_second": round(probe.get("frame_count", 0) / secs, 1) if secs > 0 else 0.0,
-                "preview": MetadataValue.md(_md_table([
-                    {"shot": s.index, "start_frame": s.start_frame, "end_frame": s.end_frame,
-                     "start_s": s.start_s, "end_s": s.end_s} for s in shots])),
-            },
+        return layer_result(
+            out, version,
+            detector=cfg.detector,
+            num_shots=len(shots),
+            mean_shot_s=round(sum(lengths) / len(lengths), 3) if lengths else 0.0,
+            seconds=round(secs, 3),
+            frames_per_second=round(probe.get("frame_count", 0) / secs, 1) if secs > 0 else 0.0,
+            preview=MetadataValue.md(md_table([
+                {"shot": s.index, "start_frame": s.start_frame, "end_frame": s.end_frame,
+                 "start_s": s.start_s, "end_s": s.end_s} for s in shots])),
         )
 
-    @asset_check(asset=VIDEO_SHOTS, partitions_def=videos, blocking=True, additional_deps=[VIDEO_PROBE],
-                 description="shots tile [0, frame_count) with no gap or overlap, in order")
+    @per_video_check(asset=VIDEO_SHOTS, blocking=True, additional_deps=[VIDEO_PROBE],
+                     description="shots tile [0, frame_count) with no gap or overlap, in order")
     def shots_tile_video(context, lake: LakeResource) -> AssetCheckResult:
         from curation.schemas import table_to_shots
 
         key = context.partition_key
         shots = table_to_shots(_read_table(lake, "shots", key))
-        n = int(_probe_fields(lake, key)["frame_count"])
+        n = int(_read_json(lake, "probe", key)["frame_count"])
         problems = tile_problems([(s.start_frame, s.end_frame) for s in shots], n)
-        problems += [f"shot {s.index}: start_s {s.start_s} >= end_s {s.end_s}" for s in shots if not s.start_s < s.end_s]
+        problems += [f"shot {s.index}: start_s {s.start_s} >= end_s {s.end_s}"
+                     for s in shots if not s.start_s < s.end_s]
         return AssetCheckResult(
             passed=not problems,
             metadata={"num_shots": len(shots), "frame_count": n, "problems": "; ".join(problems[:10]) or "none"},
         )
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_CLIPS,
         deps=[VIDEO_SHOTS, VIDEO_PROBE],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_clips"],
-        automation_condition=eager,
         kinds={"parquet"},
         description=f"Clips of {cfg.min_clip_s:g}-{cfg.max_clip_s:g} s inside single shots (curation.clips). "
         "clips/<key>.parquet.",
@@ -426,29 +343,27 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         shots = table_to_shots(_read_table(lake, "shots", key))
-        fps = float(_probe_fields(lake, key)["fps"])
+        fps = float(_read_json(lake, "probe", key)["fps"])
         with _video_failure(context, entry, "clip making"):
             clips = make_clips(shots, fps, max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s)
         out = lake.layer_url("clips", key)
-        version, _ = _write_table(out, clips_to_table(clips), lake.settings())
+        version, _ = write_table(out, clips_to_table(clips), lake.settings())
         lengths = [c.end_s - c.start_s for c in clips]
-        return MaterializeResult(
-            data_version=DataVersion(version),
-            metadata={
-                "path": MetadataValue.path(out),
-                "num_clips": len(clips),
-                "num_shots": len(shots),
-                "covered_s": round(sum(lengths), 3),
-                "min_clip_s": round(min(lengths), 3) if lengths else 0.0,
-                "max_clip_s": round(max(lengths), 3) if lengths else 0.0,
-                "preview": MetadataValue.md(_md_table([
-                    {"clip": c.index, "shot": c.shot_index, "start_s": c.start_s, "end_s": c.end_s}
-                    for c in clips])),
-            },
+        return layer_result(
+            out, version,
+            num_clips=len(clips),
+            num_shots=len(shots),
+            covered_s=round(sum(lengths), 3),
+            min_clip_s=round(min(lengths), 3) if lengths else 0.0,
+            max_clip_s=round(max(lengths), 3) if lengths else 0.0,
+            preview=MetadataValue.md(md_table([
+                {"clip": c.index, "shot": c.shot_index, "start_s": c.start_s, "end_s": c.end_s}
+                for c in clips])),
         )
 
-    @asset_check(asset=VIDEO_CLIPS, partitions_def=videos, blocking=True, additional_deps=[VIDEO_SHOTS],
-                 description=f"every clip lasts within [{cfg.min_clip_s:g}, {cfg.max_clip_s:g}] s and lies in one shot")
+    @per_video_check(asset=VIDEO_CLIPS, blocking=True, additional_deps=[VIDEO_SHOTS],
+                     description=f"every clip lasts within [{cfg.min_clip_s:g}, {cfg.max_clip_s:g}] s "
+                                 "and lies in one shot")
     def clips_within_bounds(context, lake: LakeResource) -> AssetCheckResult:
         from curation.schemas import table_to_clips, table_to_shots
 
@@ -461,13 +376,11 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             metadata={"num_clips": len(clips), "problems": "; ".join(problems[:10]) or "none"},
         )
 
-    @asset(
+    @per_video_asset(
         key=CLIP_FRAMES,
         deps=[RAW_VIDEO, VIDEO_CLIPS],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["clip_frames"],
-        automation_condition=eager,
         kinds={"parquet", "jpeg"},
         description=f"{cfg.frames_per_clip} JPEG frames per clip at {cfg.frame_size}px (curation.frames). "
         "clip_frames/<key>.parquet.",
@@ -480,26 +393,23 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         key = context.partition_key
         clips = table_to_clips(_read_table(lake, "clips", key))
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "clip frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "clip frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_clip_frames(path, clips, frames_per_clip=cfg.frames_per_clip, size=cfg.frame_size,
-                                       jpeg_quality=cfg.jpeg_quality, progress=_progress(context))
+                                       jpeg_quality=cfg.jpeg_quality, progress=progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("clip_frames", key)
-        version, nbytes = _write_table(out, table, lake.settings())
-        return MaterializeResult(
-            data_version=DataVersion(version),
-            metadata={
-                "path": MetadataValue.path(out),
-                "num_clips": len(clips),
-                "num_frames": table.num_rows,
-                "frames_per_clip": cfg.frames_per_clip,
-                "bytes": nbytes,
-                "seconds": round(secs, 3),
-            },
+        version, nbytes = write_table(out, table, lake.settings())
+        return layer_result(
+            out, version,
+            num_clips=len(clips),
+            num_frames=table.num_rows,
+            frames_per_clip=cfg.frames_per_clip,
+            bytes=nbytes,
+            seconds=round(secs, 3),
         )
 
-    @asset_check(asset=CLIP_FRAMES, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
-                 description=f"{cfg.frames_per_clip} frames per clip, for every clip")
+    @per_video_check(asset=CLIP_FRAMES, additional_deps=[VIDEO_CLIPS],
+                     description=f"{cfg.frames_per_clip} frames per clip, for every clip")
     def clip_frame_counts(context, lake: LakeResource) -> AssetCheckResult:
         from curation.schemas import table_to_clips
 
@@ -519,13 +429,11 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                       "wrong_clips": json.dumps(dict(list(wrong.items())[:10])), "unknown_clips": str(extra[:10])},
         )
 
-    @asset(
+    @per_video_asset(
         key=VIDEO_FRAMES,
         deps=[RAW_VIDEO, VIDEO_PROBE],
-        partitions_def=videos,
         group_name=GROUP,
         code_version=cv["video_frames"],
-        automation_condition=eager,
         kinds={"parquet", "jpeg"},
         description=f"Whole-video frames at {cfg.video_fps:g} fps (at most {cfg.max_video_frames}), "
         f"{cfg.frame_size}px JPEG (curation.frames). video_frames/<key>.parquet.",
@@ -536,28 +444,25 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         entry = _source(context, lake)
         key = context.partition_key
         t0 = time.perf_counter()
-        with _video_failure(context, entry, "video frame sampling"), _local_video(entry, lake) as path:
+        with _video_failure(context, entry, "video frame sampling"), _local_video(context, entry, lake) as path:
             table = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames,
                                         size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality,
-                                        progress=_progress(context))
+                                        progress=progress(context))
         secs = time.perf_counter() - t0
         out = lake.layer_url("video_frames", key)
-        version, nbytes = _write_table(out, table, lake.settings())
-        return MaterializeResult(
-            data_version=DataVersion(version),
-            metadata={
-                "path": MetadataValue.path(out),
-                "num_frames": table.num_rows,
-                "bytes": nbytes,
-                "seconds": round(secs, 3),
-            },
+        version, nbytes = write_table(out, table, lake.settings())
+        return layer_result(
+            out, version,
+            num_frames=table.num_rows,
+            bytes=nbytes,
+            seconds=round(secs, 3),
         )
 
-    @asset_check(asset=VIDEO_FRAMES, partitions_def=videos, additional_deps=[VIDEO_PROBE],
-                 description=f"min({cfg.max_video_frames}, duration x {cfg.video_fps:g}) frames (at least 1)")
+    @per_video_check(asset=VIDEO_FRAMES, additional_deps=[VIDEO_PROBE],
+                     description=f"min({cfg.max_video_frames}, duration x {cfg.video_fps:g}) frames (at least 1)")
     def video_frame_count(context, lake: LakeResource) -> AssetCheckResult:
         key = context.partition_key
-        probe = _probe_fields(lake, key)
+        probe = _read_json(lake, "probe", key)
         dur = float(probe["duration_s"])
         n = _read_table(lake, "video_frames", key, columns=["frame_number"]).num_rows
         exp = min(expected_video_frames(dur, cfg), int(probe["frame_count"]))
@@ -570,55 +475,39 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
 
     if cfg.write_clip_files:
 
-        @asset(
+        @per_video_asset(
             key=CLIP_FILES,
             deps=[RAW_VIDEO, VIDEO_CLIPS],
-            partitions_def=videos,
             group_name=GROUP,
             code_version=cv["clip_files"],
-            automation_condition=eager,
             kinds={"video"},
-            description="Every clip cut into its own MP4 (curation.clipfiles): clip_files/<key>/<index>.mp4 "
-            "plus index.json written last (the index is the commit marker).",
+            description="Every clip cut into its own MP4 (curation.clipfiles.write_clip_set): "
+            "clip_files/<key>/<version>/<index>.mp4, committed by clip_files/<key>/index.json written last.",
         )
         def clip_files(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-            from curation.clipfiles import write_clip_file
+            from curation.clipfiles import write_clip_set
             from curation.schemas import table_to_clips
 
             entry = _source(context, lake)
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            written: list[str] = []
-            records = []
-            try:
-                with _video_failure(context, entry, "clip cutting"), _local_video(entry, lake) as path:
-                    for c in clips:
-                        dst = lake.clip_file_url(key, c.index)
-                        rec = write_clip_file(path, c, dst)
-                        written.append(dst)
-                        records.append({"clip_index": c.index, "url": dst, **(rec or {})})
-            except BaseException:
-                # leave no partial set of clip files behind
-                for dst in written:
-                    with contextlib.suppress(Exception):
-                        fs, p = lio.get_fs(dst, lake.settings())
-                        fs.rm(p)
-                raise
-            index_url = lio.join(lake.storage_root, "clip_files", key, "index.json")
-            version = _write_json(index_url, {"partition": key, "clips": records}, lake.settings())
-            return MaterializeResult(
-                data_version=DataVersion(version),
-                metadata={"path": MetadataValue.path(index_url), "num_files": len(records)},
-            )
+            # one versioned set, committed by its index.json: a failure leaves the previous set intact
+            with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
+                index, sha = write_clip_set(path, clips, layout.clip_files_dir(lake.storage_root, key),
+                                            lake.settings(), index_extra={"partition": key})
+            return layer_result(layout.clip_files_index_path(lake.storage_root, key), sha,
+                                num_files=len(index["clips"]), set_version=index["version"])
 
-        @asset_check(asset=CLIP_FILES, partitions_def=videos, additional_deps=[VIDEO_CLIPS],
-                     description="one file per clip exists")
+        @per_video_check(asset=CLIP_FILES, additional_deps=[VIDEO_CLIPS],
+                         description="the committed index names one existing file per clip")
         def clip_files_exist(context, lake: LakeResource) -> AssetCheckResult:
             from curation.schemas import table_to_clips
 
             key = context.partition_key
             clips = table_to_clips(_read_table(lake, "clips", key))
-            missing = [c.index for c in clips if not lio.exists(lake.clip_file_url(key, c.index), lake.settings())]
+            index = lio.read_json(layout.clip_files_index_path(lake.storage_root, key), lake.settings())
+            urls = {r["clip_index"]: r["url"] for r in index["clips"]}
+            missing = [c.index for c in clips if c.index not in urls or not lio.exists(urls[c.index], lake.settings())]
             return AssetCheckResult(passed=not missing, metadata={"missing": str(missing[:20]),
                                                                    "num_clips": len(clips)})
 
@@ -662,44 +551,6 @@ def clip_problems(clips, shots_by_index: dict, min_s: float, max_s: float) -> li
             problems.append(f"clip {c.index} [{c.start_frame}, {c.end_frame}) leaves shot {s.index} "
                             f"[{s.start_frame}, {s.end_frame})")
     return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# demo hook
-# ---------------------------------------------------------------------------------------------
-def _latest_metadata(instance, key: AssetKey, partition: str) -> dict:
-    from dagster import AssetRecordsFilter
-
-    recs = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-    ).records
-    if not recs:
-        return {}
-    mat = recs[0].asset_materialization
-    return {k: getattr(v, "value", v) for k, v in (mat.metadata or {}).items()} if mat else {}
-
-
-def demo_summary(instance) -> list[str]:
-    """Per-video summary lines for `longvila demo` (shots, clips, frames, curation seconds)."""
-    keys = sorted(instance.get_dynamic_partitions(videos.name))
-    if not keys:
-        return []
-    lines = [f"{'video':<44} {'dur_s':>7} {'shots':>6} {'clips':>6} {'clip_fr':>8} {'vid_fr':>7} {'secs':>7}"]
-    for k in keys:
-        raw = _latest_metadata(instance, RAW_VIDEO, k)
-        probe = _latest_metadata(instance, VIDEO_PROBE, k)
-        shots = _latest_metadata(instance, VIDEO_SHOTS, k)
-        clips = _latest_metadata(instance, VIDEO_CLIPS, k)
-        cf = _latest_metadata(instance, CLIP_FRAMES, k)
-        vf = _latest_metadata(instance, VIDEO_FRAMES, k)
-        name = str(raw.get("relpath") or k)
-        secs = sum(float(m.get("seconds", 0) or 0) for m in (probe, shots, cf, vf))
-        lines.append(
-            f"{name[:44]:<44} {probe.get('duration_s', float('nan')):>7.1f} {shots.get('num_shots', '-'):>6} "
-            f"{clips.get('num_clips', '-'):>6} {cf.get('num_frames', '-'):>8} {vf.get('num_frames', '-'):>7} "
-            f"{secs:>7.2f}"
-        )
-    return lines
 
 
 defs = build_curation_defs()

@@ -28,6 +28,9 @@ Inputs in smoke runs (settings in the ``eval_settings`` resource, `EvalSettings`
 * captions: references from the lake's ``summaries`` layer (the captioning pipeline's video
   summaries, videos from the manifest), else fixture references.
 
+Automation: each benchmark re-runs when its stage checkpoint gets a new data version (the shared
+`assets.policies.ON_NEW_DATA` condition), with the transient-fault retry policy.
+
 Asset checks (``no_regression``, severity WARN): compare the headline metric with the previous
 materialisation's metadata in the instance; a drop by more than ``regression_tolerance`` fails the
 check. Plus ``outputs_complete`` checks (grid complete / no missing videos / judge mostly valid).
@@ -58,10 +61,11 @@ from dagster import (
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from assets.common import failure, input_failure, latest_metadata, metadata_values, progress
+from assets.policies import ON_NEW_DATA, TRANSIENT_RETRY
+from assets.resources import LakeResource
 from longvila import io as lio
 from longvila import layout
-from longvila.errors import InputError
-from orchestration.resources import LakeResource
 
 GROUP = "evaluation"
 EVAL_CODE_VERSION = "eval-v1"
@@ -159,39 +163,20 @@ def _recipe():
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _storage(lake: Any) -> tuple[str, Any]:
-    return lake.storage_root, lake.settings()
-
-
-def _latest_materialization(instance, key: AssetKey):
-    recs = instance.fetch_materializations(key, limit=1).records
-    return recs[0].asset_materialization if recs else None
-
-
-def _meta_value(v: Any) -> Any:
-    return getattr(v, "value", v)
-
-
 def resolve_checkpoint(context: AssetExecutionContext, lake: Any, stage_asset: str) -> str:
     """The upstream stage's exported checkpoint directory. Candidates, first loadable wins: the latest
     materialisation's metadata ``checkpoint_path`` or ``checkpoint`` (what the training assets report),
     then ``<checkpoint_dir>/final`` (the trainer's export) and ``<checkpoint_dir>`` itself, with
     ``checkpoint_dir = longvila.layout.checkpoint_dir(storage, stage_asset)``."""
-    candidates = []
-    mat = _latest_materialization(context.instance, AssetKey(stage_asset))
-    for key in ("checkpoint_path", "checkpoint"):
-        if mat is not None and key in (mat.metadata or {}):
-            v = str(_meta_value(mat.metadata[key]) or "")
-            if v:
-                candidates.append(v)
+    md = latest_metadata(context.instance, AssetKey(stage_asset))
+    candidates = [str(md[k]) for k in ("checkpoint_path", "checkpoint") if md.get(k)]
     base = layout.checkpoint_dir(lake.storage_root, stage_asset)
     candidates += [lio.join(base, "final"), base]
     for path in candidates:
         if lio.exists(lio.join(path, "config.json"), lake.settings()):
             return path
-    raise Failure(description=f"checkpoint of {stage_asset} not found (looked for config.json in "
-                              f"{', '.join(candidates)})",
-                  metadata={"checkpoint_path": MetadataValue.path(candidates[0])})
+    raise failure(context, "checkpoint lookup", f"checkpoint of {stage_asset} not found (looked for config.json in "
+                                                f"{', '.join(candidates)})")
 
 
 def _niah_haystack(lake: Any, settings: EvalSettings) -> tuple[Optional[str], Optional[str]]:
@@ -211,10 +196,6 @@ def _niah_haystack(lake: Any, settings: EvalSettings) -> tuple[Optional[str], Op
 
 def _results_version(out_dir: str, settings) -> str:
     return lio.sha256_file(lio.join(out_dir, "results.json"), settings)[:16]
-
-
-def _progress(context):
-    return lambda done, total, msg: context.log.info(f"{done}/{total} {msg}")
 
 
 def _png_markdown(png: bytes, alt: str) -> str:
@@ -238,7 +219,8 @@ def _fixture(lake: Any) -> dict:
 def _videomme_inputs(lake: Any, settings: EvalSettings) -> tuple[str, str, Optional[str], str]:
     if settings.videomme_questions:
         if not settings.videomme_videos:
-            raise Failure(description="eval_settings.videomme_questions is set but videomme_videos is not")
+            raise Failure(description="eval_settings.videomme_questions is set but videomme_videos is not",
+                          allow_retries=False)
         return settings.videomme_questions, settings.videomme_videos, settings.videomme_subtitles, "configured"
     fx = _fixture(lake)
     return fx["parquet"], fx["video_dir"], fx["subtitle_dir"], "generated fixture"
@@ -301,8 +283,7 @@ def previous_and_current(instance, key: AssetKey, metric: str) -> tuple[Optional
     recs = instance.fetch_materializations(key, limit=2).records
     vals = []
     for r in recs:
-        md = (r.asset_materialization.metadata or {}) if r.asset_materialization else {}
-        v = _meta_value(md.get(metric)) if metric in md else None
+        v = metadata_values(r).get(metric)
         vals.append(float(v) if isinstance(v, (int, float)) else None)
     cur = vals[0] if vals else None
     prev = vals[1] if len(vals) > 1 else None
@@ -343,7 +324,7 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
     @asset(
         name=niah_key.path[0], group_name=GROUP, deps=[upstream], code_version=EVAL_CODE_VERSION + "-niah",
         description=f"V-NIAH accuracy grid and heatmap of the {stage_asset} checkpoint.",
-        kinds={"python", "pytorch"},
+        kinds={"python", "pytorch"}, automation_condition=ON_NEW_DATA, retry_policy=TRANSIENT_RETRY,
         check_specs=[AssetCheckSpec("grid_complete", asset=niah_key,
                                     description="every (frame count, depth, needle) sample was scored")],
     )
@@ -356,16 +337,14 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
         cfg = eval_settings.niah_config()
         frames_parquet, captions_parquet = _niah_haystack(lake, eval_settings)
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "V-NIAH"):
             if eval_settings.niah_nproc > 1:
                 res = run_niah_sharded(ckpt, out, cfg, nproc=eval_settings.niah_nproc,
                                        frames_parquet=frames_parquet, captions_parquet=captions_parquet)
             else:
                 res = run_niah_benchmark(ckpt, out, cfg, frames_parquet=frames_parquet,
-                                         progress=_progress(context), title=f"V-NIAH {stage_asset}",
+                                         progress=progress(context), title=f"V-NIAH {stage_asset}",
                                          captions_parquet=captions_parquet)
-        except InputError as exc:
-            raise Failure(description=f"V-NIAH failed on bad input: {exc}") from exc
         secs = time.perf_counter() - t0
         png = heatmap_png(res, title=f"V-NIAH {stage_asset}")
         expected = len(build_grid(cfg.frame_counts, cfg.depths, cfg.num_needles))
@@ -395,7 +374,7 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
     @asset(
         name=vm_key.path[0], group_name=GROUP, deps=[upstream], code_version=EVAL_CODE_VERSION + "-videomme",
         description=f"VideoMME-format multiple-choice accuracy of the {stage_asset} checkpoint.",
-        kinds={"python", "pytorch"},
+        kinds={"python", "pytorch"}, automation_condition=ON_NEW_DATA, retry_policy=TRANSIENT_RETRY,
         check_specs=[AssetCheckSpec("all_videos_found", asset=vm_key,
                                     description="every question's video was found and decoded")],
     )
@@ -406,13 +385,11 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
         out = layout.eval_dir(lake.storage_root, "videomme", stage_asset)
         questions, videos, subs, source = _videomme_inputs(lake, eval_settings)
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "VideoMME evaluation"):
             res = run_videomme_benchmark(ckpt, questions, videos, out, subtitle_dir=subs,
                                          num_frames=eval_settings.num_frames,
                                          max_new_tokens=eval_settings.videomme_max_new_tokens,
-                                         scoring=eval_settings.videomme_scoring, progress=_progress(context))
-        except InputError as exc:
-            raise Failure(description=f"VideoMME evaluation failed on bad input: {exc}") from exc
+                                         scoring=eval_settings.videomme_scoring, progress=progress(context))
         s = res.summary()
         md: dict[str, Any] = {
             "accuracy": float(s["without_subtitles"]["overall"]["accuracy"] or 0.0),
@@ -444,7 +421,7 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
     @asset(
         name=cap_key.path[0], group_name=GROUP, deps=[upstream], code_version=EVAL_CODE_VERSION + "-caption",
         description=f"Long-video caption score (LLM judge + similarity) of the {stage_asset} checkpoint.",
-        kinds={"python", "pytorch"},
+        kinds={"python", "pytorch"}, automation_condition=ON_NEW_DATA, retry_policy=TRANSIENT_RETRY,
         check_specs=[AssetCheckSpec("judge_replies_valid", asset=cap_key,
                                     description="at most half of the judge's scores are invalid")],
     )
@@ -455,13 +432,11 @@ def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS)
         out = layout.eval_dir(lake.storage_root, "caption", stage_asset)
         items, source = _caption_items(context, lake, eval_settings)
         t0 = time.perf_counter()
-        try:
+        with input_failure(context, "caption score"):
             res = run_caption_benchmark(ckpt, items, out, judge=eval_settings.judge,
                                         num_frames=eval_settings.num_frames,
                                         max_new_tokens=eval_settings.caption_max_new_tokens,
-                                        progress=_progress(context))
-        except InputError as exc:
-            raise Failure(description=f"caption score failed on bad input: {exc}") from exc
+                                        progress=progress(context))
         s = res.summary()
         md: dict[str, Any] = {
             "similarity_combined": float(s["similarity"].get("combined", 0.0)),
@@ -550,34 +525,6 @@ def build_evaluation_defs(stages: Optional[list[str]] = None, settings: Optional
         checks += c
     return Definitions(assets=assets_, asset_checks=checks,
                        resources={"eval_settings": settings or EvalSettings()})
-
-
-def demo_summary(instance) -> list[str]:
-    """One line per benchmark asset: headline numbers of its latest materialisation."""
-    lines = []
-    for st in eval_stages():
-        for bench in ("niah", "videomme", "caption_score"):
-            mat = _latest_materialization(instance, AssetKey(f"{bench}_{st}"))
-            if mat is None:
-                continue
-            md = {k: _meta_value(v) for k, v in (mat.metadata or {}).items()}
-            if bench == "niah":
-                lines.append(f"niah_{st}: accuracy {md.get('accuracy', float('nan')):.3f} over "
-                             f"{md.get('samples')} samples ({md.get('scoring')}); heatmap {md.get('heatmap_path')}")
-            elif bench == "videomme":
-                extra = (f", with subtitles {md['accuracy_with_subtitles']:.3f}"
-                         if "accuracy_with_subtitles" in md else "")
-                lines.append(f"videomme_{st}: accuracy {md.get('accuracy', float('nan')):.3f} on "
-                             f"{md.get('questions')} questions{extra}; {md.get('no_answer')} replies named no "
-                             f"option ({md.get('scoring')}, {md.get('inputs')})")
-            else:
-                lines.append(f"caption_score_{st}: similarity {md.get('similarity_combined', float('nan')):.3f}, "
-                             f"judge {md.get('judge')} (invalid {md.get('invalid_judgements')}) "
-                             f"on {md.get('videos')} videos")
-    if lines:
-        lines.append("(with the smoke recipe, VideoMME and the caption score stay near chance: the smoke captions and "
-                     "answers come from random models; V-NIAH and passkey show what it learned, table below)")
-    return lines
 
 
 defs = build_evaluation_defs()

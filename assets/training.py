@@ -7,7 +7,8 @@
     long_video_sft_dataset                                    ─> stage5_long_sft     (after 4)
     video_frames, clip_captions (all videos) ─> stage5_dataset ─┘ (only when the recipe's stage-5
         data.options add samples: V-NIAH-style retrieval, passkey; trained together with the SFT set)
-    stage5_long_sft ─> training_lineage_report (markdown: raw videos -> datasets -> checkpoints)
+
+(`training_lineage_report`, the markdown audit of stage 5, is defined with the audit in `orchestration.lineage`.)
 
 Each stage asset launches ``torchrun -m training.train`` through Dagster Pipes (the launcher is the
 ``training_launcher`` resource: a local subprocess by default, Kubernetes via ``PipesK8sClient`` when
@@ -44,6 +45,7 @@ Stage assets share the Dagster pool ``training`` (set a limit of 1 with
 """
 
 
+import hashlib
 import json
 import os
 import sys
@@ -57,7 +59,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     ConfigurableResource,
     DataVersion,
     Definitions,
@@ -69,25 +70,22 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT
+from assets.common import data_version, dataset_video_keys, latest_record, md_table
+from assets.curation import CLIP_FRAMES, VIDEO_FRAMES
+from assets.resources import LakeResource
 from longvila import io as lio
 from longvila import layout
 from longvila.errors import InputError
-from orchestration.partitions import videos
-from orchestration.resources import LakeResource
 from training.data.build import BUILD_VERSION, build_stage_dataset
 from training.recipes import STAGE_NAMES, Recipe, load_recipe
 from training.trainer import TRAINER_VERSION
 
 GROUP = "training"
-CLIP_CAPTIONS = AssetKey("clip_captions")
-CLIP_FRAMES = AssetKey("clip_frames")
-LONG_VIDEO_SFT = AssetKey("long_video_sft_dataset")
 STAGE_KEYS = [AssetKey(n) for n in STAGE_NAMES]
 DATASET_KEYS = {1: AssetKey("stage1_dataset"), 2: AssetKey("stage2_dataset"), 3: AssetKey("stage3_dataset"),
                 4: AssetKey("stage4_dataset"), 5: LONG_VIDEO_SFT}
 STAGE5_EXTRA = AssetKey("stage5_dataset")
-VIDEO_FRAMES = AssetKey("video_frames")
-LINEAGE_REPORT = AssetKey("training_lineage_report")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -166,18 +164,6 @@ def recipe_from_env() -> Recipe:
     return load_recipe(os.environ.get("LONGVILA_RECIPE", "smoke"))
 
 
-def _latest_record(instance, key: AssetKey, partition: Optional[str] = None):
-    recs = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None), limit=1).records
-    return recs[0] if recs else None
-
-
-def _data_version(record) -> Optional[str]:
-    if record is None:
-        return None
-    return (record.asset_materialization.tags or {}).get("dagster/data_version")
-
-
 def dataset_dir_for(storage: str, stage_index: int) -> str:
     if stage_index == 5:
         return layout.dataset_dir(storage, "long_video_sft")
@@ -198,18 +184,6 @@ def _dataset_dir(storage: str, n: int) -> str:
     return layout.dataset_dir(storage, "stage5_dataset") if n == 5 else dataset_dir_for(storage, n)
 
 
-def _md_table(rows: list[dict], limit: int = 10) -> str:
-    if not rows:
-        return "(none)"
-    cols = list(rows[0])
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows[:limit]:
-        out.append("| " + " | ".join(str(r.get(c, ""))[:64] for c in cols) + " |")
-    if len(rows) > limit:
-        out.append(f"| ... {len(rows) - limit} more |" + " |" * (len(cols) - 1))
-    return "\n".join(out)
-
-
 # ----------------------------------------------------------------------------------- assets
 
 
@@ -223,8 +197,6 @@ def _dataset_asset(recipe: Recipe, n: int):
     deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
-    import hashlib
-
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
 
     @asset(key=_dataset_key(n), deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
@@ -235,9 +207,9 @@ def _dataset_asset(recipe: Recipe, n: int):
         keys: list[str] = []
         versions: dict[str, dict] = {}
         if dep_keys:
-            keys = sorted(context.instance.get_dynamic_partitions(videos.name))
+            keys = dataset_video_keys(context.instance, lake)
             for k in keys:
-                versions[k] = {f"{d.path[-1]}_data_version": _data_version(_latest_record(context.instance, d, k))
+                versions[k] = {f"{d.path[-1]}_data_version": data_version(latest_record(context.instance, d, k))
                                for d in dep_keys}
         t0 = time.perf_counter()
         out = _dataset_dir(storage, n)
@@ -255,7 +227,7 @@ def _dataset_asset(recipe: Recipe, n: int):
                 "num_videos": len(manifest.get("video_keys", [])),
                 "kind": kind,
                 "manifest": MetadataValue.json(manifest),
-                "inputs": MetadataValue.md(_md_table(inputs)),
+                "inputs": MetadataValue.md(md_table(inputs, limit=10, width=64)),
                 "seconds": round(time.perf_counter() - t0, 3),
             },
         )
@@ -274,7 +246,8 @@ def _stage_asset(recipe: Recipe, n: int):
                        f"{' with LoRA' if stage.lora else ''} at max length {stage.max_length}, "
                        f"{stage.num_frames} frames, SP {stage.ulysses_degree}x{stage.ring_degree}; "
                        "the checkpoint's content hash is the data version.")
-    def _st(context: AssetExecutionContext, lake: LakeResource, training_launcher: TrainingLauncher) -> MaterializeResult:
+    def _st(context: AssetExecutionContext, lake: LakeResource,
+            training_launcher: TrainingLauncher) -> MaterializeResult:
         storage = lake.storage_root
         root = training_launcher.ckpt_root(lake)
         out_dir = layout.join(root, stage.name)
@@ -305,7 +278,8 @@ def _stage_asset(recipe: Recipe, n: int):
         md["stage_config"] = MetadataValue.json({"trainable": list(stage.trainable), "max_length": stage.max_length,
                                                  "num_frames": stage.num_frames, "lora": bool(stage.lora),
                                                  "sp": [stage.ulysses_degree, stage.ring_degree],
-                                                 "rope_theta": [p.rope_theta for p in stage.phases] or stage.rope_theta})
+                                                 "rope_theta": ([p.rope_theta for p in stage.phases]
+                                                                or stage.rope_theta)})
         md["dataset"] = MetadataValue.path(data_dir)
         if extra:
             md["extra_dataset"] = MetadataValue.path(data_dirs[1])
@@ -314,56 +288,13 @@ def _stage_asset(recipe: Recipe, n: int):
     return _st
 
 
-@asset(key=LINEAGE_REPORT, deps=[STAGE_KEYS[-1]], group_name=GROUP, code_version="lineage-report-v1",
-       kinds={"markdown"},
-       description="Lineage audit of the final checkpoint: every raw video (key, sha256), dataset manifest, "
-                   "code version and stage checkpoint hash it derives from (also: `longvila lineage`).")
-def training_lineage_report(context: AssetExecutionContext) -> MaterializeResult:
-    from orchestration.lineage import lineage, to_markdown
-
-    rep = lineage(context.instance, STAGE_NAMES[-1])
-    md = to_markdown(rep)
-    return MaterializeResult(
-        data_version=DataVersion(__import__("hashlib").sha256(md.encode()).hexdigest()),
-        metadata={"report": MetadataValue.md(md), "raw_videos": len(rep["raw_videos"]),
-                  "steps": len(rep["nodes"])},
-    )
-
-
 def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
     recipe = recipe or recipe_from_env()
     assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
     if has_extra_samples(recipe.stage(5)):
         assets_.append(_dataset_asset(recipe, 5))
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
-    assets_.append(training_lineage_report)
     return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
 
 
 defs = build_training_defs()
-
-
-def demo_summary(instance) -> list[str]:
-    lines = []
-    for key in STAGE_KEYS:
-        rec = _latest_record(instance, key)
-        if rec is None:
-            lines.append(f"{key.to_user_string()}: not materialised")
-            continue
-        md = rec.asset_materialization.metadata
-        fl = getattr(md.get("final_loss"), "value", None)
-        tps = getattr(md.get("tokens_per_s"), "value", None)
-        lines.append(f"{key.to_user_string()}: final loss {fl if fl is None else round(float(fl), 4)}, "
-                     f"{0 if tps is None else round(float(tps))} tokens/s, "
-                     f"checkpoint {(_data_version(rec) or '')[:12]}")
-    if _latest_record(instance, STAGE_KEYS[-1]) is not None:
-        # the lineage audit of the final checkpoint (same as `longvila lineage stage5_long_sft`)
-        from orchestration.lineage import lineage, to_markdown
-
-        try:
-            rep = lineage(instance, STAGE_NAMES[-1])
-        except LookupError as e:
-            lines.append(f"lineage audit unavailable: {e}")
-        else:
-            lines += ["", *to_markdown(rep).rstrip("\n").splitlines()]
-    return lines

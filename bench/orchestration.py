@@ -70,7 +70,8 @@ def main() -> int:
     from curation.synth import make_sample_corpus
     from orchestration.definitions import build_defs
     from orchestration.demo import generate_corpus, run_batch
-    from orchestration.resources import CurationConfig, LakeResource
+    from assets.resources import LakeResource
+    from curation.config import CurationConfig
     from orchestration.sensors import register_videos
 
     src = work / "raw"

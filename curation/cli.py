@@ -1,6 +1,6 @@
 """`longvila shots` and `longvila probe`: the curation library from the command line, without Dagster.
 
-    longvila shots VIDEO [--detector fast|transnetv2|content|adaptive] [--json]
+    longvila shots VIDEO [--detector fast|transnetv2|content|adaptive] [--json] [--timeout-s S]
                          [--clips] [--max-clip-s 10] [--min-clip-s 1]
     longvila probe VIDEO [--json]
 
@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--detector", default="fast", choices=["fast", "transnetv2", "content", "adaptive"],
                    help="shot detector (default: fast)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout-s", type=float, default=None, help="give up (exit 2) after this many seconds")
     p.add_argument("--clips", action="store_true", help="also cut the shots into clips and print them")
     p.add_argument("--max-clip-s", type=float, default=10.0, help="longest clip in seconds (with --clips)")
     p.add_argument("--min-clip-s", type=float, default=1.0, help="shortest clip in seconds (with --clips)")
@@ -38,7 +39,7 @@ def _cmd_shots(args) -> int:
     from .shots import code_version, detect_shots
 
     try:
-        shots = detect_shots(args.video, detector=args.detector)
+        shots = detect_shots(args.video, detector=args.detector, timeout_s=args.timeout_s)
         clips = None
         if args.clips:
             from .clips import make_clips
@@ -57,9 +58,12 @@ def _cmd_shots(args) -> int:
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     print(f"# {args.video}: {len(shots)} shots, {shots[-1].end_frame} frames ({code_version(args.detector)})")
-    print(f"{'shot':>5} {'start_frame':>11} {'end_frame':>9} {'start_s':>10} {'end_s':>10}")
+    print(f"{'shot':>5} {'start_frame':>11} {'end_frame':>9} {'start_s':>10} {'end_s':>10}  transition in (frames)")
     for s in shots:
-        print(f"{s.index:>5} {s.start_frame:>11} {s.end_frame:>9} {s.start_s:>10.3f} {s.end_s:>10.3f}")
+        gradual = s.transition_kind not in ("none", "cut")
+        span = f" [{s.transition_start_frame}, {s.transition_end_frame})" if gradual else ""
+        print(f"{s.index:>5} {s.start_frame:>11} {s.end_frame:>9} {s.start_s:>10.3f} {s.end_s:>10.3f}  "
+              f"{s.transition_kind}{span}")
     if clips is not None:
         print(f"# {len(clips)} clips (max {args.max_clip_s} s, min {args.min_clip_s} s)")
         print(f"{'clip':>5} {'shot':>5} {'start_frame':>11} {'end_frame':>9} {'start_s':>10} {'end_s':>10}")

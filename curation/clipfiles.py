@@ -5,27 +5,31 @@
   at a keyframe keeps exactly the clip's frames); audio, if any, is copied too.
 * Otherwise the clip is re-encoded (libx264, ``-preset veryfast -crf 18``, AAC audio) with an accurate
   input seek, so the first frame is exactly ``clip.start_frame``.
-* Either way exactly ``clip.num_frames`` video frames are written (``-frames:v``).
+* Either way exactly ``clip.num_frames`` video frames are written (``-frames:v``), by an ffmpeg process
+  that runs under a ``curation.video.Deadline`` budgeted by the clip's duration.
 
-The output appears atomically: ffmpeg writes a temporary hidden file next to a local destination (or
-in the temp folder for a remote ``s3://`` URL, then one upload), which is renamed only on success.
+Each file appears atomically (``longvila.io.atomic_write``: a temporary sibling renamed on success, or
+one upload for a remote ``s3://`` URL). A video's clips are published as one versioned set
+(``write_clip_set``): ``<root>/<version>/<index:05d>.mp4`` and then ``<root>/index.json`` naming the
+version (the commit). A failed attempt removes only its own version; the committed set stays readable.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import subprocess
-import tempfile
+import re
+import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
+from longvila import io as lio
 from longvila.errors import VideoError
-from longvila.io import get_fs, is_remote
+from longvila.settings import Settings
 
 from .clips import Clip
-from .video import check_file, ffmpeg_exe, frame_index
+from .video import Deadline, check_file, ffmpeg_exe, frame_index, run_process
 
 CODE_VERSION = "clipfiles-v1"
 # re-encoding seeks the input this far before the keyframe that precedes the clip
@@ -40,7 +44,7 @@ def keyframe_times(path: str) -> list[float]:
 
 
 def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[float] | None = None,
-                    crf: int = 18, preset: str = "veryfast") -> dict:
+                    crf: int = 18, preset: str = "veryfast", settings: Settings | None = None) -> dict:
     """Write `clip` of `src_path` to `dst_url` (local path or fsspec URL). Returns a report dict:
 
     ``{"mode": "copy"|"reencode", "dst": dst_url, "frames": n, "start_s": .., "duration_s": .., "bytes": ..}``
@@ -74,15 +78,9 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
     ends_on_key = end_t is None or any(abs(k - end_t) < fdur / 2 for k in kfs)
     mode = "copy" if (starts_on_key and ends_on_key) else "reencode"
 
-    remote = is_remote(dst_url)
-    if remote:
-        fd, tmp = tempfile.mkstemp(prefix=".clip-", suffix=".mp4")
-        os.close(fd)
-    else:
-        dst = Path(dst_url[len("file://"):] if str(dst_url).startswith("file://") else dst_url)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = str(dst.parent / f".{dst.stem}.tmp-{uuid.uuid4().hex[:12]}.mp4")
-    try:
+    deadline = Deadline.for_video(src_path, end_s - start_s + REENCODE_SEEK_MARGIN_S, f"cutting clip {clip.index}")
+    with lio.atomic_write(dst_url, "wb", settings) as out:
+        tmp = out.name  # ffmpeg overwrites the (locked) temporary file in place
         out_seek = None
         if mode == "copy":
             # stream copy starts at the keyframe at or before -ss: aim a quarter frame after it
@@ -112,20 +110,70 @@ def write_clip_file(src_path: str, clip: Clip, dst_url: str, keyframes: list[flo
         # ffmpeg-python cannot repeat -map: add the optional audio map before the output name
         k = args.index(tmp)
         args = [*args[:k], "-map", "0:a:0?", *args[k:]]
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = run_process(args, deadline)
         if proc.returncode != 0:
             err = proc.stderr.decode("utf-8", "replace").strip()[-600:]
             raise VideoError(src_path, f"ffmpeg could not write clip {clip.index}: {err}")
         size = os.path.getsize(tmp)
         if size == 0:
             raise VideoError(src_path, f"ffmpeg wrote an empty clip {clip.index}")
-        if remote:
-            fs, rpath = get_fs(dst_url)
-            fs.put_file(tmp, rpath)
-        else:
-            os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"mode": mode, "dst": str(dst_url), "frames": n, "start_s": round(start_s, 6),
             "duration_s": round(end_s - start_s, 6), "bytes": size}
+
+
+_VERSION_RE = re.compile(r"^v(\d{20})-[0-9a-f]{8}$")
+
+
+def _committed(index_url: str, settings: Settings | None) -> dict | None:
+    return lio.read_json(index_url, settings) if lio.exists(index_url, settings) else None
+
+
+def _remove_versions(root_url: str, names: list[str], settings: Settings | None) -> None:
+    fs, root = lio.get_fs(root_url, settings)
+    for name in names:
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def write_clip_set(src_path: str, clips: list[Clip], root_url: str, settings: Settings | None = None,
+                   index_extra: dict | None = None) -> tuple[dict, str]:
+    """Cut every clip into ``<root_url>/<version>/<index:05d>.mp4`` and commit the set by writing
+    ``<root_url>/index.json`` (``{"version", "clips": [records], **index_extra}``) last.
+
+    Returns (index, sha256 of the index bytes). On any failure only this attempt's version is removed:
+    the previously committed set and its index stay intact. After a commit, versions that started
+    before the committed one are removed; a version started later (a concurrent writer) is never
+    touched, and a writer whose set started before the committed one discards its own set instead of
+    committing it (the newest attempt wins)."""
+    version = f"v{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    index_url = lio.join(root_url, "index.json")
+    try:
+        records = []
+        for c in clips:
+            dst = lio.join(root_url, version, f"{c.index:05d}.mp4")
+            records.append({"clip_index": c.index, "url": dst, **write_clip_file(src_path, c, dst, settings=settings)})
+        current = _committed(index_url, settings)
+        if current is not None and current.get("version", "") > version:
+            raise _Superseded(current)
+        index = {**(index_extra or {}), "version": version, "clips": records}
+        data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        lio.write_bytes(index_url, data, settings)
+    except _Superseded as e:
+        _remove_versions(root_url, [version], settings)
+        data = (json.dumps(e.index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        return e.index, lio.sha256_bytes(data)
+    except BaseException:
+        _remove_versions(root_url, [version], settings)
+        raise
+    fs, root = lio.get_fs(root_url, settings)
+    fs.invalidate_cache(root)
+    older = [n for n in (os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False))
+             if _VERSION_RE.match(n) and n < version]
+    _remove_versions(root_url, older, settings)
+    return index, lio.sha256_bytes(data)
+
+
+class _Superseded(Exception):
+    def __init__(self, index: dict):
+        self.index = index

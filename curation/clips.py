@@ -2,18 +2,20 @@
 
 Rules (``make_clips``):
 
-* a clip never crosses a shot boundary;
+* a clip never crosses a shot boundary and never contains a transition frame: a shot's usable frames are
+  ``[shot.transition_end_frame, next_shot.transition_start_frame)`` (the whole shot after a hard cut;
+  dissolves, fades and wipes are left out), and the rules below apply to that usable part;
 * a shot longer than ``max_clip_s`` is cut into the smallest number ``k`` of near-equal pieces (frame
   counts differ by at most one) that are each ``<= max_clip_s``;
 * a piece shorter than ``min_clip_s`` is merged into a neighbour *within the same shot* (previous one
   first, then next) when the merged clip stays ``<= max_clip_s``; otherwise it is dropped;
-* a shot shorter than ``min_clip_s`` is dropped.
+* a shot whose usable part is shorter than ``min_clip_s`` is dropped.
 
 Lengths are measured in frames: ``max_frames = floor(max_clip_s * fps)``, ``min_frames =
 ceil(min_clip_s * fps)``, so every clip satisfies ``min_frames <= end_frame - start_frame <=
 max_frames``. Times are interpolated inside the shot: ``start_s = shot.start_s + (start_frame -
-shot.start_frame) / fps`` (exact for constant-rate video; the shot's own times are kept at its
-boundaries).
+shot.start_frame) / fps`` (exact for constant-rate video; the shot's own times — its start and end and
+the ends of the transitions — are kept where a clip starts or ends on them).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from .shots import FrameSpan, Shot
 
-CODE_VERSION = "clips-v1"
+CODE_VERSION = "clips-v2"
 
 
 @dataclass
@@ -81,13 +83,30 @@ def make_clips(shots: list[Shot], fps: float, max_clip_s: float = 10.0, min_clip
         raise ValueError(f"min_clip_s={min_clip_s} and max_clip_s={max_clip_s} leave no valid clip length "
                          f"at {fps} fps")
     clips: list[Clip] = []
-    for shot in shots:
-        if shot.end_frame - shot.start_frame < min_frames:
+    for k, shot in enumerate(shots):
+        nxt = shots[k + 1] if k + 1 < len(shots) else None
+        lo, hi = usable_frames(shot, nxt)
+        if hi - lo < min_frames:
             continue
-        pieces = _merge_short(_split(shot.start_frame, shot.end_frame, max_frames), min_frames, max_frames)
-        for a, b in pieces:
-            t0 = shot.start_s if a == shot.start_frame else shot.start_s + (a - shot.start_frame) / fps
-            t1 = shot.end_s if b == shot.end_frame else shot.start_s + (b - shot.start_frame) / fps
+        anchors = _known_times(shot, nxt)
+        for a, b in _merge_short(_split(lo, hi, max_frames), min_frames, max_frames):
+            t0 = anchors.get(a, shot.start_s + (a - shot.start_frame) / fps)
+            t1 = anchors.get(b, shot.start_s + (b - shot.start_frame) / fps)
             clips.append(Clip(index=len(clips), shot_index=shot.index, start_frame=a, end_frame=b,
                               start_s=round(t0, 6), end_s=round(t1, 6)))
     return clips
+
+
+def usable_frames(shot: Shot, next_shot: Shot | None) -> tuple[int, int]:
+    """The frames of `shot` that belong to it alone: after its incoming transition, before the next one."""
+    lo = max(shot.start_frame, shot.transition_end_frame)
+    hi = shot.end_frame if next_shot is None else min(shot.end_frame, next_shot.transition_start_frame)
+    return lo, max(lo, hi)
+
+
+def _known_times(shot: Shot, next_shot: Shot | None) -> dict[int, float]:
+    t = {shot.start_frame: shot.start_s, shot.end_frame: shot.end_s,
+         shot.transition_end_frame: shot.transition_end_s}
+    if next_shot is not None:
+        t[next_shot.transition_start_frame] = next_shot.transition_start_s
+    return t

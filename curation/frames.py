@@ -6,8 +6,9 @@ decoder either keeps decoding forward or, when the keyframe at or before the tar
 ``SEEK_MIN_GAP`` frames ahead of the current position, seeks to that keyframe. So no frame is ever
 decoded twice, nothing after the last target is decoded, and GOPs that contain no target are skipped
 entirely. Inside the decoded stretches, non-reference frames (most B-frames) that are not targets are
-not decoded at all (``skip_frame=NONREF`` per packet; targets and every frame they depend on are). Only the selected frames are converted to RGB, and the conversion is
-fused with the resize (swscale), at the target size.
+not decoded at all (``skip_frame=NONREF`` per packet; targets and every frame they depend on are).
+Only the selected frames are converted to RGB, and the conversion is fused with the resize (swscale),
+at the target size. Every decode loop checks a ``curation.video.Deadline`` per packet.
 
 Resize policy: **aspect-preserving resize so that the longer side equals ``size``, then pad to a
 ``size x size`` square**, centred, with mid-grey (127, 127, 127) — the pixel value SigLIP normalises to
@@ -28,7 +29,7 @@ from longvila.errors import VideoError
 from longvila.progress import Throttled
 
 from .clips import Clip
-from .video import FrameIndex, _short, frame_index, open_video
+from .video import Deadline, FrameIndex, _short, frame_index, open_video
 
 CODE_VERSION = "frames-v1"
 PAD_COLOUR = (127, 127, 127)
@@ -40,21 +41,24 @@ def code_version(**opts) -> str:
     return CODE_VERSION + (":" + ",".join(f"{k}={opts[k]}" for k in sorted(opts)) if opts else "")
 
 
-def _decode_packets(container, stream, target_pts: set, skip_nonref: bool):
-    """Decode packet by packet; non-reference frames that are not targets are not decoded at all.
+def _decode_packets(container, stream, target_pts: set, skip_nonref: bool, deadline: Deadline):
+    """Decode packet by packet (checking `deadline`); non-reference frames that are not targets are not
+    decoded at all.
 
     ``skip_frame = NONREF`` is set per packet (frame-threaded decoders copy it at submission), so a
     target is always decoded, and so is every frame other frames depend on.
     """
     cc = stream.codec_context
     for pkt in container.demux(stream):
+        deadline.check()
         if skip_nonref:
             cc.skip_frame = "DEFAULT" if (pkt.pts is None or pkt.pts in target_pts) else "NONREF"
         yield from cc.decode(pkt)
 
 
 def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, seek: bool = True,
-                     min_seek_gap: int | None = None, skip_nonref: bool = True) -> Iterator[tuple[int, float, object]]:
+                     min_seek_gap: int | None = None, skip_nonref: bool = True,
+                     deadline: Deadline | None = None) -> Iterator[tuple[int, float, object]]:
     """Yield ``(frame_number, pts_s, av.VideoFrame)`` for each requested frame, in increasing order.
 
     Duplicates are removed and numbers outside ``[0, frame_count)`` ignored. A requested frame that
@@ -62,6 +66,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
     yielded). Raises VideoError when nothing can be decoded. ``seek=False`` decodes sequentially from
     the start; ``min_seek_gap`` (default SEEK_MIN_GAP) is the number of frames a seek must skip;
     ``skip_nonref`` skips decoding the non-reference frames (most B-frames) that are not requested.
+    MediaTimeout past `deadline` (default: budgeted by the video's duration).
     """
     import av
 
@@ -71,6 +76,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
     if not targets:
         return
     times = idx.times()
+    deadline = deadline or Deadline.for_video(path, float(times[-1]), "frame decoding")
     pts_to_num = {int(p): i for i, p in enumerate(idx.pts)}
     target_pts = {int(idx.pts[t]) for t in targets}
     keyframes = idx.keyframe_numbers()
@@ -81,7 +87,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
     yielded = 0
     try:
         pos = -1  # frame number of the last decoded frame
-        frames = _decode_packets(container, stream, target_pts, skip_nonref)
+        frames = _decode_packets(container, stream, target_pts, skip_nonref, deadline)
         ti = 0
         while ti < len(targets):
             t = targets[ti]
@@ -93,7 +99,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
                 # seek only when it skips enough frames to pay for flushing the threaded decoder
                 if kf > 0 and kf - (pos + 1) > gap:
                     container.seek(int(idx.pts[kf]), stream=stream, backward=True, any_frame=False)
-                    frames = _decode_packets(container, stream, target_pts, skip_nonref)
+                    frames = _decode_packets(container, stream, target_pts, skip_nonref, deadline)
                     pos = kf - 1  # nothing before kf will be used
                     seeked = True
             got = None
@@ -133,7 +139,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
                         container.seek(int(idx.pts[keyframes[ki2]]), stream=stream, backward=True,
                                        any_frame=False)
                         pos, seeked = int(keyframes[ki2]) - 1, True
-                    frames = _decode_packets(container, stream, target_pts, skip_nonref)
+                    frames = _decode_packets(container, stream, target_pts, skip_nonref, deadline)
             except av.error.FFmpegError as e:
                 if yielded == 0 and got is None:
                     raise VideoError(path, f"no decodable video frames ({_short(e)})") from None
@@ -148,7 +154,7 @@ def decode_frames_at(path: str, frame_numbers, index: FrameIndex | None = None, 
     except _NoPts:
         container.close()
         yield from decode_frames_at(path, [t for t in targets if t > pos], index=idx, seek=False,
-                                    skip_nonref=False)
+                                    skip_nonref=False, deadline=deadline)
         return
     finally:
         container.close()

@@ -16,7 +16,7 @@ import numpy as np
 from longvila.errors import VideoError
 from longvila.io import sha256_file
 
-from .video import _short, frame_index, open_video
+from .video import Deadline, _short, decode_stream, frame_index, header_duration_s, open_video
 
 CODE_VERSION = "probe-v1"
 
@@ -68,7 +68,8 @@ class ProbeResult:
 
 
 def probe_video(path: str, sha256: str | None = None) -> ProbeResult:
-    """Probe a local video file. Raises VideoError(path, reason) for anything unusable.
+    """Probe a local video file. Raises VideoError(path, reason) for anything unusable (MediaTimeout when
+    demuxing and decoding the first frame run past the budget for the header's duration).
 
     `sha256` may be passed when the caller already hashed the file (it is not re-checked).
     """
@@ -86,18 +87,15 @@ def probe_video(path: str, sha256: str | None = None) -> ProbeResult:
         has_audio = len(container.streams.audio) > 0
         nominal = stream.average_rate or stream.guessed_rate or stream.base_rate
         nominal_fps = float(nominal) if nominal else 0.0
-        header_duration = None
-        if stream.duration and stream.time_base:
-            header_duration = float(stream.duration * stream.time_base)
-        elif container.duration:
-            header_duration = container.duration / 1e6
-        idx = frame_index(path, container)
+        header_duration = header_duration_s(container, stream)
+        deadline = Deadline.for_video(path, header_duration, "probing")
+        idx = frame_index(path, container, deadline=deadline)
         # decode the first frame: proves decodability, gives rotation and the real size
         container.seek(0)
         rotation = 0
         first = None
         try:
-            for fr in container.decode(stream):
+            for fr in decode_stream(container, stream, deadline):
                 first = fr
                 break
         except av.error.FFmpegError as e:

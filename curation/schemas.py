@@ -13,6 +13,13 @@ SHOTS (``shots/<key>.parquet``; rows tile ``[0, frame_count)``)
 | end_frame | int64 | one past the last frame (exclusive); equals the next shot's start_frame |
 | start_s | float64 | time of start_frame |
 | end_s | float64 | time of end_frame (video duration for the last shot) |
+| transition_kind | string | how the shot begins: none (shot 0), cut, dissolve, fade, wipe, gradual |
+| transition_start_frame | int64 | first frame of the incoming transition (= start_frame for a cut) |
+| transition_end_frame | int64 | one past its last frame (= start_frame for a cut); clips start at or after it |
+| transition_start_s | float64 | time of transition_start_frame |
+| transition_end_s | float64 | time of transition_end_frame |
+
+Tables written before the transition columns existed still read: their shots come back as cuts.
 
 CLIPS (``clips/<key>.parquet``)
 
@@ -71,7 +78,13 @@ SHOTS = pa.schema([
     _f("end_frame", pa.int64(), "one past the last frame (exclusive); the next shot's start_frame"),
     _f("start_s", pa.float64(), "time of start_frame in seconds"),
     _f("end_s", pa.float64(), "time of end_frame in seconds (video duration for the last shot)"),
+    _f("transition_kind", pa.string(), "how the shot begins: none, cut, dissolve, fade, wipe, gradual"),
+    _f("transition_start_frame", pa.int64(), "first frame of the incoming transition (start_frame for a cut)"),
+    _f("transition_end_frame", pa.int64(), "one past the last transition frame (start_frame for a cut)"),
+    _f("transition_start_s", pa.float64(), "time of transition_start_frame in seconds"),
+    _f("transition_end_s", pa.float64(), "time of transition_end_frame in seconds"),
 ])
+_SHOT_CORE = ["index", "start_frame", "end_frame", "start_s", "end_s"]  # what every shots table has
 
 CLIPS = pa.schema([
     _f("index", pa.int32(), "clip number, 0.. in time order"),
@@ -129,9 +142,13 @@ def shots_to_table(shots: list[Shot]) -> pa.Table:
 
 
 def table_to_shots(table: pa.Table) -> list[Shot]:
-    _check(table, SHOTS, "shots")
-    d = table.select(SHOTS.names).to_pydict()
-    return [Shot(**{n: d[n][i] for n in SHOTS.names}) for i in range(table.num_rows)]
+    """Shots of a SHOTS table; one written before the transition columns existed reads as cuts."""
+    missing = [n for n in _SHOT_CORE if n not in table.column_names]
+    if missing:
+        raise ValueError(f"shots table lacks column(s) {missing}")
+    names = [n for n in SHOTS.names if n in table.column_names]
+    d = table.select(names).to_pydict()
+    return [Shot(**{n: d[n][i] for n in names}) for i in range(table.num_rows)]
 
 
 def clips_to_table(clips: list[Clip]) -> pa.Table:

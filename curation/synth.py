@@ -15,7 +15,6 @@ import importlib.util
 import os
 import random
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -41,18 +40,12 @@ SOURCES: list[str] = [
 ]
 
 
-def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
+def _run_ffmpeg(args: list[str], what: str, duration_s: float | None = None) -> None:
+    """ffmpeg under a time budget scaled by the `duration_s` of video it renders (curation.video)."""
+    from .video import Deadline, run_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _run_ffmpeg(args: list[str], what: str) -> None:
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip()[-2000:]
-        raise RuntimeError(f"ffmpeg failed while making {what}: {err}")
+    run_ffmpeg(*args, what=f"ffmpeg while making {what}",
+               deadline=Deadline.for_video(what, duration_s, "rendering with ffmpeg"))
 
 
 def make_synthetic_video(
@@ -114,7 +107,7 @@ def make_synthetic_video(
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.stem}.tmp-{os.getpid()}{dst.suffix or '.mp4'}"
     try:
-        _run_ffmpeg([*args, str(tmp)], str(dst))
+        _run_ffmpeg([*args, str(tmp)], str(dst), duration_s=total / fps)
         os.replace(tmp, dst)
     finally:
         if tmp.exists():

@@ -6,16 +6,26 @@ raises ``longvila.errors.VideoError(path, reason)`` for unusable inputs.
 Frame numbering convention used across ``curation``: frame ``i`` is the ``i``-th frame in
 *presentation order* of the first video stream (0-based), and its time is its presentation timestamp
 minus the stream's first presentation timestamp (so the first frame is at 0.0 s).
+
+Time budgets: every decode loop checks a ``Deadline`` once per packet and every ffmpeg process runs
+under one (``run_process`` kills its process group when the budget is spent). A budget is
+``LONGVILA_MEDIA_TIMEOUT_S + LONGVILA_MEDIA_TIMEOUT_PER_VIDEO_S x duration`` (``longvila.settings.Timeouts``);
+running past it raises ``MediaTimeout``, a VideoError naming the file, the work and the budget. A hang
+inside a single native call (one packet) is not interruptible from Python: the run's max runtime bounds it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
+
 import numpy as np
 
 from longvila.errors import VideoError
+from longvila.settings import Timeouts
 
 
 def ffmpeg_exe() -> str:
@@ -35,6 +45,52 @@ def check_file(path: str) -> int:
     if size == 0:
         raise VideoError(p, "file is empty (0 bytes)")
     return size
+
+
+class MediaTimeout(VideoError):
+    """Decoding or an ffmpeg process ran past its time budget."""
+
+
+class Deadline:
+    """The time budget of one pass of media work over `path`, checked by its loop once per packet."""
+
+    def __init__(self, budget_s: float, path: str, what: str):
+        self.budget_s = float(budget_s)
+        self.path = os.fspath(path)
+        self.what = what
+        self._end = time.monotonic() + self.budget_s
+
+    @classmethod
+    def for_video(cls, path: str, duration_s: float | None, what: str) -> "Deadline":
+        """Budget scaled by the duration of the video (or clip) the work covers (LONGVILA_MEDIA_TIMEOUT_*)."""
+        return cls(Timeouts.from_env().media_budget_s(duration_s), path, what)
+
+    def remaining(self) -> float:
+        return max(0.0, self._end - time.monotonic())
+
+    def error(self) -> MediaTimeout:
+        return MediaTimeout(self.path, f"{self.what} ran past its time budget of {self.budget_s:.1f} s "
+                                       "(LONGVILA_MEDIA_TIMEOUT_S + LONGVILA_MEDIA_TIMEOUT_PER_VIDEO_S x duration)")
+
+    def check(self) -> None:
+        if time.monotonic() > self._end:
+            raise self.error()
+
+
+def header_duration_s(container, stream) -> float | None:
+    """Duration the container header declares for `stream` (None if it declares none)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1e6
+    return None
+
+
+def decode_stream(container, stream, deadline: Deadline):
+    """``container.decode(stream)`` with the deadline checked before every packet."""
+    for pkt in container.demux(stream):
+        deadline.check()
+        yield from pkt.decode()
 
 
 def open_video(path: str):
@@ -94,12 +150,13 @@ def truncation_error(path: str, header_frames: int, readable: int) -> VideoError
                             f"{readable} can be read")
 
 
-def frame_index(path: str, container=None, strict: bool = True) -> FrameIndex:
+def frame_index(path: str, container=None, strict: bool = True, deadline: Deadline | None = None) -> FrameIndex:
     """Demux the first video stream and return its presentation-order FrameIndex.
 
     Packets without a pts (rare: raw streams) get dts or a running count. Raises VideoError when the
     stream has no packets, or (``strict``) when demuxing stops early or yields fewer packets than the
-    header's frame count (a truncated file whose index survived, e.g. a cut "faststart" MP4).
+    header's frame count (a truncated file whose index survived, e.g. a cut "faststart" MP4);
+    MediaTimeout past `deadline` (default: budgeted by the header's duration).
     """
     import av
 
@@ -111,10 +168,12 @@ def frame_index(path: str, container=None, strict: bool = True) -> FrameIndex:
     pts: list[int] = []
     key: list[bool] = []
     header_frames = int(stream.frames or 0)
+    deadline = deadline or Deadline.for_video(path, header_duration_s(container, stream), "demuxing")
     failed = False
     try:
         try:
             for pkt in container.demux(stream):
+                deadline.check()
                 if pkt.size == 0 and pkt.pts is None and pkt.dts is None:
                     continue  # flush packet
                 t = pkt.pts if pkt.pts is not None else pkt.dts
@@ -140,9 +199,26 @@ def frame_index(path: str, container=None, strict: bool = True) -> FrameIndex:
     return FrameIndex(pts=p, key=k, time_base=tb, start_pts=int(p[0]))
 
 
-def run_ffmpeg(*args: str, what: str = "ffmpeg") -> None:
-    """Run the bundled ffmpeg binary quietly (``-y``), raising RuntimeError with its stderr on failure."""
+def run_process(cmd: list[str], deadline: Deadline) -> subprocess.CompletedProcess:
+    """Run an external process (own process group) and wait for it within `deadline`; past it, the whole
+    group is killed and MediaTimeout raised. Returns the CompletedProcess (stdout/stderr as bytes)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=deadline.remaining())
+    except subprocess.TimeoutExpired:
+        raise deadline.error() from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def run_ffmpeg(*args: str, what: str = "ffmpeg", deadline: Deadline | None = None) -> None:
+    """Run the bundled ffmpeg binary quietly (``-y``) within `deadline` (default: the fixed budget),
+    raising RuntimeError with its stderr on failure and MediaTimeout past the deadline."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *map(str, args)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = run_process(cmd, deadline or Deadline.for_video(what, None, what))
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed: {proc.stderr.decode('utf-8', 'replace').strip()[-2000:]}")

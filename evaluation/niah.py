@@ -292,10 +292,12 @@ def pick_lake_haystack(storage: str, settings=None) -> str | None:
         names = sorted(n.rsplit("/", 1)[-1] for n in fs.ls(root, detail=False) if n.endswith(".parquet"))
     except FileNotFoundError:
         return None
+    from longvila.keys import is_valid_key
+
     best, best_n = None, 0
     for name in names:
         key = name[: -len(".parquet")]
-        if key.startswith("."):
+        if not is_valid_key(key):  # a temporary or foreign file, not a video partition's frames
             continue
         pts = lio.read_parquet(layout.layer_path(storage, "video_frames", key), settings, columns=["pts_s"]).column(
             "pts_s").to_pylist()

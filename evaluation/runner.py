@@ -11,6 +11,8 @@
 * `runner.target_logits(frames, prompt, target)`: the logits rows used above (for comparisons). The
   visual embeddings of each frame object are cached (`FrameFeatureCache`), so a V-NIAH grid encodes
   every haystack frame once instead of once per sample (cache_frames=False turns it off).
+* `runner.target_logprobs(frames, prompt, target)`: per-token log-probabilities of the target (its
+  log-likelihood is their sum), from the same rows.
 * `runner.choice_scores(frames, prompt, letters)`: the logit of each option letter as the first reply
   token (VideoMME `scoring="option_logits"`: multiple choice by likelihood, always yields a letter).
 
@@ -130,18 +132,27 @@ class ModelRunner:
 
     @torch.no_grad()
     def target_logits_ids(self, frames: Sequence[Any], prompt: str, target_ids: Sequence[int]) -> torch.Tensor:
-        """[len(target_ids), vocab] logits predicting each target token (teacher forcing)."""
+        """[len(target_ids), vocab] logits predicting each target token (teacher forcing). The LM head runs on
+        those rows only (``logits_to_keep``), never on the whole prompt."""
+        keep = len(target_ids) + 1  # the rows from the last prompt token on; the very last row predicts nothing
         if self.cache is not None:
             ids = prompt_ids(self.processor, len(frames), prompt)
-            n = len(ids)
             input_ids = torch.tensor([ids + list(target_ids)], dtype=torch.long, device=self.device)
             feats = self.cache.features(self.model, self.processor, list(frames), self.device)
-            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), image_features=feats)
-            return out.logits[0, n - 1 : n - 1 + len(target_ids)].float()
-        batch, pos = append_target(self._to(build_inputs(self.processor, frames, prompt)), target_ids)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         pixel_values=batch["pixel_values"])
-        return out.logits[0, pos].float()
+            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), image_features=feats,
+                             logits_to_keep=keep)
+        else:
+            batch, _ = append_target(self._to(build_inputs(self.processor, frames, prompt)), target_ids)
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             pixel_values=batch["pixel_values"], logits_to_keep=keep)
+        return out.logits[0, :-1].float()
+
+    def target_logprobs(self, frames: Sequence[Any], prompt: str, target: str) -> torch.Tensor:
+        """[len(target tokens)] log-probability of each target token given the prompt and the target's
+        earlier tokens (teacher forcing); their sum is the answer's log-likelihood."""
+        ids = self.target_ids(target)
+        rows = torch.log_softmax(self.target_logits_ids(frames, prompt, ids), dim=-1)
+        return rows.gather(1, torch.tensor(ids, device=rows.device)[:, None]).squeeze(1)
 
     def target_logits(self, frames: Sequence[Any], prompt: str, target: str) -> torch.Tensor:
         return self.target_logits_ids(frames, prompt, self.target_ids(target))

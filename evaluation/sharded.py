@@ -10,8 +10,8 @@ or `longvila eval niah --checkpoint CKPT --nproc 2` / `evaluation.benchmarks.run
 Scoring method (chosen and documented here): teacher-forced greedy match. Every rank builds the same
 sample (frames, prompt, answer tokens appended), `training.sp.sharding.mmsp_logits(..., gather=False)`
 runs one sharded prefill (stage 1: frames split over the ranks; stage 2: zigzag token shards, Ulysses /
-ring attention), each rank copies the logits rows of the answer positions it holds into a [k, V]
-buffer and one all-reduce (sum) over the SP group completes it on every rank. The arg-max of row j is
+ring attention), each rank runs the LM head on the answer positions it holds only (a [k, V]
+buffer) and one all-reduce (sum) over the SP group completes it on every rank. The arg-max of row j is
 the token greedy decoding would emit at answer step j given the answer's first j tokens, so "the
 decoded arg-maxes equal the answer" is exactly "greedy decoding starts with the answer" -- the V-NIAH
 criterion -- at the cost of ONE sharded prefill per sample and without gathering the full [S, V]
@@ -53,23 +53,26 @@ class ShardedRunner:
     def sp_active(self) -> bool:
         return self.groups is not None and self.groups.sp_size > 1
 
+    def _batch(self, batch: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
     def _rows(self, batch: dict, positions: Sequence[int]) -> torch.Tensor:
-        """Logits rows at global sequence `positions`, complete on every rank."""
+        """Logits rows at global sequence `positions`, complete on every rank (the LM head runs on those
+        rows only)."""
         from training.sp.sharding import mmsp_logits
 
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
-            local, pos = mmsp_logits(self.model, batch, self.groups, mode=self.mode, gather=False)
-        local, pos = local[0], pos[0] if pos.dim() > 1 else pos
-        buf = torch.zeros(len(positions), local.shape[-1], dtype=torch.float32, device=local.device)
-        where = {int(p): i for i, p in enumerate(pos.tolist())}
-        for j, p in enumerate(positions):
-            i = where.get(int(p))
-            if i is not None:
-                buf[j] = local[i].float()
-        if self.sp_active:
-            dist.all_reduce(buf, group=self.groups.sp_group)
-        return buf
+            return mmsp_logits(self.model, self._batch(batch), self.groups, mode=self.mode, positions=list(positions))
+
+    def target_logprobs(self, frames: Sequence[Any], prompt: str, target: str) -> torch.Tensor:
+        """[len(target tokens)] log-probabilities of the target tokens (teacher forcing), chunk-wise over the
+        LM head, complete on every rank."""
+        from training.sp.sharding import mmsp_token_logprobs
+
+        ids = self.target_ids(target)
+        batch, pos = append_target(build_inputs(self.processor, frames, prompt), ids)
+        with torch.no_grad():
+            return mmsp_token_logprobs(self.model, self._batch(batch), self.groups, pos.tolist(), ids, mode=self.mode)
 
     def target_logits_ids(self, frames: Sequence[Any], prompt: str, target_ids: Sequence[int]) -> torch.Tensor:
         batch, pos = append_target(build_inputs(self.processor, frames, prompt), target_ids)
@@ -191,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             logits = runner.target_logits(frames, niah_prompt(needles[s.needle].question), needles[s.needle].answer)
             gen = runner.generate_ids(frames, niah_prompt(needles[s.needle].question), 4)
             choice = runner.choice_scores(frames, niah_prompt(needles[s.needle].question), ["A", "B", "C", "D"])
+            logprobs = runner.target_logprobs(frames, niah_prompt(needles[s.needle].question), needles[s.needle].answer)
             if rank == 0:
-                torch.save({"logits": logits.cpu(), "generated": gen, "choice": choice,
+                torch.save({"logits": logits.cpu(), "generated": gen, "choice": choice, "logprobs": logprobs.cpu(),
                             "frame_count": s.frame_count}, args.dump_logits)
         result = run_niah(runner, haystack, cfg, progress=printer("[niah-sp] ") if rank == 0 else None)
         result.method = f"{result.method} (MM-SP sharded prefill, sp={world}: ulysses={ulysses} ring={args.ring})"

@@ -8,8 +8,11 @@
 | LONGVILA_S3_ENDPOINT_URL | `AWS_ENDPOINT_URL` | S3-compatible endpoint (MinIO, moto, Ceph, ...) |
 | AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_REGION | unset | credentials, as boto/s3fs read them |
 | DAGSTER_HOME | `<root>/.dagster` | Dagster instance (SQLite storage for the embedded default) |
-| LONGVILA_CACHE_DIR | `<root>/data/cache` | local cache of remote (s3://) videos, shared by the steps of a lineage |
-| LONGVILA_CACHE_MAX_GB | 50 | size bound of that cache (least recently used files are evicted; 0 disables it) |
+| LONGVILA_CACHE_DIR | `<root>/data/cache` | local copies of the raw videos keyed by sha256 (`longvila.cache`) |
+| LONGVILA_CACHE_MAX_GB | 50 | its size bound (LRU copies not in use are evicted; 0 = verified temporary copies) |
+| LONGVILA_MEDIA_TIMEOUT_S | 120 | fixed part of the time budget of a decode loop or ffmpeg process |
+| LONGVILA_MEDIA_TIMEOUT_PER_VIDEO_S | 1.0 | plus this many seconds per second of video |
+| LONGVILA_STALE_TEMP_S | 3600 | age after which a killed writer's temporary files are swept |
 """
 
 from __future__ import annotations
@@ -37,6 +40,39 @@ def default_cache_dir() -> str:
 
 def default_cache_max_bytes() -> int:
     return int(float(os.environ.get("LONGVILA_CACHE_MAX_GB", "50")) * (1 << 30))
+
+
+def _env_float(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        value = float(raw) if raw not in (None, "") else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ValueError(f"{name}={raw!r} must be >= {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Time budgets of media work and the age of abandoned temporary files (resolved once per call site
+    from the environment, validated here)."""
+
+    media_s: float = 120.0
+    media_per_video_s: float = 1.0
+    stale_temp_s: float = 3600.0
+
+    @classmethod
+    def from_env(cls) -> "Timeouts":
+        return cls(
+            media_s=_env_float("LONGVILA_MEDIA_TIMEOUT_S", cls.media_s, 0.001),
+            media_per_video_s=_env_float("LONGVILA_MEDIA_TIMEOUT_PER_VIDEO_S", cls.media_per_video_s, 0.0),
+            stale_temp_s=_env_float("LONGVILA_STALE_TEMP_S", cls.stale_temp_s, 1.0),  # > a writer's create-to-lock gap
+        )
+
+    def media_budget_s(self, duration_s: float | None) -> float:
+        """Seconds allowed for one pass of media work over `duration_s` seconds of video."""
+        return self.media_s + self.media_per_video_s * max(0.0, float(duration_s or 0.0))
 
 
 def default_dagster_home() -> str:

@@ -1,11 +1,12 @@
 """The one Dagster code location of the project: `defs`.
 
-Merges the `defs` of every asset module in `ASSET_MODULES` with the shared pieces:
+Merges the `defs` of every module in `ASSET_MODULES` (the asset layers and `orchestration.reports`) with
+the shared pieces:
 
 * resources: ``lake`` = `LakeResource.from_env()` (source/storage URLs, S3 endpoint and credentials);
-* sensors: ``new_video_sensor`` (registers videos as `videos` partitions, see
-  `orchestration.sensors`) and ``automation_sensor`` (evaluates the assets' `AutomationCondition`s,
-  e.g. eager curation layers); both are RUNNING by default;
+* sensors: ``new_video_sensor`` (registers videos as `videos` partitions and runs their per-video chain,
+  see `orchestration.sensors`) and ``automation_sensor`` (evaluates the assets' shared automation
+  condition, `assets.policies.ON_NEW_DATA`); both are RUNNING by default;
 * executor: multiprocess by default; ``LONGVILA_EXECUTOR=in_process`` or ``k8s`` switches it
   (`orchestration.executors`);
 * a ``curation_lineage`` job over the curation group for manual launches and backfills.
@@ -20,6 +21,7 @@ from types import ModuleType
 from typing import Optional
 
 from dagster import (
+    AssetKey,
     AssetSelection,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
@@ -32,15 +34,16 @@ from assets import captions as captions_assets
 from assets import curation as curation_assets
 from assets import evaluation as evaluation_assets
 from assets import training as training_assets
+from assets.partitions import videos
+from assets.resources import LakeResource
 from longvila.settings import ensure_dagster_home
 
+from . import reports
 from .executors import executor_from_env
-from .resources import LakeResource
-from .sensors import new_video_sensor
+from .sensors import build_new_video_sensor
 
-# Every module here exposes `defs: dagster.Definitions` (and optionally `demo_summary(instance)`).
-# Listed explicitly, in lineage order; a layer joins the list when its module exists.
-ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets]
+# Every module here exposes `defs: dagster.Definitions`; listed explicitly, in lineage order.
+ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets, reports]
 
 AUTOMATION_SENSOR_INTERVAL_S = 30
 
@@ -49,7 +52,7 @@ automation_sensor = AutomationConditionSensorDefinition(
     target=AssetSelection.all(),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_SENSOR_INTERVAL_S,
-    description="Evaluates the assets' automation conditions (eager curation layers, ...).",
+    description="Evaluates the assets' automation condition (assets.policies.ON_NEW_DATA).",
 )
 
 curation_lineage_job = define_asset_job(
@@ -59,6 +62,13 @@ curation_lineage_job = define_asset_job(
 )
 
 
+def per_video_chain(assets_defs: Definitions) -> list[AssetKey]:
+    """The materialisable assets partitioned by `videos`, upstream first (raw_video ... captions)."""
+    graph = assets_defs.resolve_asset_graph()
+    return [k for k in graph.toposorted_asset_keys
+            if graph.get(k).is_materializable and getattr(graph.get(k).partitions_def, "name", None) == videos.name]
+
+
 def build_defs(
     modules: Optional[list[ModuleType]] = None,
     lake: Optional[LakeResource] = None,
@@ -66,13 +76,14 @@ def build_defs(
 ) -> Definitions:
     """Merged Definitions; arguments override the defaults (tests pass an in-process executor)."""
     ensure_dagster_home()
+    layers = Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)],
+                               Definitions(resources={"lake": lake or LakeResource.from_env()}))
     shared = Definitions(
-        resources={"lake": lake or LakeResource.from_env()},
-        sensors=[new_video_sensor, automation_sensor],
+        sensors=[build_new_video_sensor(per_video_chain(layers)), automation_sensor],
         jobs=[curation_lineage_job],
         executor=executor or executor_from_env(),
     )
-    return Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)], shared)
+    return Definitions.merge(layers, shared)
 
 
 defs = build_defs()

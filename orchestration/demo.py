@@ -7,27 +7,23 @@
    (skipped when ``data/raw/.corpus.json`` says it is already there, or with
    ``--skip-generate``).
 2. Register the videos as ``videos`` partitions in the instance under DAGSTER_HOME (default
-   ``.dagster/``), with the same scan the new-video sensor uses (`orchestration.sensors.register_videos`),
-   and write ``<storage>/manifest/videos.json``.
+   ``.dagster/``), with the same scan the new-video sensor uses (`longvila.sources`, through
+   `orchestration.sensors.register_videos`), and write ``<storage>/manifest/videos.json``.
 3. Materialise every materialisable asset of the merged Definitions (`orchestration.definitions`), in
    dependency order, in batches of assets that share a partitioning: the per-video assets once per
    video partition (one run each, so a bad video fails only its own run; the demo goes on), assets with
    other partitions once per partition key, and unpartitioned assets (datasets, training stages,
    benchmarks added by other layers) in one run. Nothing is hard-coded: whatever the Definitions hold
    is run. Asset checks run with their assets.
-4. Print a summary: one line per video run (status, seconds, failure reason), then the lines of every
-   asset module's ``demo_summary(instance) -> list[str]`` hook (optional; e.g. shots/clips/frames per
-   video from `assets.curation.demo_summary`), then what the curriculum learned (`learning_summary`: V-NIAH
-   and passkey accuracy per stage, and the smoke recipe's learning targets), then failures. Exit status 1
-   if anything failed or a learning target was missed (after running everything else), 0 otherwise.
+4. Print a summary: one line per video run (status, seconds, failure reason), then one section per asset
+   group present in the Definitions (`GROUP_SUMMARIES`: shots/clips/frames per video, captions and the
+   SFT dataset, losses and the lineage audit of stage 5, benchmark headlines), read from the instance's
+   latest materialisations, then what the curriculum learned (`learning_summary`: V-NIAH and passkey
+   accuracy per stage, checked against the smoke recipe's learning targets), then failures. Exit status
+   1 if anything failed or a learning target was missed (after running everything else), 0 otherwise.
 
 Runs use the in-process executor and the real instance (`DagsterInstance.get()`), so ``dagster dev
 -w workspace.yaml`` afterwards shows their history, materialisations, checks and data versions.
-
-Demo summary hook, for layer authors: an asset module listed in
-`orchestration.definitions.ASSET_MODULES` may define ``demo_summary(instance: DagsterInstance) ->
-list[str]``; the demo prints the returned lines under a heading naming the module. It must be cheap
-(read the instance / the lake, compute nothing).
 """
 
 from __future__ import annotations
@@ -195,7 +191,7 @@ def run_batch(defs, instance, asset_keys, partition_key: Optional[str], label: s
 
 def materialize_all(defs, instance, log=print, log_level: str = "CRITICAL") -> list[BatchOutcome]:
     """Materialise every materialisable asset of `defs` (see the module docstring)."""
-    from orchestration.partitions import videos
+    from assets.partitions import videos
 
     asset_graph = defs.resolve_asset_graph()
     keys = [k for k in asset_graph.materializable_asset_keys if asset_graph.get(k).is_executable]
@@ -224,23 +220,18 @@ PASSKEY_TARGET = 0.9  # stage 4, at 4x stage 3's context
 PASSKEY_MARGIN = 0.3  # stage 3 at the same length is at least this much lower
 
 
-def _latest_md(instance, key: str) -> dict:
-    from dagster import AssetKey
-
-    recs = instance.fetch_materializations(AssetKey(key), limit=1).records
-    md = recs[0].asset_materialization.metadata if recs and recs[0].asset_materialization else {}
-    return {k: getattr(v, "value", v) for k, v in (md or {}).items()}
-
-
 def learning_summary(instance, recipe_name: Optional[str] = None) -> tuple[list[str], list[str]]:
     """The per-stage table of V-NIAH (by frame count) and passkey (by length) accuracy from the latest
     benchmark materialisations, then the smoke recipe's learning targets; returns (lines, missed targets).
     Empty when no benchmark ran."""
+    from dagster import AssetKey
+
+    from assets.common import latest_metadata
     from training.recipes import STAGE_NAMES, load_recipe
 
     recipe = load_recipe(recipe_name or os.environ.get("LONGVILA_RECIPE", "smoke"))
-    niah = {n: _latest_md(instance, f"niah_stage{i}") for i, n in enumerate(STAGE_NAMES, 1)}
-    passkey = {n: _latest_md(instance, f"passkey_stage{i}") for i, n in enumerate(STAGE_NAMES, 1)}
+    niah = {n: latest_metadata(instance, AssetKey(f"niah_stage{i}")) for i, n in enumerate(STAGE_NAMES, 1)}
+    passkey = {n: latest_metadata(instance, AssetKey(f"passkey_stage{i}")) for i, n in enumerate(STAGE_NAMES, 1)}
     if not any(niah.values()) and not any(passkey.values()):
         return [], []
     frames = sorted({int(k.split("_")[1]) for md in niah.values() for k in md if k.startswith("accuracy_") and
@@ -310,9 +301,8 @@ def run_demo(
     from orchestration import definitions as D
     from orchestration.sensors import register_videos
 
-    mods = modules or D.ASSET_MODULES
-    defs = D.build_defs(modules=mods) if modules else D.defs
-    lake = defs.resources["lake"] if "lake" in (defs.resources or {}) else D.LakeResource()
+    defs = D.build_defs(modules=modules) if modules else D.defs
+    lake = defs.resources["lake"]
     instance = DagsterInstance.get()
     scan = register_videos(instance, lake, log=log)
     log(f"scan: {scan.summary()}")
@@ -329,18 +319,10 @@ def run_demo(
         rel = manifest[o.label].get("relpath", o.label)
         status = "ok" if o.success else "FAILED"
         log(f"  {status:<6} {o.seconds:7.2f}s  {rel}")
-    for m in mods:
-        hook = getattr(m, "demo_summary", None)
-        if hook is None:
-            continue
-        try:
-            lines = hook(instance)
-        except Exception as e:  # noqa: BLE001 - a summary must never hide the run results
-            lines = [f"(summary failed: {type(e).__name__}: {e})"]
-        if lines:
-            log(f"\n== {m.__name__} ==")
-            for line in lines:
-                log("  " + line)
+    for heading, lines in group_summaries(defs, instance):
+        log(f"\n== {heading} ==")
+        for line in lines:
+            log("  " + line)
     learned, missed = learning_summary(instance)
     if learned:
         log("\n== what the curriculum learned (V-NIAH: held-out digit needles; passkey: key hidden in long text) ==")
@@ -367,6 +349,117 @@ def run_demo(
             log(f"  {m}")
         return 1
     return 0
+
+
+# ------------------------------------------------------------------------------------ summaries
+# One function per asset group: cheap (it reads the instance's latest materialisations, computes nothing).
+
+
+def curation_summary(instance) -> list[str]:
+    from assets.common import latest_metadata
+    from assets.curation import CLIP_FRAMES, RAW_VIDEO, VIDEO_CLIPS, VIDEO_FRAMES, VIDEO_PROBE, VIDEO_SHOTS
+    from assets.partitions import videos
+
+    lines = [f"{'video':<44} {'dur_s':>7} {'shots':>6} {'clips':>6} {'clip_fr':>8} {'vid_fr':>7} {'secs':>7}"]
+    for k in sorted(instance.get_dynamic_partitions(videos.name)):
+        raw, probe, shots, clips, cf, vf = (latest_metadata(instance, a, k) for a in (
+            RAW_VIDEO, VIDEO_PROBE, VIDEO_SHOTS, VIDEO_CLIPS, CLIP_FRAMES, VIDEO_FRAMES))
+        name = str(raw.get("relpath") or k)
+        secs = sum(float(m.get("seconds", 0) or 0) for m in (probe, shots, cf, vf))
+        lines.append(f"{name[:44]:<44} {probe.get('duration_s', float('nan')):>7.1f} {shots.get('num_shots', '-'):>6} "
+                     f"{clips.get('num_clips', '-'):>6} {cf.get('num_frames', '-'):>8} {vf.get('num_frames', '-'):>7} "
+                     f"{secs:>7.2f}")
+    return lines if len(lines) > 1 else []
+
+
+def captions_summary(instance) -> list[str]:
+    from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT, VIDEO_INSTRUCTIONS, VIDEO_SUMMARY
+    from assets.common import latest_metadata
+    from assets.partitions import videos
+
+    lines = [f"{'video':<30} {'clips':>5} {'cap_ok':>6} {'clips/s':>8} {'summary':>8} {'records':>8} {'types':>6}"]
+    for k in sorted(instance.get_dynamic_partitions(videos.name)):
+        c, s, i = (latest_metadata(instance, a, k) for a in (CLIP_CAPTIONS, VIDEO_SUMMARY, VIDEO_INSTRUCTIONS))
+        ntypes = sum(1 for v in json.loads(i.get("question_types") or "{}").values() if v)
+        lines.append(f"{k[:30]:<30} {c.get('num_clips', '-'):>5} {c.get('num_ok', '-'):>6} "
+                     f"{c.get('clips_per_s', 0):>8} "
+                     f"{str(s.get('ok', '-')):>8} {i.get('num_records', '-'):>8} {ntypes:>4}/7")
+    d = latest_metadata(instance, LONG_VIDEO_SFT)
+    if d:
+        lines.append(f"long_video_sft_dataset: {d.get('num_records')} records from {d.get('num_videos')} videos "
+                     f"(failed: {d.get('failed_videos')})")
+    lines.append("note: with the smoke models (tiny random weights) captions and answers are meaningless text")
+    return lines
+
+
+def training_summary(instance) -> list[str]:
+    from assets.common import data_version, latest_record, metadata_values
+    from assets.training import STAGE_KEYS
+    from orchestration.lineage import lineage, to_markdown
+
+    lines = []
+    for key in STAGE_KEYS:
+        rec = latest_record(instance, key)
+        if rec is None:
+            lines.append(f"{key.to_user_string()}: not materialised")
+            continue
+        md = metadata_values(rec)
+        fl, tps = md.get("final_loss"), md.get("tokens_per_s")
+        lines.append(f"{key.to_user_string()}: final loss {fl if fl is None else round(float(fl), 4)}, "
+                     f"{0 if tps is None else round(float(tps))} tokens/s, checkpoint {(data_version(rec) or '')[:12]}")
+    if latest_record(instance, STAGE_KEYS[-1]) is not None:  # same audit as `longvila lineage stage5_long_sft`
+        try:
+            lines += ["", *to_markdown(lineage(instance, STAGE_KEYS[-1].to_user_string())).rstrip("\n").splitlines()]
+        except LookupError as e:
+            lines.append(f"lineage audit unavailable: {e}")
+    return lines
+
+
+def _benchmark_line(bench: str, name: str, md: dict) -> str:
+    if bench == "niah":
+        return (f"{name}: accuracy {md.get('accuracy', float('nan')):.3f} over {md.get('samples')} samples "
+                f"({md.get('scoring')}); heatmap {md.get('heatmap_path')}")
+    if bench == "videomme":
+        subs = f", with subtitles {md['accuracy_with_subtitles']:.3f}" if "accuracy_with_subtitles" in md else ""
+        return (f"{name}: accuracy {md.get('accuracy', float('nan')):.3f} on {md.get('questions')} questions{subs}; "
+                f"{md.get('no_answer')} replies named no option ({md.get('scoring')}, {md.get('inputs')})")
+    return (f"{name}: similarity {md.get('similarity_combined', float('nan')):.3f}, judge {md.get('judge')} "
+            f"(invalid {md.get('invalid_judgements')}) on {md.get('videos')} videos")
+
+
+def evaluation_summary(instance) -> list[str]:
+    from dagster import AssetKey
+
+    from assets.common import latest_metadata
+    from assets.evaluation import HEADLINE, eval_stages
+
+    lines = [_benchmark_line(bench, f"{bench}_{st}", md) for st in eval_stages() for bench in HEADLINE
+             if (md := latest_metadata(instance, AssetKey(f"{bench}_{st}")))]
+    if lines:
+        lines.append("(with the smoke recipe, VideoMME and the caption score stay near chance: the smoke captions and "
+                     "answers come from random models; V-NIAH and passkey show what it learned, table below)")
+    return lines
+
+
+GROUP_SUMMARIES = {"curation": curation_summary, "captions": captions_summary, "training": training_summary,
+                   "evaluation": evaluation_summary}
+
+
+def group_summaries(defs, instance) -> list[tuple[str, list[str]]]:
+    """(heading, lines) for each asset group of `defs` that has a summary and something to say."""
+    graph = defs.resolve_asset_graph()
+    groups = {graph.get(k).group_name for k in graph.materializable_asset_keys}
+    out = []
+    for group, summarise in GROUP_SUMMARIES.items():
+        if group not in groups:
+            continue
+        try:
+            lines = summarise(instance)
+        except Exception as e:  # noqa: BLE001 - a summary must never hide the run results
+            lines = [f"(summary failed: {type(e).__name__}: {e})"]
+        if lines:
+            out.append((group, lines))
+    return out
 
 
 if __name__ == "__main__":  # python -m orchestration.demo

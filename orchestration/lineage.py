@@ -208,7 +208,8 @@ def _summarise(asset: str, start: dict, nodes: list[dict], unresolved: list[str]
                              "video_keys": (man or {}).get("video_keys") if isinstance(man, dict) else None})
         if n["asset"] in STAGES:
             checkpoints.append({"asset": n["asset"], "sha256": n["data_version"], "path": md.get("checkpoint"),
-                                "final_loss": md.get("final_loss"), "code_version": n["code_version"]})
+                                "final_loss": md.get("final_loss"), "code_version": n["code_version"],
+                                "dataset_versions": md.get("dataset_versions")})
     checkpoints.sort(key=lambda d: STAGES.index(d["asset"]))
     code_versions: dict[str, list[str]] = {}
     for n in nodes:
@@ -225,6 +226,12 @@ def fed_by(report: dict, video_key: str) -> bool:
     return any(v["video_key"] == video_key for v in report["raw_videos"])
 
 
+def _versions(versions) -> str:
+    if not versions:
+        return "(generated)" if versions == [] else "(not recorded)"
+    return ", ".join(f"`{str(v)[:16]}`" for v in versions)
+
+
 def to_markdown(rep: dict) -> str:
     lines = [f"# Lineage of `{rep['asset']}`" + (f" [{rep['partition']}]" if rep["partition"] else ""),
              f"data version `{rep['data_version']}`; {len(rep['nodes'])} materialisations walked.", ""]
@@ -233,8 +240,10 @@ def to_markdown(rep: dict) -> str:
     lines += ["", "## Datasets", "| asset | data version | samples | videos |", "|---|---|---|---|"]
     lines += [f"| {d['asset']} | `{(d['data_version'] or '')[:16]}` | {d['num_samples']} | "
               f"{len(d['video_keys']) if d['video_keys'] is not None else '-'} |" for d in rep["datasets"]]
-    lines += ["", "## Stage checkpoints", "| stage | sha256 | final loss | code version |", "|---|---|---|---|"]
-    lines += [f"| {c['asset']} | `{c['sha256']}` | {c['final_loss']} | `{c['code_version']}` |" for c in rep["checkpoints"]]
+    lines += ["", "## Stage checkpoints",
+              "| stage | sha256 | trained on dataset versions | final loss | code version |", "|---|---|---|---|---|"]
+    lines += [f"| {c['asset']} | `{c['sha256']}` | {_versions(c.get('dataset_versions'))} | {c['final_loss']} | "
+              f"`{c['code_version']}` |" for c in rep["checkpoints"]]
     lines += ["", "## Code versions", "| asset | code version(s) |", "|---|---|"]
     lines += [f"| {a} | {', '.join('`' + c + '`' for c in cs)} |" for a, cs in sorted(rep["code_versions"].items())]
     if rep["unresolved"]:

@@ -1,11 +1,16 @@
 """Suite-wide isolation: nothing a test does lands in the checkout's data/ folder by accident."""
 
+import os
+
 import pytest
+
+# Transient-fault retries keep their count but not their 10-s first delay (read when the asset modules load).
+os.environ.setdefault("LONGVILA_RETRY_DELAY_S", "0.05")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_download_cache(tmp_path_factory, monkeypatch):
-    # remote (s3://) videos are cached locally by the curation assets; keep each test's cache private
+    # raw videos are copied into a content-addressed cache by the curation assets; keep each test's cache private
     monkeypatch.setenv("LONGVILA_CACHE_DIR", str(tmp_path_factory.mktemp("download-cache")))
 
 

@@ -1,6 +1,9 @@
-"""Stage-specific model surgery: trainable modules, LoRA (peft) on the LLM, RoPE base changes."""
+"""Stage-specific model surgery: trainable modules, LoRA (peft) on the LLM and its merge for export, RoPE
+base changes."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -40,20 +43,23 @@ def apply_lora(model: nn.Module, r: int, alpha: int, target_modules, trainable_e
     return n
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any("lora_" in n for n, _ in model.named_parameters())
+_LORA_A = re.compile(r"^(?P<prefix>.+)\.lora_A\.(?P<adapter>[^.]+)\.weight$")
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LoRA adapter into its base weight and put the plain layer back (for export)."""
-    from peft.tuners.lora import LoraLayer
-
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer):
-                child.merge()
-                setattr(parent, child_name, child.get_base_layer())
-    return model
+def merge_lora_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """A full state dict of a LoRA-injected model (peft names) as the plain model's state dict: every
+    ``W = base + scaling * B @ A`` (computed in float32), ``.base_layer.`` dropped from names, adapters gone.
+    Works on gathered (unsharded) tensors, so it is the same for the replicated and the FSDP trainer."""
+    out = {k: v for k, v in state.items() if ".lora_" not in k}
+    for key, a in state.items():
+        m = _LORA_A.match(key)
+        if m is None:
+            continue
+        prefix, adapter = m.group("prefix"), m.group("adapter")
+        b = state[f"{prefix}.lora_B.{adapter}.weight"]
+        base = out.pop(f"{prefix}.base_layer.weight")
+        out[f"{prefix}.base_layer.weight"] = (base.float() + scaling * (b.float() @ a.float())).to(base.dtype)
+    return {k.replace(".base_layer.", "."): v for k, v in out.items()}
 
 
 def set_rope_theta(model: nn.Module, theta: float, max_length: int | None = None) -> int:

@@ -3,7 +3,7 @@
 Linux `prctl(PR_SET_PDEATHSIG, SIGTERM)` is set, then torchrun is exec'd in the same process, so
 when the process that started it (a Dagster step, a shell) dies - even by SIGKILL - torchrun gets
 SIGTERM and, as on any termination, stops every worker rank. Each rank in turn sets its own death
-signal (training.trainer.die_with_parent), so no rank outlives torchrun. Elsewhere (macOS) it is plain torchrun.
+signal (training.runtime.die_with_parent), so no rank outlives torchrun. Elsewhere (macOS) it is plain torchrun.
 """
 
 from __future__ import annotations

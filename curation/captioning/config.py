@@ -143,7 +143,7 @@ def code_versions(cfg: CaptioningConfig) -> dict[str, str]:
         "clip_captions": f"{CODE_VERSION}:{cap.tag}:{vlm}:tok={cfg.caption_max_new_tokens}:chars={cfg.caption_max_chars}:lang={cfg.language}",
         "video_summary": f"{CODE_VERSION}:{summ.tag}:{llm}:tok={cfg.summary_max_new_tokens}:{dec}",
         "video_instructions": f"{CODE_VERSION}:{qa.tag}:{llm}:tok={cfg.qa_max_new_tokens}:{dec}",
-        "long_video_sft_dataset": f"{CODE_VERSION}:sft-jsonl-v1",
+        "long_video_sft_dataset": f"{CODE_VERSION}:sft-jsonl-v2",  # v2: manifest key content_hash (was sha256)
     }
 
 

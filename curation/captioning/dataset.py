@@ -8,7 +8,7 @@ Layout under `longvila.layout.dataset_dir(storage, "long_video_sft")`:
 * ``manifest.json`` (written last: it is the commit point):
 
       {"name": "long_video_sft", "format": "llava-conversations-jsonl", "records": "records-....jsonl",
-       "sha256": "...", "num_records": N, "num_videos": V,
+       "content_hash": "<sha256 of the records file>", "num_records": N, "num_videos": V,
        "videos": {"<key>": {"data_version": "...", "num_records": n, "question_types": {...}}},
        "failed": {"<key>": "reason"}, "missing": ["<key>", ...],
        "question_types": {"Spatial": n, ...}, "created_utc": "..."}
@@ -71,7 +71,7 @@ def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> di
         "name": DATASET_NAME,
         "format": FORMAT,
         "records": name,
-        "sha256": sha,
+        "content_hash": sha,
         "num_records": len(records),
         "num_videos": len(videos),
         "videos": videos,
@@ -95,8 +95,8 @@ def load_long_video_sft(storage: str, settings=None) -> tuple[dict, list[dict]]:
     manifest = lio.read_json(murl, settings)
     rurl = lio.join(root, manifest["records"])
     body = lio.read_bytes(rurl, settings)
-    if hashlib.sha256(body).hexdigest() != manifest["sha256"]:
-        raise InputError(rurl, "records file does not match the manifest's sha256")
+    if hashlib.sha256(body).hexdigest() != manifest["content_hash"]:
+        raise InputError(rurl, "records file does not match the manifest's content_hash (sha256)")
     return manifest, read_jsonl(body.decode("utf-8"), rurl)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -57,22 +58,21 @@ class Server:
         return requests.get(f"http://127.0.0.1:{self.port}/admin/stats", timeout=5).json()
 
 
-@pytest.fixture(scope="session")
-def server(smoke_paths, tmp_path_factory):
-    """A real OpenAI-compatible server process (curation.captioning.server) on loopback."""
-    port_file = tmp_path_factory.mktemp("server") / "port"
-    log = open(port_file.parent / "server.log", "wb")
+@contextlib.contextmanager
+def running_server(model_args: list[str], workdir: Path, *extra: str):
+    """A real server process (curation.captioning.server) on a free loopback port; yields a Server."""
+    port_file = workdir / "port"
+    log = open(workdir / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "curation.captioning.server", "--model", f"smoke-vlm={smoke_paths.vlm}",
-         "--model", f"smoke-llm={smoke_paths.llm}", "--port", "0", "--port-file", str(port_file),
-         "--batch-size", "4", "--threads", "1", "--fault-injection"],
+        [sys.executable, "-m", "curation.captioning.server", *model_args, "--port", "0", "--port-file",
+         str(port_file), "--batch-size", "4", "--threads", "1", *extra],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         deadline = time.monotonic() + 120
         while not (port_file.exists() and port_file.read_text().strip()):
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(port_file.parent / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(f"server exited: {(workdir / 'server.log').read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not start in 120 s")
             time.sleep(0.2)
@@ -86,6 +86,20 @@ def server(smoke_paths, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(smoke_paths, tmp_path_factory):
+    """A real OpenAI-compatible server process (curation.captioning.server) on loopback."""
+    models = ["--model", f"smoke-vlm={smoke_paths.vlm}", "--model", f"smoke-llm={smoke_paths.llm}"]
+    with running_server(models, tmp_path_factory.mktemp("server"), "--fault-injection") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def start_server():
+    """`running_server(model_args, workdir, *extra_args)`: a server process with its own flags."""
+    return running_server
 
 
 @pytest.fixture

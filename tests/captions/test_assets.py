@@ -59,7 +59,7 @@ def _materialize(defs, instance, storage, partition=None, caption_models=None, s
     from dagster import materialize
 
     from assets.captions import LONG_VIDEO_SFT
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
 
     assets = [a for a in defs.assets if (LONG_VIDEO_SFT in a.keys) == (partition is None)]
     checks = [c for c in defs.asset_checks if any(k.asset_key in {ak for a in assets for ak in a.keys} for k in c.check_keys)]
@@ -136,7 +136,7 @@ def _check_prompt_edit_staleness(smoke_paths, instance, keys, storage):
 
     from assets.captions import CLIP_CAPTIONS, VIDEO_INSTRUCTIONS, VIDEO_SUMMARY
     from curation.captioning.prompts import PROMPT_DIR
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
     from orchestration.staleness import stale_report
 
     per_video = [CLIP_CAPTIONS, VIDEO_SUMMARY, VIDEO_INSTRUCTIONS]
@@ -174,8 +174,11 @@ def test_unreachable_captioning_server_fails_the_partition_and_writes_nothing(cu
                                    max_retries=1, timeout_s=2)
     res = _materialize(defs, instance, storage, partition=key, caption_models=models)
     assert not res.success
+    # a transient fault: retried with backoff (assets.policies.TRANSIENT_RETRY), then the partition fails
+    retries = [e for e in res.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == 3
     failures = [e for e in res.all_events if e.is_step_failure]
-    assert failures and "unavailable" in failures[0].event_specific_data.error.message
+    assert failures and "unavailable" in failures[0].event_specific_data.user_failure_data.metadata["reason"].text
     assert not lio.exists(layer_path(storage, "captions", key))
 
 
@@ -236,7 +239,7 @@ def test_caption_assets_and_dataset_on_s3(curated_lake, smoke_paths, moto_endpoi
     from longvila import io as lio
     from longvila.layout import layer_path
     from longvila.settings import S3Options, Settings
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -29,9 +29,11 @@ def annotated_lake(tmp_path_factory):
     segs = json.loads((raw / "lesson_01.json").read_text())["segments"]
     segs[-1]["end"] = 500.0  # far after the end of the video
     (raw / "bad_sidecar.json").write_text(json.dumps({"segments": segs}))
-    for name in ("lesson_01", "bad_sidecar", "no_sidecar"):
+    from longvila.keys import partition_key_for
+
+    keys = {n: partition_key_for(f"{n}.mp4") for n in ("lesson_01", "bad_sidecar", "no_sidecar")}
+    for name, key in keys.items():
         path = str(raw / f"{name}.mp4")
-        key = name
         probe = probe_video(path)
         clips = make_clips(detect_shots(path), probe.fps, max_clip_s=10.0, min_clip_s=1.0)
         lio.write_json(layer_path(storage, "probe", key), probe.to_dict())
@@ -39,10 +41,10 @@ def annotated_lake(tmp_path_factory):
         lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32),
                           layer_path(storage, "clip_frames", key))
     manifest = {"version": 1, "source": str(raw), "videos": {
-        n: {"relpath": f"{n}.mp4", "url": str(raw / f"{n}.mp4"), "status": "present"}
-        for n in ("lesson_01", "bad_sidecar", "no_sidecar")}, "rejected": {}}
+        k: {"relpath": f"{n}.mp4", "url": str(raw / f"{n}.mp4"), "status": "present"} for n, k in keys.items()},
+        "rejected": {}}
     lio.write_json(f"{storage}/manifest/videos.json", manifest)
-    return storage, raw
+    return storage, raw, keys
 
 
 def test_clip_captions_from_sidecars_with_lineage_and_bad_sidecar_isolated(annotated_lake, smoke_paths):
@@ -55,25 +57,25 @@ def test_clip_captions_from_sidecars_with_lineage_and_bad_sidecar_isolated(annot
     from curation.captioning.config import CaptioningConfig
     from longvila import io as lio
     from longvila.layout import layer_path
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
 
-    storage, raw = annotated_lake
+    storage, raw, keys = annotated_lake
     defs = build_caption_defs(CaptioningConfig(models_dir=str(Path(smoke_paths.root).parent), caption_max_new_tokens=8))
     clip_captions = [a for a in defs.assets if CLIP_CAPTIONS in a.keys]
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("videos", ["lesson_01", "bad_sidecar", "no_sidecar"])
+    instance.add_dynamic_partitions("videos", list(keys.values()))
     resources = {"lake": LakeResource(storage=storage, source=str(raw)),
                  "caption_models": defs.resources["caption_models"]}
 
-    def run(key):
-        return materialize(clip_captions, partition_key=key, instance=instance, resources=resources,
+    def run(name):
+        return materialize(clip_captions, partition_key=keys[name], instance=instance, resources=resources,
                            raise_on_error=False)
 
     good = run("lesson_01")
     assert good.success
     mat = good.asset_materializations_for_node("clip_captions")[0]
     md = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
-    table = lio.read_parquet(layer_path(storage, "captions", "lesson_01"))
+    table = lio.read_parquet(layer_path(storage, "captions", keys["lesson_01"]))
     sources = caption_sources(table)
     assert md["num_from_annotation"] == sources.count("annotation") >= 6
     assert md["num_from_model"] == sources.count("model")
@@ -86,8 +88,8 @@ def test_clip_captions_from_sidecars_with_lineage_and_bad_sidecar_isolated(annot
     failure = [e for e in bad.all_events if e.event_type_value == "STEP_FAILURE"][0]
     text = str(failure.event_specific_data.user_failure_data.description)
     assert "bad_sidecar.json" in str(failure.event_specific_data.user_failure_data.metadata) and "after the end" in text
-    assert not lio.exists(layer_path(storage, "captions", "bad_sidecar"))  # nothing half-written
+    assert not lio.exists(layer_path(storage, "captions", keys["bad_sidecar"]))  # nothing half-written
 
     plain = run("no_sidecar")
     assert plain.success
-    assert set(caption_sources(lio.read_parquet(layer_path(storage, "captions", "no_sidecar")))) == {"model"}
+    assert set(caption_sources(lio.read_parquet(layer_path(storage, "captions", keys["no_sidecar"])))) == {"model"}

@@ -40,7 +40,7 @@ def test_shots_cli_table_and_clips(corpus, capsys):
     out = capsys.readouterr().out
     assert "4 shots, 300 frames" in out and "7 clips" in out
     rows = [line.split() for line in out.splitlines() if line and not line.startswith(("#", " shot", " clip"))]
-    assert ["1", "75", "125", "3.000", "5.000"] in rows  # shot 1: frames 75..125, 3 s..5 s
+    assert ["1", "75", "125", "3.000", "5.000", "cut"] in rows  # shot 1: frames 75..125, 3 s..5 s, after a cut
     assert ["2", "1", "75", "125", "3.000", "5.000"] in rows  # clip 2 is the whole of shot 1
 
 

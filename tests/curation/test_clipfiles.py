@@ -1,7 +1,11 @@
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from curation.clipfiles import keyframe_times, write_clip_file
+from curation.clipfiles import keyframe_times, write_clip_file, write_clip_set
 from curation.clips import Clip
 from curation.frames import decode_frames_at
 from curation.probe import probe_video
@@ -108,3 +112,40 @@ def test_mpeg_ts_source_with_start_offset(gop_video, tmp_path):
         err = {n: np.abs(first - _frame(ts, n)).mean() for n in (clip.start_frame - 1, clip.start_frame,
                                                                clip.start_frame + 1)}
         assert min(err, key=err.get) == clip.start_frame and err[clip.start_frame] < 3.0, (mode, err)
+
+
+def test_failed_clip_set_keeps_the_previous_good_set(gop_video, tmp_path, leftovers):
+    path, _ = gop_video
+    root = tmp_path / "clip_files" / "k"
+    good = [Clip(0, 0, 0, 50, 0.0, 2.0), Clip(1, 1, 50, 125, 2.0, 5.0)]
+    index, sha = write_clip_set(str(path), good, str(root), index_extra={"partition": "k"})
+    files = {r["clip_index"]: Path(r["url"]) for r in index["clips"]}
+    assert index["partition"] == "k" and sorted(files) == [0, 1] and all(f.is_file() for f in files.values())
+    committed = (root / "index.json").read_bytes()
+    assert hashlib.sha256(committed).hexdigest() == sha
+    before = {i: f.read_bytes() for i, f in files.items()}
+    # a re-run that fails on its second clip, after its first clip was written
+    with pytest.raises(VideoError, match="outside"):
+        write_clip_set(str(path), [good[0], Clip(1, 1, 170, 400, 6.8, 16.0)], str(root))
+    assert (root / "index.json").read_bytes() == committed
+    assert {i: f.read_bytes() for i, f in files.items()} == before
+    assert sorted(p.name for p in root.iterdir()) == sorted(["index.json", index["version"]])
+    # a successful re-run commits a new set and removes the old one
+    index2, _ = write_clip_set(str(path), good[:1], str(root))
+    assert sorted(p.name for p in root.iterdir()) == sorted(["index.json", index2["version"]])
+    assert leftovers(tmp_path) == []
+
+
+def test_clip_set_never_removes_a_newer_concurrent_set(gop_video, tmp_path):
+    path, _ = gop_video
+    root = tmp_path / "k"
+    clip = [Clip(0, 0, 0, 50, 0.0, 2.0)]
+    newer = "v99999999999999999999-0123abcd"  # started after us, still writing
+    (root / newer).mkdir(parents=True)
+    index, _ = write_clip_set(str(path), clip, str(root))
+    assert (root / newer).is_dir() and (root / index["version"]).is_dir()
+    # once the newer set is committed, an older writer discards its own set instead of committing it
+    (root / "index.json").write_text(json.dumps({"version": newer, "clips": []}))
+    late, _ = write_clip_set(str(path), clip, str(root))
+    assert late["version"] == newer and json.loads((root / "index.json").read_text())["version"] == newer
+    assert sorted(p.name for p in root.iterdir()) == sorted(["index.json", newer, index["version"]])

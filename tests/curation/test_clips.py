@@ -105,7 +105,34 @@ def test_invalid_arguments():
 
 
 def test_versions_and_dict():
-    assert CODE_VERSION == "clips-v1"
+    assert CODE_VERSION == "clips-v2"
     assert code_version(10.0, 1.0) != code_version(5.0, 1.0)
     c = Clip(index=0, shot_index=0, start_frame=0, end_frame=25, start_s=0.0, end_s=1.0)
     assert c.to_dict()["end_frame"] == 25 and c.num_frames == 25 and c.duration_s == 1.0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(min_value=5, max_value=400), st.integers(min_value=0, max_value=60)),
+                min_size=1, max_size=15),
+       st.floats(min_value=0.5, max_value=8.0), st.floats(min_value=0.0, max_value=0.5))
+def test_clips_never_contain_transition_frames(parts, max_s, min_frac):
+    """Shots joined by cuts (span 0) or gradual transitions (span > 0): no clip holds a frame of a span."""
+    from curation.shots import Boundary, shots_from_boundaries
+
+    fps = 25.0
+    bounds, acc = [], 0
+    for length, span in parts[:-1]:
+        acc += length
+        half = span // 2
+        bounds.append(Boundary(acc) if span == 0 else Boundary(acc, "dissolve", acc - half, acc + span - half))
+    total = acc + parts[-1][0]
+    shots = shots_from_boundaries(bounds, total, fps=fps)
+    spans = [(s.transition_start_frame, s.transition_end_frame) for s in shots]
+    assert all(a <= s.start_frame <= b for s, (a, b) in zip(shots, spans))
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))  # spans never overlap
+    clips = make_clips(shots, fps, max_clip_s=max_s, min_clip_s=max_s * min_frac)
+    banned = {f for a, b in spans for f in range(a, b)}
+    assert not any(f in banned for c in clips for f in range(c.start_frame, c.end_frame))
+    for c in clips:  # times stay exact at constant rate
+        assert c.start_s == pytest.approx(c.start_frame / fps, abs=1e-5)
+        assert c.end_s == pytest.approx(c.end_frame / fps, abs=1e-5)

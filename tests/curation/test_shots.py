@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from curation.shots import (DETECTORS, Shot, code_version, detect_shots, fast_cuts_from_scores,
-                            shots_from_cuts)
+from curation.shots import DETECTORS, Boundary, Shot, code_version, detect_shots, shots_from_boundaries, shots_from_cuts
+from curation.shots.cascade import Params, analyze, analyze_stream
 from curation.video import frame_index
 from longvila.errors import VideoError
 
@@ -80,30 +80,56 @@ def test_single_shot_video(corpus):
 
 def test_code_version_names_algorithm_and_parameters():
     v = code_version("fast")
-    assert v.startswith("shots-fast-v1:") and "hist_threshold=0.25" in v and "hist_floor=0.02" in v
-    assert code_version("fast", hist_threshold=0.3) != v
-    assert code_version("fast", hist_threshold=0.25) == v
-    assert code_version("transnetv2").startswith("shots-transnetv2-v1:")
+    assert v.startswith("shots-fast-v2:") and "cut_ratio=2.5" in v and "gradual=True" in v
+    assert "device" not in v  # where TransNetV2 runs does not change the result
+    assert code_version("fast", cut_ratio=3.0) != v
+    assert code_version("fast", cut_ratio=2.5) == v
+    assert code_version("fast", verifier="transnetv2") != v
+    assert code_version("transnetv2").startswith("shots-transnetv2-v2:")
     assert code_version("content").startswith("shots-content-v1:")
     with pytest.raises(ValueError, match="unknown shot detector"):
         code_version("nope")
     with pytest.raises(ValueError, match="unknown option"):
         code_version("fast", bogus=1)
+    with pytest.raises(ValueError, match="verifier"):
+        code_version("fast", verifier="magic")
 
 
-def test_fast_decision_rule_on_synthetic_scores():
-    rng = np.random.default_rng(0)
-    n = 400
-    h = rng.uniform(0.0, 0.05, n)       # histogram distance: small noise
-    p = rng.uniform(0.01, 0.03, n)      # pixel difference: small motion
-    p[100:200] = rng.uniform(0.3, 0.4, 100)  # a high-motion stretch: must not be cut
-    h[49] = 0.8                          # a colour cut between frames 49 and 50
-    p[299], h[299] = 0.5, 0.06           # a same-palette cut: large pixel jump, small histogram change
-    p[350], h[350] = 0.5, 0.0            # an isolated pixel spike with no colour change at all: not a cut
-    h[300] = 0.7                         # a second candidate 1 frame later: suppressed (min_shot_frames)
-    cuts = fast_cuts_from_scores(h, p, hist_threshold=0.25, hist_floor=0.02, ratio=3.0, pix_min=0.04,
-                                 window=12, min_shot_frames=6)
-    assert cuts == [50, 300]  # the pixel jump at 299->300 is the stronger of the two candidates
+def _textures(n: int, seed: int) -> np.ndarray:
+    """A random blocky picture (27x48 RGB) drifting 1 px every other frame, for n frames."""
+    rng = np.random.default_rng(seed)
+    big = rng.integers(0, 256, (7, 22, 3)).astype(np.float32)
+    big = np.kron(big, np.ones((4, 4, 1), np.float32))  # 28x88 blocks of 4x4
+    return np.stack([big[:27, i // 2:i // 2 + 48] for i in range(n)]).astype(np.uint8)
+
+
+def test_cascade_on_arrays_cut_flash_and_fade():
+    """analyze() on raw frames: a cut and a fade through black are found; a 2-frame white flash and a
+    1-frame black frame inside a moving shot are not boundaries."""
+    a, b, c = _textures(40, 1), _textures(40, 2), _textures(40, 3)
+    a[15:17] = (0.3 * a[15:17] + 0.7 * 255).astype(np.uint8)  # white flash, 2 frames
+    b[20] = 0  # one black frame
+    ramp = np.linspace(1, 0, 8)[:, None, None, None]
+    fade = np.concatenate([(b[-8:] * ramp).astype(np.uint8), np.zeros((3, 27, 48, 3), np.uint8),
+                           (c[:8] * ramp[::-1]).astype(np.uint8)])
+    frames = np.concatenate([a, b[:-8], fade, c[8:]])
+    found = analyze(frames, 25.0, Params())
+    assert [x.frame for x in found if x.kind == "cut"] == [40]
+    fades = [x for x in found if x.kind == "fade"]
+    assert len(found) == 2 and len(fades) == 1
+    lo, hi = fades[0].span()
+    assert lo <= 72 + 8 and hi >= 72 + 11 and lo <= fades[0].frame <= hi  # the black frames are 80..82
+
+
+def test_stream_segments_match_whole_analysis():
+    """Overlapping segments (bounded memory) give the same boundaries as one pass over all frames."""
+    parts = [_textures(60, s) for s in range(6)]
+    frames = np.concatenate(parts)
+    whole = analyze(frames, 25.0, Params())
+    chunks = (frames[i:i + 37] for i in range(0, len(frames), 37))
+    streamed, n = analyze_stream(chunks, 25.0, Params(), segment=120)
+    assert n == len(frames) and streamed == whole
+    assert [x.frame for x in whole] == [60, 120, 180, 240, 300]
 
 
 def test_shots_from_cuts_ignores_out_of_range_and_duplicates():
@@ -111,6 +137,19 @@ def test_shots_from_cuts_ignores_out_of_range_and_duplicates():
     assert [(s.start_frame, s.end_frame) for s in shots] == [(0, 10), (10, 25), (25, 99), (99, 100)]
     assert shots[-1].end_s == 10.0
     assert shots_from_cuts([], 0, fps=10.0) == []
+
+
+def test_shots_from_boundaries_carry_transition_spans():
+    shots = shots_from_boundaries([Boundary(30), Boundary(60, "dissolve", 52, 68), Boundary(62, "wipe", 55, 80)],
+                                  100, fps=10.0)
+    assert [(s.start_frame, s.transition_kind) for s in shots] == [(0, "none"), (30, "cut"), (60, "dissolve"),
+                                                                   (62, "wipe")]
+    assert (shots[1].transition_start_frame, shots[1].transition_end_frame) == (30, 30)
+    assert (shots[2].transition_start_frame, shots[2].transition_end_frame) == (52, 61)  # clipped: next starts 62
+    assert shots[2].transition_start_s == 5.2 and shots[2].transition_end_s == 6.1
+    assert shots[3].transition_start_frame >= shots[2].transition_end_frame  # spans never overlap
+    legacy = Shot(index=1, start_frame=5, end_frame=9, start_s=0.5, end_s=0.9)  # old records read as cuts
+    assert legacy.transition_kind == "cut" and legacy.transition_end_frame == 5
 
 
 def test_bad_inputs(bad_inputs):

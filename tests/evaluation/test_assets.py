@@ -11,7 +11,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, Definitions
 
 import assets.evaluation as ae
 from longvila import layout
-from orchestration.resources import LakeResource
+from assets.resources import LakeResource
 
 SETTINGS = dict(niah_frame_counts=[2, 4], niah_depths=[0.0, 100.0], niah_needles=1, niah_frame_size=48,
                 num_frames=2, max_caption_videos=2, videomme_max_new_tokens=2, caption_max_new_tokens=8)
@@ -83,7 +83,9 @@ def test_materialise_all_benchmarks_with_metadata_and_checks(lake):
     assert checks[("niah_stage5", "grid_complete")] and checks[("videomme_stage5", "all_videos_found")]
     assert checks[("niah_stage5", "no_regression")]  # first materialisation: nothing to compare
     assert (Path(lake) / "eval" / "videomme" / "stage5_long_sft" / "results.json").exists()
-    lines = ae.demo_summary(inst)
+    from orchestration.demo import evaluation_summary
+
+    lines = evaluation_summary(inst)
     assert any(line.startswith("niah_stage5: accuracy") for line in lines) and "near chance" in lines[-1]
 
 

@@ -93,11 +93,11 @@ def _frames(storage, key, pts, text_spans=None):
 def test_the_lake_haystack_is_the_longest_text_free_video(tmp_path):
     storage = str(tmp_path)
     assert pick_lake_haystack(storage) is None
-    _frames(storage, "short-1", [0.5, 1.5, 2.5])
-    _frames(storage, "lesson-2", [0.5 + i for i in range(8)], [(0, 6, "7"), (6, 8, None)])  # 2 text-free frames
-    assert pick_lake_haystack(storage) == "short-1"
-    got = haystack_from_frames_parquet(layout.layer_path(storage, "video_frames", "lesson-2"), max_frames=10, size=16,
-                                       captions_url=layout.layer_path(storage, "captions", "lesson-2"))
+    _frames(storage, "short-0000000a", [0.5, 1.5, 2.5])
+    _frames(storage, "lesson-0000000b", [0.5 + i for i in range(8)], [(0, 6, "7"), (6, 8, None)])  # 2 text-free frames
+    assert pick_lake_haystack(storage) == "short-0000000a"
+    got = haystack_from_frames_parquet(layout.layer_path(storage, "video_frames", "lesson-0000000b"), max_frames=10, size=16,
+                                       captions_url=layout.layer_path(storage, "captions", "lesson-0000000b"))
     assert len(got) == 2
 
 
@@ -142,9 +142,9 @@ def test_benchmark_scores_are_identical_on_re_run(tmp_path, smoke_checkpoint):
     from evaluation.benchmarks import run_niah_benchmark
 
     storage = str(tmp_path / "lake")
-    _frames(storage, "hay-1", [0.5 + i for i in range(6)])
+    _frames(storage, "hay-0000000c", [0.5 + i for i in range(6)])
     cfg = NiahConfig(frame_counts=[1, 4], depths=[0, 100], num_needles=3, frame_size=32, seed=1)
-    frames = layout.layer_path(storage, "video_frames", "hay-1")
+    frames = layout.layer_path(storage, "video_frames", "hay-0000000c")
     for out in ("a", "b"):
         run_niah_benchmark(smoke_checkpoint, str(tmp_path / out), cfg, frames_parquet=frames)
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()

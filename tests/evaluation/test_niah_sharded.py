@@ -69,6 +69,9 @@ def test_world2_matches_world1(smoke_checkpoint, smoke_runner, haystack_video, t
     ref = smoke_runner.target_logits(frames, prompt, needles[s.needle].answer)
     assert dumped["frame_count"] == 9 and dumped["logits"].shape == ref.shape
     torch.testing.assert_close(dumped["logits"], ref, atol=2e-4, rtol=1e-4)
+    ref_lp = smoke_runner.target_logprobs(frames, prompt, needles[s.needle].answer)  # per-token log-likelihood
+    assert dumped["logprobs"].shape == ref_lp.shape and bool((ref_lp < 0).all())
+    torch.testing.assert_close(dumped["logprobs"], ref_lp, atol=2e-4, rtol=1e-4)
     assert dumped["generated"] == smoke_runner.generate_ids(frames, prompt, 4)
     ref_choice = smoke_runner.choice_scores(frames, prompt, ["A", "B", "C", "D"])
     assert dumped["choice"] == pytest.approx(ref_choice, abs=2e-4)

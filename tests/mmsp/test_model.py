@@ -184,9 +184,10 @@ def test_smoke_checkpoint_round_trip_identical_logits(ckpt, loaded):
     batch = auto_proc(conversations=[conv], frames=[_frames(2)])
     batch.pop("frames_per_sample")
     with torch.no_grad():
-        a = model(**batch).logits
-        b = auto_model(**batch).logits
-        c = fresh(**batch).logits
+        a = model(**batch, return_logits=True).logits
+        b = auto_model(**batch, return_logits=True).logits
+        c = fresh(**batch, return_logits=True).logits
+        assert model(**batch).logits is None  # a forward with labels does not materialise the logits
     assert torch.equal(a, b) and torch.equal(a, c)
     assert create_smoke_checkpoint(ckpt, "smoke", seed=0) == str(ckpt)  # idempotent, reuses the directory
     # sub-modules keep stable names for freezing and LoRA targets
@@ -266,7 +267,7 @@ def test_packed_rows_equal_separate_samples(loaded64):
     t = proc.tokens_per_frame
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
-                       segment_ids=batch["segment_ids"])
+                       segment_ids=batch["segment_ids"], return_logits=True)
         n_packed = int((shift_labels(batch["labels"], batch["segment_ids"]) != IGNORE_INDEX).sum())
         total, n_total, frame = 0.0, 0, 0
         for row in range(2):
@@ -277,7 +278,7 @@ def test_packed_rows_equal_separate_samples(loaded64):
                 nf = int((ids == proc.image_token_id).sum()) // t
                 pv = batch["pixel_values"][frame:frame + nf] if nf else None
                 frame += nf
-                single = model(input_ids=ids, labels=lab, pixel_values=pv)
+                single = model(input_ids=ids, labels=lab, pixel_values=pv, return_logits=True)
                 k = int((lab[:, 1:] != IGNORE_INDEX).sum())
                 total += float(single.loss) * k
                 n_total += k
@@ -287,26 +288,60 @@ def test_packed_rows_equal_separate_samples(loaded64):
     assert abs(total / n_total - float(packed.loss)) < 1e-10
 
 
-def test_mmsp_at_sp_size_1_is_the_plain_model(loaded64):
+@pytest.mark.parametrize("pack", [1, 2])
+def test_mmsp_at_sp_size_1_matches_the_stock_math(loaded64, pack):
+    """Fused kernels + chunked loss at SP size 1 (mmsp_loss and the model's own forward) against stock
+    transformers (SDPA with a dense block-diagonal mask, full-logits cross-entropy): loss and every gradient."""
+    from training.model.sp_checks import reference_logits, reference_loss
+
     model, proc = loaded64
-    batch = SmokeBatchSource(proc, seed=12, batch_size=2, frames=(1, 4)).batch(0)
-    model.zero_grad(set_to_none=True)
-    ref = model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
-                attention_mask=batch["attention_mask"])
-    ref.loss.backward()
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    loss, n_tok = mmsp_loss(model, batch, None)
-    loss.backward()
-    assert n_tok == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    assert abs(float(loss.detach()) - float(ref.loss.detach())) < 1e-12
-    for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, ref_grads[n], atol=1e-12, rtol=1e-9), n
+    batch = SmokeBatchSource(proc, seed=12, batch_size=2, frames=(1, 4), pack=pack).batch(0)
+    grads = {}
+    for name in ("reference", "mmsp_loss", "forward"):
+        model.zero_grad(set_to_none=True)
+        if name == "reference":
+            loss = reference_loss(model, batch)
+        elif name == "mmsp_loss":
+            loss, n_tok = mmsp_loss(model, batch, None)
+            assert n_tok == int((shift_labels(batch["labels"], batch["segment_ids"]) != IGNORE_INDEX).sum())
+        else:
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
+                         segment_ids=batch["segment_ids"]).loss
+        loss.backward()
+        grads[name] = (float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()})
+    ref_loss, ref_grads = grads.pop("reference")
+    for name, (value, got) in grads.items():
+        assert abs(value - ref_loss) < 1e-12, name
+        for n, g in got.items():
+            assert torch.allclose(g, ref_grads[n], atol=1e-12, rtol=1e-9), (name, n)
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         logits = mmsp_logits(model, batch, None)
-    real = batch["attention_mask"].bool()
-    assert torch.allclose(logits[real], ref.logits.detach()[real], atol=1e-12)
+        ref = reference_logits(model, batch)
+    real = batch["segment_ids"] >= 0
+    assert torch.allclose(logits[real], ref[real], atol=1e-12)
+
+
+def test_packed_rows_with_activation_checkpointing(loaded64):
+    """The documents reach the attention as a call keyword, so layers recomputed during backward see them too
+    (a lost context would silently attend across documents): gradients equal the stock math."""
+    from training.model.sp_checks import reference_loss
+
+    model, proc = loaded64
+    batch = SmokeBatchSource(proc, seed=13, batch_size=2, frames=(0, 3), pack=3).batch(0)
+    model.zero_grad(set_to_none=True)
+    reference_loss(model, batch).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        model(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"],
+              segment_ids=batch["segment_ids"]).loss.backward()
+    finally:
+        model.llm.gradient_checkpointing_disable()
+    for n, p in model.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-12, rtol=1e-9), n
+    model.zero_grad(set_to_none=True)
 
 
 def test_frame_split_is_balanced_and_deterministic():
@@ -374,26 +409,29 @@ def test_batched_left_padded_generation_matches_single_prompts(loaded):
             assert out[i, b["input_ids"].shape[1]:].tolist() == one[0, s["input_ids"].shape[1]:].tolist()
 
 
-def test_mmsp_attention_in_a_single_process_matches_sdpa(ckpt):
+def test_project_attention_in_a_single_process_matches_sdpa(ckpt):
+    """The LongVILA LLM runs the project attention by default; stock SDPA gives the same logits, loss and
+    greedy tokens (left-padded batch: padding and KV-cache decode steps through the fused path)."""
     import copy
 
-    from training.sp.sharding import enable_mmsp_attention
-
     model, proc = load_checkpoint(ckpt, dtype=torch.float64)
-    mm = copy.deepcopy(model)
-    enable_mmsp_attention(mm)
-    assert mm.llm.config._attn_implementation == "mmsp"
+    assert model.llm.config._attn_implementation == "mmsp"
+    ref = copy.deepcopy(model)
+    ref.llm.config._attn_implementation = "sdpa"
     b = proc(conversations=[[{"from": "human", "value": "<video>\nWhat happens?"}, {"from": "gpt", "value": "Cat."}],
                             [{"from": "human", "value": "Hello?"}, {"from": "gpt", "value": "Hi there, friend."}]],
              frames=[_frames(2), []])
     b.pop("frames_per_sample")
     with torch.no_grad():
-        ref, got = model(**b), mm(**b)
+        want, got = ref(**b, return_logits=True), model(**b, return_logits=True)
     real = b["attention_mask"].bool()
-    assert torch.allclose(got.logits[real], ref.logits[real], atol=1e-10, rtol=0)
-    assert abs(float(got.loss) - float(ref.loss)) < 1e-10
-    g = proc(conversations=[[{"from": "human", "value": "<video>\nWhy?"}]], frames=[_frames(2)], add_generation_prompt=True)
+    assert torch.allclose(got.logits[real], want.logits[real], atol=1e-10, rtol=0)
+    assert abs(float(got.loss) - float(want.loss)) < 1e-10
+    convs = [[{"from": "human", "value": "<video>\nWhy?"}], [{"from": "human", "value": "<video>\nHm, a cat?"}]]
+    g = proc(conversations=convs,
+             frames=[_frames(2), _frames(1, seed=9)], add_generation_prompt=True, padding_side="left")
     kw = dict(input_ids=g["input_ids"], attention_mask=g["attention_mask"], pixel_values=g["pixel_values"],
               max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert not bool(g["attention_mask"].all())  # the second prompt is left-padded
     with torch.no_grad():
-        assert torch.equal(model.generate(**kw), mm.generate(**kw))  # KV-cache decode steps included
+        assert torch.equal(ref.generate(**kw), model.generate(**kw))  # KV-cache decode steps included

@@ -26,15 +26,15 @@ def curation_defs(source: str, storage: str, **lake_kw):
     from dagster import in_process_executor
 
     from assets import curation as curation_assets
+    from assets.resources import LakeResource
     from orchestration.definitions import build_defs
-    from orchestration.resources import LakeResource
 
     lake = LakeResource(source=source, storage=storage, **lake_kw)
     return build_defs(modules=[curation_assets], lake=lake, executor=in_process_executor), lake
 
 
 def curation_keys(defs):
-    from orchestration.partitions import videos
+    from assets.partitions import videos
 
     g = defs.resolve_asset_graph()
     return [k for k in g.toposorted_asset_keys
@@ -49,28 +49,24 @@ def run_partition(defs, instance, key, asset_keys=None):
 
 
 def apply_sensor_result(instance, result):
-    """What the sensor daemon does with a SensorResult's dynamic partition requests."""
-    from dagster._core.definitions.dynamic_partitions_request import (
-        AddDynamicPartitionsRequest,
-        DeleteDynamicPartitionsRequest,
-    )
-
+    """What the sensor daemon does with a SensorResult's (add-only) dynamic partition requests."""
     for req in result.dynamic_partitions_requests or []:
-        if isinstance(req, AddDynamicPartitionsRequest):
-            instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-        elif isinstance(req, DeleteDynamicPartitionsRequest):
-            for k in req.partition_keys:
-                instance.delete_dynamic_partition(req.partitions_def_name, k)
+        existing = set(instance.get_dynamic_partitions(req.partitions_def_name))
+        instance.add_dynamic_partitions(req.partitions_def_name, [k for k in req.partition_keys if k not in existing])
+
+
+CURATION_CHAIN = ["raw_video", "video_probe", "video_frames", "video_shots", "video_clips", "clip_frames"]
 
 
 def tick(instance, lake, cursor=None):
-    """Evaluate the new-video sensor once (as the daemon would) and apply its partition requests."""
-    from dagster import build_sensor_context
+    """Evaluate the new-video sensor of the curation layer once and apply its partition requests (the
+    function-level twin of a daemon tick; `test_daemon.py` runs the real daemon)."""
+    from dagster import AssetKey, build_sensor_context
 
-    from orchestration.sensors import new_video_sensor
+    from orchestration.sensors import evaluate_new_videos
 
     ctx = build_sensor_context(instance=instance, cursor=cursor, resources={"lake": lake})
-    result = new_video_sensor(ctx)
+    result = evaluate_new_videos(ctx, lake, [AssetKey(k) for k in CURATION_CHAIN])
     if hasattr(result, "dynamic_partitions_requests"):
         apply_sensor_result(instance, result)
     return result
@@ -83,6 +79,7 @@ def lake_files(storage: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def helpers():
     return types.SimpleNamespace(
+        curation_chain=CURATION_CHAIN,
         make_small_video=make_small_video,
         curation_defs=curation_defs,
         curation_keys=curation_keys,

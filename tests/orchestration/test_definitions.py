@@ -21,14 +21,15 @@ from dagster import (
 from assets.curation import clip_problems, tile_problems
 from orchestration.demo import plan_batches
 from orchestration.executors import executor_from_env
-from orchestration.resources import CurationConfig, LakeResource
+from assets.resources import LakeResource
+from curation.config import CurationConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CURATION = {"raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "video_frames"}
 
 
 def test_merged_definitions():
-    from orchestration.definitions import ASSET_MODULES, defs
+    from orchestration.definitions import ASSET_MODULES, defs, per_video_chain
 
     g = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in g.materializable_asset_keys}
@@ -47,6 +48,9 @@ def test_merged_definitions():
     assert defs.resolve_job_def("curation_lineage") is not None
     assert isinstance(defs.resources["lake"], LakeResource)
     assert all(hasattr(m, "defs") for m in ASSET_MODULES)
+    chain = [k.to_user_string() for k in per_video_chain(defs)]
+    assert chain[0] == "raw_video" and CURATION <= set(chain) and "video_instructions" in chain
+    assert "long_video_sft_dataset" not in chain
 
 
 @pytest.mark.slow
@@ -89,7 +93,7 @@ def test_lake_resource_env_and_paths(monkeypatch, tmp_path):
     assert lake.layer_url("shots", "a-0123abcd") == f"{tmp_path}/lake/shots/a-0123abcd.parquet"
     assert lake.read_manifest()["videos"] == {}
     explicit = LakeResource(source="/x", storage="/y", s3_endpoint_url="http://e")
-    assert explicit.settings().s3.endpoint_url == "http://e" and explicit.manifest_url() == "/y/manifest/videos.json"
+    assert explicit.settings().s3.endpoint_url == "http://e" and explicit.settings().storage == "/y"
 
 
 def test_curation_config(monkeypatch):

@@ -57,8 +57,6 @@ def test_sensor_and_assets_on_s3(s3, moto_endpoint, small_video_cache, helpers):
     outcomes = {k: helpers.run_partition(defs, inst, k) for k in (ka, kb, kbad)}
     assert outcomes[ka].success and outcomes[kb].success
     # each video was downloaded once into the local cache and shared by probe, shots and both frame layers
-    import os
-
     cached = sorted(n for n in os.listdir(os.environ["LONGVILA_CACHE_DIR"]) if n.endswith(".mp4"))
     assert len(cached) == 3, cached  # a, b and the bad one (downloaded once, then rejected by the probe)
     assert not outcomes[kbad].success
@@ -77,9 +75,8 @@ def test_sensor_and_assets_on_s3(s3, moto_endpoint, small_video_cache, helpers):
     s3.upload_file(str(small_video_cache[2]), BUCKET, "raw/a.mp4")
     r2 = helpers.tick(inst, lake, r1.cursor)
     assert [r.partition_key for r in r2.run_requests] == [ka]
-    # a deleted object is reported and its partition removed
+    # a deleted object is marked removed (its partition and history stay)
     s3.delete_object(Bucket=BUCKET, Key="raw/bad.mp4")
     r3 = helpers.tick(inst, lake, r2.cursor)
     assert list(r3.run_requests) == []
-    assert kbad not in inst.get_dynamic_partitions("videos")
-    assert lake.read_manifest()["videos"][kbad]["status"] == "deleted"
+    assert lake.read_manifest()["videos"][kbad]["status"] == "removed" and kbad not in lake.present_keys()

@@ -10,7 +10,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, evaluate_auto
 
 from assets.curation import RAW_VIDEO, build_curation_defs
 from longvila.keys import partition_key_for
-from orchestration.resources import CurationConfig
+from curation.config import CurationConfig
 from orchestration.staleness import StaleStatus, stale_report
 
 DOWNSTREAM = {"video_probe", "video_shots", "video_clips", "clip_frames", "video_frames"}
@@ -97,7 +97,7 @@ def test_changed_video_and_code_version_staleness(tmp_path, small_video_cache, h
     # bring a up to date again, then change the shot detector's parameters (a new code version)
     assert helpers.run_partition(defs, inst, ka, keys).success
     assert stale_report(defs, inst, [ka, kb]).transitive == set()
-    cfg2 = CurationConfig(detector_options={"hist_threshold": 0.3})
+    cfg2 = CurationConfig(detector_options={"cut_ratio": 3.0})
     mod2 = types.SimpleNamespace(defs=build_curation_defs(cfg2))
     from dagster import in_process_executor
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
+from training.recipes import load_recipe
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -28,11 +30,13 @@ from dagster import (
 
 from longvila import io as lio
 from longvila import layout
-from orchestration.partitions import videos
-from orchestration.resources import LakeResource
+from assets.partitions import videos
+from assets.resources import LakeResource
+from training.config import TRAINER_VERSION
 
 KEYS = ["alpha-0000000a", "beta-0000000b"]
 STAGES = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft"]
+DATASET_ASSETS = ["stage1_dataset", "stage2_dataset", "stage3_dataset", "stage4_dataset", "long_video_sft_dataset"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -91,7 +95,9 @@ def standin_assets(source: Path):
                 f"A cat jumps onto the {colour} table."]
         url = layout.layer_path(lake.storage_root, "captions", k)
         lio.write_parquet(pa.table({"clip_index": pa.array([0, 1, 2], pa.int32()), "caption": caps,
-                                    "ok": [True, True, True], "source": ["annotation"] * 3}), url)
+                                    "ok": [True, True, True], "source": ["annotation"] * 3,
+                                    "start_s": [0.0, 2.0, 4.0], "end_s": [2.0, 4.0, 6.4],
+                                    "on_screen_text": [str(_seed(k)[1] % 10), None, None]}), url)
         return MaterializeResult(data_version=DataVersion(lio.sha256_file(url)))
 
     @asset(key="video_instructions", partitions_def=videos, deps=["clip_captions", "video_frames"],
@@ -119,7 +125,7 @@ def standin_assets(source: Path):
         from curation.captioning.dataset import build_long_video_sft
 
         m = build_long_video_sft(lake.storage_root, sorted(context.instance.get_dynamic_partitions("videos")))
-        return MaterializeResult(data_version=DataVersion(m["sha256"]),
+        return MaterializeResult(data_version=DataVersion(m["content_hash"]),
                                  metadata={"path": layout.dataset_dir(lake.storage_root, "long_video_sft"),
                                            "num_records": m["num_records"]})
 
@@ -136,8 +142,11 @@ def graph(tmp_path_factory):
     for i, k in enumerate(KEYS):
         (source / f"{k}.bin").write_bytes(f"video {k} content {i}".encode() * 10)
     lake = LakeResource(source=str(source), storage=str(root / "lake"))
+    from orchestration.reports import training_lineage_report
+
     launcher = TrainingLauncher(max_steps=2, num_threads=1)
     tdefs = build_training_defs(launcher=launcher)
+    tdefs = Definitions(assets=[*tdefs.assets, training_lineage_report], resources=tdefs.resources)
     standins = standin_assets(source)
     defs = Definitions(assets=[*standins, *tdefs.assets], resources={"lake": lake, "training_launcher": launcher},
                        executor=in_process_executor)
@@ -171,15 +180,20 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         assert md["final_loss"].value > 0 and md["tokens_per_s"].value > 0
         assert md["steps"].value == 2
         assert md["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
-        ckpt = Path(md["checkpoint"].value)
-        assert ckpt.name == "final" and ckpt.parent.name == st
+        ckpt = Path(md["checkpoint"].value)  # the immutable export; `final` points at it
+        assert ckpt.parent.name == "exports" and ckpt.parent.parent.name == st
+        assert (ckpt.parent.parent / "final").resolve() == ckpt.resolve()
         assert m.tags["dagster/data_version"] == sha256_tree(ckpt) == md["checkpoint_sha256"].value
+        # the trainer records the verified version of the dataset it read (issue 12: stage 5 had [null])
+        # (stage 5 of the smoke recipe also reads its extra samples: the retrieval dataset)
+        datasets = [DATASET_ASSETS[i]] + (["stage5_dataset"] if st == "stage5_long_sft" else [])
+        assert md["dataset_versions"].value == [_latest(inst, d).tags["dagster/data_version"] for d in datasets]
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
-    from assets.training import demo_summary
+    from orchestration.demo import training_summary
 
-    lines = demo_summary(inst)
+    lines = training_summary(inst)
     # one line per stage, then the lineage audit of the stage-5 checkpoint (what `make demo` prints)
     assert all("final loss" in l and "tokens/s" in l for l in lines[:5])
     audit = "\n".join(lines[5:])
@@ -188,7 +202,7 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
     assert _latest(inst, "stage1_dataset").metadata["num_samples"].value == 6
     # stage-4 export has the extended RoPE base and no LoRA leftovers
     cfg = json.loads((Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "config.json").read_text())
-    assert cfg["text_config"]["rope_parameters"]["rope_theta"] == 80000
+    assert cfg["text_config"]["rope_parameters"]["rope_theta"] == load_recipe("smoke").stage(4).phases[-1].rope_theta
     st = (Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "model.safetensors").read_bytes()[:20000]
     assert b"lora_" not in st
 
@@ -206,16 +220,19 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     assert [c["asset"] for c in rep["checkpoints"]] == STAGES
     assert all(len(c["sha256"]) == 64 for c in rep["checkpoints"])
     assert {d["asset"] for d in rep["datasets"]} == {"stage1_dataset", "stage2_dataset", "stage3_dataset",
-                                                      "stage4_dataset", "long_video_sft_dataset"}
+                                                      "stage4_dataset", "long_video_sft_dataset", "stage5_dataset"}
     assert rep["code_versions"]["clip_captions"] == ["standin-captions-1"]
-    assert rep["code_versions"]["stage5_long_sft"][0].startswith("trainer-v1:smoke:")
+    assert rep["code_versions"]["stage5_long_sft"][0].startswith(f"{TRAINER_VERSION}:smoke:")
+    # every stage's checkpoint states the dataset versions it was trained on
+    assert all(c["dataset_versions"] and None not in c["dataset_versions"] for c in rep["checkpoints"])
     assert not rep["unresolved"]
     # partitioned upstreams are verified against Dagster's hashed input versions
     s1 = next(n for n in rep["nodes"] if n["asset"] == "stage1_dataset")
     assert {u["asset"]: u["how"] for u in s1["upstream"]} == {"clip_captions": "verified", "clip_frames": "verified"}
     assert fed_by(rep, KEYS[0]) and not fed_by(rep, "gamma-0000000c")
     md = to_markdown(rep)
-    assert KEYS[0] in md and "## Stage checkpoints" in md
+    assert KEYS[0] in md and "## Stage checkpoints" in md and "trained on dataset versions" in md
+    assert "(not recorded)" not in md
     # stage 4 trains on the generated passkey set only: no raw video feeds it... except through stage 3
     rep4 = lineage(inst, "stage4_dataset")
     assert rep4["raw_videos"] == []
@@ -271,7 +288,6 @@ assert out.shape[1] > b["input_ids"].shape[1]
 
 @pytest.mark.slow
 def test_changed_video_marks_exactly_downstream_stale(graph):
-    from orchestration.staleness import stale_report  # noqa: F401  (direct statuses come from Dagster)
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._time import get_current_datetime
@@ -292,12 +308,13 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
 
     st = status()
     direct = {k for k, v in st.items() if v == StaleStatus.STALE}
-    assert direct == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_long_sft"}
+    # (stage5_dataset: its retrieval samples' haystack holds the changed video's frames)
+    assert direct == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_dataset", "stage5_long_sft"}
     # transitively (what must be recomputed): every stage and the report, but not the passkey dataset
     trans = set(direct)
     for k in g.toposorted_asset_keys:
         if any(p.to_user_string() in trans for p in g.get(k).parent_keys) and not g.get(k).is_partitioned:
             trans.add(k.to_user_string())
-    assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "long_video_sft_dataset", *STAGES,
-                     "training_lineage_report"} - {"long_video_sft_dataset"}
+    assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_dataset", *STAGES,
+                     "training_lineage_report"}
     assert st["stage4_dataset"] == StaleStatus.FRESH

@@ -16,7 +16,7 @@ SCRIPT = """
 import sys
 from dagster import DagsterInstance, materialize
 from assets.training import TrainingLauncher, build_training_defs
-from orchestration.resources import LakeResource
+from assets.resources import LakeResource
 launcher = TrainingLauncher(max_steps={steps}, checkpoint_every={every}, nproc_per_node=2, num_threads=1)
 defs = build_training_defs(launcher=launcher)
 a = [x for x in defs.assets if x.key.to_user_string() == "stage1_alignment"]
@@ -47,7 +47,7 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
 
     from assets.training import TrainingLauncher, build_training_defs
     from longvila import layout
-    from orchestration.resources import LakeResource
+    from assets.resources import LakeResource
 
     storage = str(tmp_path / "lake")
     shutil.copytree(stage_datasets[1], layout.dataset_dir(storage, "stage1_dataset"))
@@ -57,9 +57,9 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)], cwd=REPO,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = Path(storage) / "checkpoints" / "stage1_alignment" / "checkpoints"
+    stage_dir = Path(storage) / "checkpoints" / "stage1_alignment"
     deadline = time.time() + 240
-    while not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
+    while not any(stage_dir.glob("runs/*/checkpoints/step-*")):
         assert launcher.poll() is None, "launcher ended before the first checkpoint"
         assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.1)

@@ -70,14 +70,19 @@ def test_packing_keeps_samples_apart(stage_datasets, processor):
         total += row.num_supervised
     # packing masks each sample's first label (never a target anyway); the rest survive
     assert rep.supervised - len(recs) <= total <= rep.supervised
-    # the model's block-diagonal mask: no token attends across a segment boundary
-    from training.model.modeling import packed_causal_mask
+    # the attention plan of the packed rows: every (query rows, key rows) piece stays inside one sample
+    from training.sp.docs import Chunk, build_schedule
 
     b = collate_rows(rows[:2], processor.pad_token_id)
-    m = packed_causal_mask(b["segment_ids"], torch.float32)[0, 0]
-    seg = b["segment_ids"][0]
-    cross = (seg[:, None] != seg[None, :])
-    assert torch.all(m[cross] < -1e30)
+    seg = b["segment_ids"]
+    S = seg.shape[1]
+    plan = build_schedule(seg, [Chunk(0, S, 0)], [[Chunk(0, S, 0)]], 0, True, seg.shape[0], S, S)
+    flat = seg.reshape(-1)
+    for call in plan.steps[0]:
+        q_rows, k_rows = call.q_rows.index("cpu"), call.k_rows.index("cpu")  # packed row -> flat token index
+        for qa, qb, ka, kb in call.layout.pieces():
+            ids = torch.cat([flat[q_rows[qa:qb]], flat[k_rows[ka:kb]]]).unique()
+            assert ids.numel() == 1 and int(ids) >= 0
 
 
 def test_pack_greedy_first_fit():

@@ -1,8 +1,6 @@
 """The trainer end to end: torchrun smoke command, kill + resume, stage export loadable by from_pretrained."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,12 @@ def losses(path) -> list[float]:
     from training.metrics import read_metrics
 
     return [r["loss"] for r in read_metrics(path)]
+
+
+def checkpoints(out: Path) -> dict[str, list[str]]:
+    """{run fingerprint: [checkpoint names]} under a stage output directory."""
+    return {r.name: sorted(d.name for d in (r / "checkpoints").iterdir()) for r in sorted((out / "runs").iterdir())
+            if (r / "checkpoints").exists()}
 
 
 @pytest.mark.slow
@@ -44,7 +48,7 @@ def test_kill_and_resume_gives_same_losses(tmp_path, stage_datasets, run_train):
                             "--kill-after-step", "5"], nproc=2, check=False)
     assert p.returncode != 0  # really killed
     assert not (out / "final").exists()
-    assert sorted(d.name for d in (out / "checkpoints").iterdir()) == ["step-000002", "step-000004"]
+    assert list(checkpoints(out).values()) == [["step-000002", "step-000004"]]
     run_train(common + ["--output-dir", str(out), "--metrics-out", str(tmp_path / "k.jsonl"), "--resume"], nproc=2)
     res = json.loads((out / "result.json").read_text())
     assert res["start_step"] == 4
@@ -63,9 +67,9 @@ def test_corrupt_latest_checkpoint_is_skipped_on_resume(tmp_path, stage_datasets
     run_train(common + ["--output-dir", str(out), "--kill-after-step", "4", "--checkpoint-every", "2",
                         "--keep-checkpoints", "5"], check=False)
     # step-2 and the final-step checkpoint exist? kill happens after step 4, before the end-of-run save
-    ck = sorted(d.name for d in (out / "checkpoints").iterdir())
+    (run, ck), = checkpoints(out).items()
     assert ck == ["step-000002"]
-    f = out / "checkpoints" / "step-000002" / "optimizer.pt"
+    f = out / "runs" / run / "checkpoints" / "step-000002" / "optimizer.safetensors"
     f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
     p = run_train(common + ["--output-dir", str(out), "--resume"])
     assert "checksum mismatch" in p.stdout and "skipping" in p.stdout

@@ -18,9 +18,10 @@ whose captions come from `caption_source`; to any kind:
 `passkey_samples` text-only passkey samples and `retrieval_samples` V-NIAH-style retrieval samples
 (`training.data.retrieval`).
 
-`build_stage_dataset(...)` writes `<out_dir>/samples.parquet` and `manifest.json` (atomically) and
-returns the manifest: name, stage, kind, num_samples, content_hash (sha256 of samples.parquet),
-inputs (per video: key + data versions of the caption and frame files), code_version.
+`build_stage_dataset(...)` writes `<out_dir>/samples-<hash>.parquet` and then `manifest.json` (one
+versioned unit, see training.data.records) and returns the manifest: name, stage, kind, num_samples,
+samples (file name), content_hash (its sha256), inputs (per video: key + data versions of the caption
+and frame files), code_version.
 A dataset with zero usable samples raises `InputError` instead of writing anything.
 """
 
@@ -199,7 +200,8 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
     return records, inputs
 
 
-def _passkey(n: int, seed: int, opts: DataOptions) -> list[dict]:
+def passkey_set(n: int, seed: int, opts: DataOptions) -> list[dict]:
+    """`n` passkey records (parameters only; rendered to each phase's length when training) per `opts`."""
     return [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
                         meta={"passkey": r["passkey"], "depth": r["depth"], "fill": r["fill"]})
             for r in passkey_records(n, seed=seed, digits=opts.passkey_digits, min_fill=opts.passkey_min_fill)]
@@ -211,7 +213,7 @@ def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int,
     opts = stage.data.options
     records, inputs = [], []
     if opts.passkey_samples and stage.data.kind != "passkey":
-        records += _passkey(opts.passkey_samples, seed, opts)
+        records += passkey_set(opts.passkey_samples, seed, opts)
         inputs.append({"generator": "passkey", "seed": seed, "num_samples": opts.passkey_samples})
     if opts.retrieval_samples:
         from .retrieval import haystack_from_lake, retrieval_records
@@ -241,7 +243,7 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
         records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, versions, log,
                                                 opts)
     elif kind == "passkey":
-        records = _passkey(stage.data.num_samples or 32, seed, opts)
+        records = passkey_set(stage.data.num_samples or 32, seed, opts)
         inputs = [{"generator": "passkey", "seed": seed, "num_samples": len(records)}]
     elif kind in ("external", "long_text"):
         records = []

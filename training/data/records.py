@@ -1,11 +1,18 @@
 """Stage dataset records and their on-disk format.
 
-A stage dataset is a directory `<storage>/datasets/<name>/` with
+A stage dataset is a directory `<storage>/datasets/<name>/` written as one versioned unit:
 
-| file | content |
-|---|---|
-| samples.parquet | one row per sample (schema `SAMPLES_SCHEMA`) |
-| manifest.json | name, stage, num_samples, inputs (video keys + data versions), content_hash, code_version |
+* `samples-<content_hash[:16]>.parquet`: one row per sample (schema `SAMPLES_SCHEMA`); the name carries
+  its hash;
+* `manifest.json`: name, stage, num_samples, inputs (video keys + data versions), `samples` (the file
+  name), `content_hash` (its sha256), code_version; written last: the commit point.
+
+A reader goes through the manifest to the exact samples file it names and checks its sha256 against
+`content_hash` on the bytes it parses (`read_versioned`), so samples and manifest can never disagree and
+the version a trainer records is the version it trained on. The previous samples file is kept when a new
+one is committed (a reader that already holds the previous manifest can still read it); older ones go.
+The curated long-video SFT dataset (curation.captioning.dataset) uses the same manifest keys
+(`content_hash`, and `records` for its file).
 
 A sample row: `sample_id`, `kind` (caption / qa / passkey / long_video_sft / external), `video_key`
 ("" for text-only), `conversations` (LLaVA JSON: [{"from": "human", "value": "<video>\\n..."},
@@ -26,7 +33,7 @@ import pyarrow as pa
 from longvila import io as lio
 from longvila.errors import InputError
 
-SAMPLES_FILE = "samples.parquet"
+LEGACY_SAMPLES_FILE = "samples.parquet"  # datasets written before samples files carried their hash
 MANIFEST_FILE = "manifest.json"
 
 SAMPLES_SCHEMA = pa.schema([
@@ -56,21 +63,39 @@ def records_table(records: list[dict]) -> pa.Table:
 
 
 def write_dataset(out_dir: str, records: list[dict], manifest: dict) -> dict:
-    """Write samples.parquet then manifest.json (both atomically); returns the manifest with its content hash."""
-    table = records_table(records)
-    sink = pa.BufferOutputStream()
-    import pyarrow.parquet as pq
-
-    pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue().to_pybytes()
-    import hashlib
-
-    manifest = dict(manifest)
-    manifest["num_samples"] = len(records)
-    manifest["content_hash"] = hashlib.sha256(data).hexdigest()
-    lio.write_bytes(lio.join(out_dir, SAMPLES_FILE), data)
+    """Write `samples-<hash>.parquet`, then manifest.json naming it (both atomically); drop samples files
+    older than the previous one. Returns the manifest (with `samples` and `content_hash`)."""
+    data = lio.parquet_bytes(records_table(records))
+    digest = lio.sha256_bytes(data)
+    previous = _committed_samples(out_dir)
+    manifest = {**manifest, "num_samples": len(records), "samples": f"samples-{digest[:16]}.parquet",
+                "content_hash": digest}
+    lio.write_bytes(lio.join(out_dir, manifest["samples"]), data)
     lio.write_json(lio.join(out_dir, MANIFEST_FILE), manifest)
+    fs, root = lio.get_fs(out_dir)
+    for f in fs.glob(f"{root.rstrip('/')}/samples*.parquet"):
+        if f.rsplit("/", 1)[-1] not in (manifest["samples"], previous):
+            fs.rm(f)
     return manifest
+
+
+def _committed_samples(ds_dir: str) -> str | None:
+    url = lio.join(ds_dir, MANIFEST_FILE)
+    return lio.read_json(url).get("samples", LEGACY_SAMPLES_FILE) if lio.exists(url) else None
+
+
+def _verified_bytes(ds_dir: str, name: str, digest: str | None) -> bytes:
+    """Bytes of the dataset file `name` named by a manifest, checked against the manifest's content hash."""
+    url = lio.join(ds_dir, name)
+    if not lio.exists(url):
+        raise InputError(url, "file named by the dataset manifest is missing")
+    body = lio.read_bytes(url)
+    if not digest:
+        raise InputError(lio.join(ds_dir, MANIFEST_FILE), "manifest has no content_hash (written by an older "
+                                                           "version: materialise the dataset again)")
+    if lio.sha256_bytes(body) != digest:
+        raise InputError(url, "does not match the manifest's content_hash (dataset changed or corrupted)")
+    return body
 
 
 def read_manifest(ds_dir: str) -> dict:
@@ -171,14 +196,8 @@ def _frames_of(url: str, cache: dict) -> list[bytes]:
 def _records_from_llava_jsonl(ds_dir: str, manifest: dict, kind: str) -> list[dict]:
     """The curated long-video SFT dataset (curation.captioning.dataset): manifest.json + records-<hash>.jsonl
     whose records reference the whole video's frames (`frames.path`, a video_frames Parquet file)."""
-    import hashlib
-
     rurl = lio.join(ds_dir, manifest["records"])
-    if not lio.exists(rurl):
-        raise InputError(rurl, "records file named by the manifest is missing")
-    body = lio.read_bytes(rurl)
-    if manifest.get("sha256") and hashlib.sha256(body).hexdigest() != manifest["sha256"]:
-        raise InputError(rurl, "records file does not match the manifest's sha256")
+    body = _verified_bytes(ds_dir, manifest["records"], manifest.get("content_hash"))
     storage = ds_dir.rstrip("/").rsplit("/", 2)[0]
     cache: dict = {}
     out = []
@@ -207,32 +226,45 @@ def _records_from_llava_jsonl(ds_dir: str, manifest: dict, kind: str) -> list[di
 def read_records(path: str, kind: str = "external") -> list[dict]:
     """Records of a stage dataset directory, the curated long-video SFT dataset directory, a Parquet
     file, or a webdataset .tar shard (local or URL)."""
+    return read_versioned(path, kind)[0]
+
+
+def read_versioned(path: str, kind: str = "external") -> tuple[list[dict], str]:
+    """(records, version) of `path`. A dataset directory with a manifest (a stage dataset, the long-video
+    SFT dataset): the records of the file its manifest names, verified against its `content_hash`, which is
+    the version. Anything else (external Parquet, webdataset shards, a folder of them): the path is the
+    version (external data is identified by where it is, not hashed)."""
     p = str(path)
+    mf = lio.join(p, MANIFEST_FILE)
+    if p.endswith((".tar", ".parquet")) or not lio.exists(mf):
+        return _records_from_shards(p, kind), p
+    manifest = lio.read_json(mf)
+    if manifest.get("format") == "llava-conversations-jsonl":
+        return _records_from_llava_jsonl(p, manifest, kind), manifest["content_hash"]
+    name = manifest.get("samples", LEGACY_SAMPLES_FILE)
+    body = _verified_bytes(p, name, manifest.get("content_hash"))
+    import pyarrow.parquet as pq
+
+    return _records_from_table(pq.read_table(io.BytesIO(body)), lio.join(p, name), kind), manifest["content_hash"]
+
+
+def _records_from_shards(p: str, kind: str) -> list[dict]:
     if p.endswith(".tar"):
         return _records_from_webdataset(p, kind)
     if p.endswith(".parquet"):
         if not lio.exists(p):
             raise InputError(p, "no such Parquet file")
         return _records_from_table(lio.read_parquet(p), p, kind)
-    # a directory: our own stage dataset layout, or a folder of parquet / tar shards
-    mf = lio.join(p, MANIFEST_FILE)
-    if lio.exists(mf):
-        manifest = lio.read_json(mf)
-        if manifest.get("format") == "llava-conversations-jsonl":
-            return _records_from_llava_jsonl(p, manifest, kind)
-    sp = lio.join(p, SAMPLES_FILE)
-    if lio.exists(sp):
-        return _records_from_table(lio.read_parquet(sp), sp, kind)
     fs, root = lio.get_fs(p)
     if not fs.exists(root):
         raise InputError(p, "no such dataset path")
     shards = sorted(f for f in fs.find(root) if f.endswith((".parquet", ".tar")))
     if not shards:
-        raise InputError(p, "no samples.parquet, *.parquet or *.tar shards found")
+        raise InputError(p, "no manifest.json, *.parquet or *.tar shards found")
     proto = p.split("://", 1)[0] + "://" if lio.is_remote(p) else ""
     out: list[dict] = []
     for s in shards:
-        out.extend(read_records(proto + s, kind))
+        out.extend(_records_from_shards(proto + s, kind))
     return out
 
 

@@ -8,6 +8,11 @@ Visual tokens: every frame is one ``<image>`` placeholder in the prompt; the pro
 ``config.tokens_per_frame`` copies of ``config.image_token_id`` in ``input_ids`` and the model writes
 the frame's projected patch features into those rows (in order: frame ``i`` of the batch fills the
 ``i``-th block of image tokens in row-major order of ``input_ids``).
+
+Long context: the LLM runs the project attention (:func:`use_project_attention`; fused kernels that never
+build an S x S score or mask tensor, also for packed rows, padding and KV caches) unless the checkpoint was
+loaded with another non-default implementation (flash_attention_2, flex_attention, ...), and the loss goes
+chunk-wise over the LM head (:mod:`training.loss`) without [tokens, vocab] logits.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: F401 (return type)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from training.loss import IGNORE_INDEX, linear_cross_entropy
+from training.sp.attention import CONTEXT_KWARG, batch_context, register_mmsp_attention
 
 from .configuration import LongVILAConfig
 
-IGNORE_INDEX = -100
+PROJECT_ATTENTION = "mmsp"  # the LLM's attention implementation (see use_project_attention)
 
 
 class MLPDownsampleProjector(nn.Module):
@@ -75,6 +83,8 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         self.mm_projector = MLPDownsampleProjector(config)
         self.llm = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        if self.llm.config._attn_implementation in (None, "sdpa", "eager"):
+            use_project_attention(self.llm)
 
     # ------------------------------------------------------------------ embeddings plumbing
     def get_input_embeddings(self) -> nn.Module:
@@ -129,6 +139,33 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
             )
         return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), flat)
 
+    # ------------------------------------------------------------------ LLM trunk and LM head
+    def llm_hidden_states(self, inputs_embeds: torch.Tensor, **kwargs):
+        """The LLM decoder's output (``last_hidden_state`` [B, S, hidden], cache, ...) without the LM head;
+        ``kwargs`` go to the decoder (attention_mask, position_ids, cache, use_cache, mmsp_context, ...)."""
+        return self.llm.get_decoder()(inputs_embeds=inputs_embeds, **kwargs)
+
+    def lm_head_weight(self) -> torch.Tensor:
+        """[vocab, hidden] weight of the LM head (the loss and log-prob helpers multiply it chunk-wise)."""
+        head = self.llm.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise NotImplementedError("LM heads with a bias are not supported by the chunked loss")
+        return head.weight
+
+    def token_loss_sum(self, hidden: torch.Tensor, shifted_labels: torch.Tensor) -> torch.Tensor:
+        """Sum of next-token cross-entropies of ``hidden`` [..., hidden] against already shifted labels,
+        chunk-wise over the LM head (:func:`training.loss.linear_cross_entropy`): no [tokens, vocab] logits."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return linear_cross_entropy(flat, self.lm_head_weight(), shifted_labels.reshape(-1).to(flat.device))
+
+    def _packed_context(self, segment_ids: torch.Tensor) -> dict:
+        """Batch context that carries ``segment_ids`` to every attention layer as document ranges."""
+        if self.llm.config._attn_implementation != PROJECT_ATTENTION:
+            raise ValueError(
+                f"packed rows (segment_ids) need the project attention {PROJECT_ATTENTION!r} in the LLM, which "
+                f"runs {self.llm.config._attn_implementation!r}; call use_project_attention(model.llm)")
+        return batch_context(segment_ids, groups=None)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -143,47 +180,61 @@ class LongVILAForCausalLM(LongVILAPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_features: torch.Tensor | None = None,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Plain (single-process) forward.
 
-        ``segment_ids`` [B, S] (packed rows: a non-negative id per sample, -1 for padding) builds a
-        block-diagonal causal mask and restarts positions per segment; it replaces ``attention_mask``.
-        ``labels`` are *unshifted* (HF convention); the loss is the mean over supervised tokens.
+        ``segment_ids`` [B, S] (packed rows: a non-negative id per sample, -1 for padding) reach every
+        attention layer as document ranges (no mask tensor; it replaces ``attention_mask``) and restart
+        positions per segment. ``labels`` are *unshifted* (HF convention); the loss is the mean over supervised
+        tokens, computed chunk-wise over the LM head. Logits ([B, S or logits_to_keep, V]) are returned when
+        there are no labels or ``return_logits=True``; a training forward never materialises them.
         """
         if "past_key_values" in kwargs:
             cache = kwargs.pop("past_key_values")
         if inputs_embeds is None:
-            if input_ids is None:
-                raise ValueError("give input_ids or inputs_embeds")
-            if image_features is None and pixel_values is not None and (
-                input_ids.device.type == "meta" or bool((input_ids == self.config.image_token_id).any())
-            ):
-                image_features = self.get_image_features(pixel_values)
-            inputs_embeds = self.merge_embeddings(input_ids, image_features)
+            inputs_embeds = self._embed(input_ids, pixel_values, image_features)
         if segment_ids is not None:
-            attention_mask = packed_causal_mask(segment_ids, inputs_embeds.dtype)
+            kwargs[CONTEXT_KWARG] = self._packed_context(segment_ids)
+            attention_mask = None
             if position_ids is None:
                 position_ids = positions_from_segments(segment_ids)
-        out = self.llm(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        trunk = self.llm_hidden_states(inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                       cache=cache, use_cache=use_cache, **kwargs)
+        hidden = trunk.last_hidden_state
         loss = None
         if labels is not None:
-            shifted = shift_labels(labels, segment_ids)
-            logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX
-            )
-        # the LLM's own output object (keeps whatever cache field name this transformers version uses)
-        out.loss = loss
-        return out
+            shifted = shift_labels(labels, segment_ids).to(hidden.device)
+            loss = self.token_loss_sum(hidden, shifted) / (shifted != IGNORE_INDEX).sum()
+        logits = None
+        if labels is None or return_logits:
+            logits = self.llm.get_output_embeddings()(_keep_last(hidden, logits_to_keep))
+        rest = {k: v for k, v in trunk.items() if k != "last_hidden_state"}  # cache etc., this version's names
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **rest)
+
+    def _embed(self, input_ids, pixel_values, image_features) -> torch.Tensor:
+        if input_ids is None:
+            raise ValueError("give input_ids or inputs_embeds")
+        if image_features is None and pixel_values is not None and (
+            input_ids.device.type == "meta" or bool((input_ids == self.config.image_token_id).any())
+        ):
+            image_features = self.get_image_features(pixel_values)
+        return self.merge_embeddings(input_ids, image_features)
+
+
+def _keep_last(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+    """transformers' ``logits_to_keep``: 0 = every position, n > 0 = the last n, a tensor = those indices."""
+    if isinstance(logits_to_keep, int):
+        return hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]
+    return hidden[:, logits_to_keep]
+
+
+def use_project_attention(llm) -> None:
+    """Route ``llm``'s attention through the project's fused block attention (registered as "mmsp"; at SP
+    size 1 it is exact local attention with document ranges, padding and KV caches, without masks)."""
+    register_mmsp_attention(PROJECT_ATTENTION)
+    llm.config._attn_implementation = PROJECT_ATTENTION
 
 
 # ---------------------------------------------------------------------- helpers shared with MM-SP
@@ -210,17 +261,6 @@ def positions_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     return idx - start_idx
 
 
-def packed_causal_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, 1, S, S] additive mask: query t sees key u iff u <= t and both lie in the same segment
-    (padding, id < 0, only sees padding, so no row is empty)."""
-    s = segment_ids.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    allowed = (causal[None] & same)[:, None]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
-
-
 def num_frames_tokens(config: LongVILAConfig, num_frames: int) -> int:
     return num_frames * config.tokens_per_frame
 
@@ -230,7 +270,7 @@ __all__ = [
     "LongVILAForCausalLM",
     "LongVILAPreTrainedModel",
     "MLPDownsampleProjector",
-    "packed_causal_mask",
+    "use_project_attention",
     "positions_from_segments",
     "shift_labels",
 ]

@@ -42,18 +42,36 @@ def smoke_batch(proc, data: dict) -> dict:
     return SmokeBatchSource(proc, **cfg).batch(index)
 
 
-def reference_loss(model, batch: dict) -> torch.Tensor:
-    """Plain model, HF path: 2-D attention mask for padded rows, block-diagonal mask for packed rows."""
+def reference_logits(model, batch: dict) -> torch.Tensor:
+    """The exact stock-transformers math, independent of the project's kernels and loss: the LLM with SDPA
+    and an explicit dense block-diagonal causal mask (test-only, quadratic); full [B, S, vocab] logits."""
+    from training.sp.testing import reference_mask
+
+    from .modeling import positions_from_segments
+
     seg = batch["segment_ids"]
-    packed = bool(((seg.max(dim=1).values > 0)).any())
-    kw = dict(input_ids=batch["input_ids"], labels=batch["labels"], pixel_values=batch["pixel_values"])
-    if packed:
-        kw["segment_ids"] = seg
-    else:
-        kw["attention_mask"] = batch["attention_mask"]
-    if batch["pixel_values"].shape[0] == 0:
-        kw["pixel_values"] = None
-    return model(**kw).loss
+    pv = batch["pixel_values"]
+    feats = model.get_image_features(pv) if pv is not None and pv.shape[0] else None
+    embeds = model.merge_embeddings(batch["input_ids"], feats)
+    impl = model.llm.config._attn_implementation
+    model.llm.config._attn_implementation = "sdpa"
+    try:
+        return model.llm(inputs_embeds=embeds, attention_mask=reference_mask(seg),
+                         position_ids=positions_from_segments(seg)).logits
+    finally:
+        model.llm.config._attn_implementation = impl
+
+
+def reference_loss(model, batch: dict) -> torch.Tensor:
+    """:func:`reference_logits` + ``F.cross_entropy`` over all logits (mean over supervised tokens)."""
+    import torch.nn.functional as F
+
+    from .modeling import IGNORE_INDEX, shift_labels
+
+    logits = reference_logits(model, batch)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                           shift_labels(batch["labels"], batch["segment_ids"]).reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def _grad_errors(model, ref: dict[str, torch.Tensor]) -> tuple[float, float, str]:
@@ -137,12 +155,7 @@ def case_vlm_logits(ckpt: str, dtype: str, data: dict, u: int, r: int) -> dict:
     batch = smoke_batch(proc, data)
     groups = _groups(u, r)
     with torch.no_grad():
-        kw = dict(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"])
-        if bool((batch["segment_ids"].max(dim=1).values > 0).any()):
-            kw["segment_ids"] = batch["segment_ids"]
-        else:
-            kw["attention_mask"] = batch["attention_mask"]
-        ref = model(**kw).logits
+        ref = reference_logits(model, batch)
         full = mmsp_logits(model, batch, groups)
         local, pos = mmsp_logits(model, batch, groups, gather=False)
     from training.sp.layout import padded_length
@@ -185,4 +198,4 @@ def case_vlm_train(ckpt: str, data: dict, u: int, r: int, steps: int = 5, lr: fl
     return {"ref": ref_losses, "sp": sp_losses, "param_rel": drift}
 
 
-__all__ = ["case_vlm_grads", "case_vlm_logits", "case_vlm_train", "reference_loss", "smoke_batch"]
+__all__ = ["case_vlm_grads", "case_vlm_logits", "case_vlm_train", "reference_logits", "reference_loss", "smoke_batch"]

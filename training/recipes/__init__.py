@@ -122,7 +122,8 @@ class StageSpec:
     phases: tuple[ContextPhase, ...] = ()
     packing: bool = True
     checkpoint_every: int = 0
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None  # per decoder layer; None: on for long stages (training.config)
+    cpu_offload: bool = False  # FSDP: sharded parameters, gradients and optimizer states in host memory
     fps: float | None = None
 
     @property
@@ -192,6 +193,12 @@ def _num(src: str, where: str, v: Any, kind=float, minimum: float | None = None,
     if minimum is not None and v < minimum:
         raise RecipeError(src, f"{where}: must be >= {minimum}, got {v}")
     return v
+
+
+def _flag(src: str, where: str, v: Any) -> bool | None:
+    if v is None or isinstance(v, bool):
+        return v
+    raise RecipeError(src, f"{where}: expected true or false, got {v!r}")
 
 
 def _dc_from(src: str, where: str, cls, d: dict | None, **casts):
@@ -294,7 +301,8 @@ def _parse_stage(src: str, name: str, d: dict, defaults: dict) -> StageSpec:
         phases=phases,
         packing=bool(merged.get("packing", True)),
         checkpoint_every=_num(src, f"{w}.checkpoint_every", merged.get("checkpoint_every", 0), int, 0),
-        gradient_checkpointing=bool(merged.get("gradient_checkpointing", False)),
+        gradient_checkpointing=_flag(src, f"{w}.gradient_checkpointing", merged.get("gradient_checkpointing")),
+        cpu_offload=bool(_flag(src, f"{w}.cpu_offload", merged.get("cpu_offload", False))),
         fps=_num(src, f"{w}.fps", merged.get("fps"), float, 0.0, allow_none=True),
     )
     if not st.trainable:

@@ -1,28 +1,23 @@
-"""Ring attention (plain and zigzag) with exact, recompute-free backward, plus the per-block kernels.
+"""Ring attention (plain and zigzag) with exact, recompute-free backward, on fused block kernels.
 
 Each rank of the ring group holds a query/key/value shard made of one or more *chunks*; a chunk is a run of
 consecutive global positions (see :mod:`training.sp.layout`: zigzag = 2 chunks per rank, contiguous = 1).
 K/V blocks travel around the ring (``batch_isend_irecv``; the transfer of the next block is posted before
-the current block is computed, so it overlaps with compute). For every (query chunk, key chunk) pair the
-causal relation is decided from the global position ranges:
+the current block is computed, so it overlaps with compute). What each step computes is planned from the
+chunks' global position ranges and the documents of the row (:mod:`training.sp.docs`): K/V chunks after a
+query chunk are skipped, chunks before it are full pieces, a chunk with itself is a square causal piece --
+so with the zigzag layout every rank does the same work at every step -- and packed documents / padding
+only shrink the pieces to document ranges (no mask tensor at all; memory O(S)).
 
-* key chunk entirely after the query chunk  -> skipped (no work at all),
-* key chunk entirely before the query chunk -> full block, no mask,
-* same chunk                                  -> causal "diagonal" block,
+Every piece set is one call of the fused kernel picked by :func:`training.kernels.select_kernel` (flash
+attention on CUDA, torch's CPU flash op on CPU), which returns the block's log-sum-exp; partial results are
+merged with the online log-sum-exp rule in float32 (float64 for float64 inputs). A query row that only one
+call writes (every row at SP size 1) takes the kernel output as is. The backward pass uses the final output
+and LSE (no re-run of the forward ring): dQ accumulates locally; dK/dV accumulators travel around the ring
+with their K/V block (transfers overlapped with the block gradients) and end at their owner.
 
-so with the zigzag layout every rank does the same amount of work at every step (one diagonal pair at step
-0, then exactly half of the chunk pairs), whereas with the contiguous layout rank 0 idles while the last rank
-computes full blocks. Packed-sequence segment ids (and padding, id < 0) add an explicit mask to the blocks
-that are not skipped.
-
-Per-block partial results are merged with the online log-sum-exp rule in float32 (float64 for float64
-inputs). The backward pass uses the final output and LSE (no re-run of the forward ring): dQ accumulates
-locally; dK/dV accumulators travel around the ring with their K/V block (transfers again overlapped with the
-block gradient computation) and end at their owner.
-
-Block kernel: on CPU torch's flash kernel ``aten._scaled_dot_product_flash_attention_for_cpu`` (returns the
-LSE; float32/float64/bfloat16; additive masks), elsewhere an exact matmul path (``set_block_kernel("math")``
-forces it everywhere). Both are exact to rounding.
+Tensors are processed token-major (``[B * S, H, D]``, the memory layout of transformers' q/k/v), so the
+kernels read slices of the inputs without copies.
 """
 
 from __future__ import annotations
@@ -33,192 +28,57 @@ from typing import Any
 
 import torch
 
+from training.kernels import lse_dtype, select_kernel
+
 from .comm import RingExchange, group_rank, group_size
-
-_KERNEL = "auto"
-
-
-def set_block_kernel(name: str) -> None:
-    """"auto" (flash on CPU, math elsewhere), "flash" or "math"."""
-    global _KERNEL
-    if name not in ("auto", "flash", "math"):
-        raise ValueError(f"unknown block kernel {name!r}")
-    _KERNEL = name
-
-
-def get_block_kernel() -> str:
-    return _KERNEL
-
-
-def _use_flash(t: torch.Tensor) -> bool:
-    if _KERNEL == "math":
-        return False
-    if _KERNEL == "flash":
-        return True
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+from .docs import Chunk, cached_schedule
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return lse_dtype(dtype)
 
 
-def _expand(k: torch.Tensor, n_rep: int) -> torch.Tensor:
-    return k if n_rep == 1 else k.repeat_interleave(n_rep, dim=1)
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, H, S, D] -> token-major [B * S, H, D] (a view when x is a transposed [B, S, H, D])."""
+    B, H, S, D = x.shape
+    return x.transpose(1, 2).reshape(B * S, H, D)
 
 
-def _reduce(dk: torch.Tensor, n_rep: int) -> torch.Tensor:
-    if n_rep == 1:
-        return dk
-    B, H, S, D = dk.shape
-    return dk.view(B, H // n_rep, n_rep, S, D).sum(2)
-
-
-# ----------------------------------------------------------------------------------------------- kernels
-def block_forward(q, k, v, scale: float, diag: bool, keep: torch.Tensor | None):
-    """One attention block. q [B,H,Sq,D], k/v [B,H,Sk,D] (heads already matched).
-
-    ``diag``: top-left aligned causal mask (only used when ``keep`` is None). ``keep``: bool [B,1|H,Sq,Sk]
-    (True = attend), already including causality. Returns (out [B,H,Sq,D] in the accumulation dtype,
-    lse [B,H,Sq] in the accumulation dtype; -inf for rows that attend nothing, whose out is 0).
-    """
-    acc = acc_dtype(q.dtype)
-    if _use_flash(q):
-        if keep is None:
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, diag, scale=scale)
-        else:
-            add = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
-            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=add, scale=scale
-            )
-            empty = ~keep.any(-1)  # [B,1|H,Sq]
-            if bool(empty.any()):
-                lse = lse.masked_fill(empty, float("-inf"))
-                out = out.masked_fill(empty.unsqueeze(-1), 0.0)
-        return out.to(acc), lse.to(acc)
-    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    if keep is None and diag:
-        Sq, Sk = s.shape[-2:]
-        keep = torch.ones(Sq, Sk, dtype=torch.bool, device=s.device).tril()
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    p = torch.exp(s - safe.unsqueeze(-1))
-    out = torch.matmul(p, v.to(acc))
-    return out, lse
-
-
-def block_backward(dout, q, k, v, out, lse, scale: float, diag: bool, keep: torch.Tensor | None):
-    """Gradients of one block given the FINAL (merged) out and lse of these query rows.
-
-    Returns dq, dk, dv in the accumulation dtype.
-    """
-    acc = acc_dtype(q.dtype)
-    # rows that attend nothing anywhere have lse=-inf: +inf makes their probabilities exactly 0
-    lse_b = lse.masked_fill(torch.isneginf(lse), float("inf"))
-    if _use_flash(q):
-        lse_k = lse_b.to(torch.float32 if q.dtype in (torch.bfloat16, torch.float16) else q.dtype)
-        if keep is None:
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dout, q, k, v, out, lse_k, 0.0, diag, scale=scale
-            )
-        else:
-            add = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
-            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                dout, q, k, v, out, lse_k, 0.0, False, attn_mask=add, scale=scale
-            )
-        return dq.to(acc), dk.to(acc), dv.to(acc)
-    qa, ka, va, da, oa = (t.to(acc) for t in (q, k, v, dout, out))
-    s = torch.matmul(qa, ka.transpose(-1, -2)) * scale
-    if keep is None and diag:
-        Sq, Sk = s.shape[-2:]
-        keep = torch.ones(Sq, Sk, dtype=torch.bool, device=s.device).tril()
-    if keep is not None:
-        s = s.masked_fill(~keep, float("-inf"))
-    p = torch.exp(s - lse_b.to(acc).unsqueeze(-1))
-    dv = torch.matmul(p.transpose(-1, -2), da)
-    dp = torch.matmul(da, va.transpose(-1, -2))
-    delta = (da * oa).sum(-1, keepdim=True)
-    ds = p * (dp - delta)
-    dq = torch.matmul(ds, ka) * scale
-    dk = torch.matmul(ds.transpose(-1, -2), qa) * scale
-    return dq, dk, dv
+def _heads(x: torch.Tensor, B: int) -> torch.Tensor:
+    """Inverse of :func:`_tokens` (a view when x is contiguous)."""
+    N, H, D = x.shape
+    return x.reshape(B, N // B, H, D).transpose(1, 2)
 
 
 def merge_(out_acc, lse_acc, out_blk, lse_blk) -> None:
-    """In-place online log-sum-exp merge of a block result into the accumulators (slices allowed)."""
+    """In-place online log-sum-exp merge of block results ([n, H, D], [n, H]) into the accumulators."""
     new = torch.logaddexp(lse_acc, lse_blk)
     safe = torch.where(torch.isneginf(new), torch.zeros_like(new), new)
-    w_old = torch.exp(lse_acc - safe).unsqueeze(-1)
-    w_new = torch.exp(lse_blk - safe).unsqueeze(-1)
-    out_acc.mul_(w_old).add_(out_blk * w_new)
+    out_acc.mul_(torch.exp(lse_acc - safe).unsqueeze(-1)).add_(out_blk * torch.exp(lse_blk - safe).unsqueeze(-1))
     lse_acc.copy_(new)
 
 
 # ----------------------------------------------------------------------------------------------- plan
 @dataclass
 class RingSpec:
-    """Everything but the tensors: who holds which global positions, masks, scaling."""
+    """Everything but the tensors: who holds which global positions, documents, scaling.
+
+    ``chunks[j]``: the K/V chunks ``(local_offset, length, global_start)`` of ring rank j; ``q_chunks``: this
+    rank's query chunks when they differ from its K/V chunks (a KV-cache step: queries are the last tokens).
+    ``segments``: [B, L] global segment ids (< 0 = padding) or None (one document per row)."""
 
     group: Any  # ring ProcessGroup or None
-    chunks: list[list[tuple[int, int, int]]]  # per ring rank: [(local_offset, length, global_start), ...]
+    chunks: list[list[tuple[int, int, int]]]
     causal: bool
     scale: float
-    n_rep: int  # query heads per K/V head (GQA) on this rank
-    segments: torch.Tensor | None = None  # [B, L] global segment ids (-1 = padding), or None
-    stats: dict = field(default_factory=dict)  # filled by forward: blocks computed/skipped (for tests/bench)
+    segments: torch.Tensor | None = None
+    q_chunks: list[tuple[int, int, int]] | None = None
+    stats: dict = field(default_factory=dict)  # forward: "work" and "skipped" (see docs.Schedule)
 
-
-def _relation(qg: int, ql: int, kg: int, kl: int, causal: bool) -> str:
-    if not causal:
-        return "full"
-    if kg + kl - 1 <= qg:
-        return "full"
-    if kg > qg + ql - 1:
-        return "none"
-    if kg == qg and kl == ql:
-        return "diag"
-    return "general"
-
-
-def _plan(spec: RingSpec, my_rank: int, owner: int):
-    """Blocks to compute when holding the K/V of ``owner``: list of (q_slice, k_slice, diag, keep)."""
-    blocks = []
-    for qoff, ql, qg in spec.chunks[my_rank]:
-        groups: list[list] = []  # merge runs of adjacent full key chunks into one block
-        for koff, kl, kg in spec.chunks[owner]:
-            rel = _relation(qg, ql, kg, kl, spec.causal)
-            if rel == "none":
-                spec.stats["skipped"] = spec.stats.get("skipped", 0) + 1
-                continue
-            if rel == "full" and groups and groups[-1][0] == "full" and groups[-1][1][-1][0] + groups[-1][1][-1][1] == koff:
-                groups[-1][1].append((koff, kl, kg))
-            else:
-                groups.append([rel, [(koff, kl, kg)]])
-        for rel, kcs in groups:
-            k0 = kcs[0][0]
-            k1 = kcs[-1][0] + kcs[-1][1]
-            keep = None
-            if rel == "general":
-                pq = torch.arange(qg, qg + ql)
-                pk = torch.cat([torch.arange(g, g + n) for _, n, g in kcs])
-                keep = (pk[None, :] <= pq[:, None])[None, None]
-            if spec.segments is not None:
-                sq = spec.segments[:, qg:qg + ql]
-                sk = torch.cat([spec.segments[:, g:g + n] for _, n, g in kcs], dim=1)
-                lo, hi = int(sq.min()), int(sq.max())
-                uniform = lo == hi and lo >= 0 and int(sk.min()) == lo and int(sk.max()) == lo
-                if not uniform:
-                    seg_keep = ((sq[:, :, None] == sk[:, None, :]) & (sq >= 0)[:, :, None])[:, None]
-                    if rel == "diag":
-                        seg_keep = seg_keep & torch.ones(ql, k1 - k0, dtype=torch.bool, device=sq.device).tril()
-                    keep = seg_keep if keep is None else (keep.to(seg_keep.device) & seg_keep)
-            spec.stats["computed"] = spec.stats.get("computed", 0) + 1
-            klen = k1 - k0
-            area = ql * (ql + 1) // 2 if rel == "diag" else ql * klen
-            spec.stats["work"] = spec.stats.get("work", 0) + area
-            blocks.append((slice(qoff, qoff + ql), slice(k0, k1), rel == "diag", keep))
-    return blocks
+    def schedule(self, rank: int, batch: int, s_q: int, s_k: int):
+        q_chunks = self.q_chunks if self.q_chunks is not None else self.chunks[rank]
+        return cached_schedule(self.segments, [Chunk(*c) for c in q_chunks],
+                               [[Chunk(*c) for c in cs] for cs in self.chunks], rank, self.causal, batch, s_q, s_k)
 
 
 # Optional per-step compute timing (thread CPU time, so it measures work even on an oversubscribed machine):
@@ -240,95 +100,151 @@ def pop_step_times() -> list:
     return out
 
 
-# forward block statistics of the last ring call in this process: "computed"/"skipped" block pairs and
-# "work" = number of (query, key) score entries evaluated (a diagonal block counts its lower triangle)
+def _timed(phase: str, step: int, t0: float) -> None:
+    if _STEP_TIMES is not None:
+        _STEP_TIMES.append((phase, step, time.thread_time() - t0))
+
+
+# forward statistics of the last ring call in this process (see docs.Schedule)
 LAST_FORWARD_STATS: dict = {}
+
+
+class _Output:
+    """Attention output and LSE of the query rows, built from kernel calls (module doc)."""
+
+    def __init__(self, n: int, like: torch.Tensor, calls: int):
+        self.n, self.like, self.single = n, like, calls == 1
+        self.out = self.lse = None
+
+    def add(self, call, out_b: torch.Tensor, lse_b: torch.Tensor) -> None:
+        if self.single and call.q_rows.covers(self.n):
+            self.out, self.lse = out_b, lse_b
+            return
+        if self.out is None:
+            dt = self.like.dtype if self.single else acc_dtype(self.like.dtype)
+            self.out = self.like.new_zeros((self.n,) + out_b.shape[1:], dtype=dt)
+            self.lse = self.like.new_full((self.n, out_b.shape[1]), float("-inf"), dtype=acc_dtype(self.like.dtype))
+        if call.first:
+            call.q_rows.put_(self.out, out_b)
+            call.q_rows.put_(self.lse, lse_b)
+            return
+        rows = call.q_rows
+        if rows.slice is not None:
+            merge_(self.out[rows.slice], self.lse[rows.slice], out_b, lse_b)
+            return
+        o, l_ = rows.take(self.out), rows.take(self.lse)
+        merge_(o, l_, out_b, lse_b)
+        rows.put_(self.out, o)
+        rows.put_(self.lse, l_)
+
+    def result(self, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.out is None:  # nothing attends anything (all padding)
+            self.out = self.like.new_zeros((self.n, heads, dim))
+            self.lse = self.like.new_full((self.n, heads), float("-inf"), dtype=acc_dtype(self.like.dtype))
+        return self.out.to(self.like.dtype), self.lse
 
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, spec: RingSpec):
-        R = group_size(spec.group)
-        r = group_rank(spec.group)
-        acc = acc_dtype(q.dtype)
-        B, H, S, D = q.shape
-        out = torch.zeros(B, H, S, D, dtype=acc, device=q.device)
-        lse = torch.full((B, H, S), float("-inf"), dtype=acc, device=q.device)
-        kv = torch.stack([k, v])
+        R, r = group_size(spec.group), group_rank(spec.group)
+        B, Hq, S, D = q.shape
+        kernel = select_kernel(q.device, q.dtype, D)
+        sched = spec.schedule(r, B, S, k.shape[2])
+        qf, kf, vf = _tokens(q), _tokens(k), _tokens(v)
+        kv = torch.stack([kf, vf]) if R > 1 else (kf, vf)  # the ring sends one tensor
+        res = _Output(B * S, qf, sum(len(c) for c in sched.steps))
         ex = RingExchange(spec.group) if R > 1 else None
         for step in range(R):
             if step < R - 1:
                 ex.start([kv])
-            owner = (r - step) % R
             t0 = time.thread_time() if _STEP_TIMES is not None else 0.0
-            kc, vc = _expand(kv[0], spec.n_rep), _expand(kv[1], spec.n_rep)
-            for qs, ks, diag, keep in _plan(spec, r, owner):
-                keep = None if keep is None else keep.to(q.device)
-                o_b, l_b = block_forward(q[:, :, qs], kc[:, :, ks], vc[:, :, ks], spec.scale, diag, keep)
-                merge_(out[:, :, qs], lse[:, :, qs], o_b, l_b)
-            if _STEP_TIMES is not None:
-                _STEP_TIMES.append(("fwd", step, time.thread_time() - t0))
+            for call in sched.steps[step]:
+                out_b, lse_b = kernel.forward(call.q_rows.take(qf), call.k_rows.take(kv[0]),
+                                              call.k_rows.take(kv[1]), call.layout, spec.scale)
+                res.add(call, out_b, lse_b)
+            _timed("fwd", step, t0)
             if step < R - 1:
                 kv = ex.wait()[0]
-        out_q = out.to(q.dtype)
+        out, lse = res.result(Hq, D)
+        spec.stats.update(work=sched.work, skipped=sched.skipped)
         LAST_FORWARD_STATS.clear()
         LAST_FORWARD_STATS.update(spec.stats)
-        ctx.spec = spec
-        ctx.save_for_backward(q, k, v, out_q, lse)
-        return out_q
+        ctx.spec, ctx.kernel, ctx.sched, ctx.batch = spec, kernel, sched, B
+        ctx.save_for_backward(qf, kf, vf, out, lse)
+        return _heads(out, B)
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        spec: RingSpec = ctx.spec
+        qf, kf, vf, out, lse = ctx.saved_tensors
+        spec, kernel, sched = ctx.spec, ctx.kernel, ctx.sched
         R = group_size(spec.group)
-        r = group_rank(spec.group)
-        acc = acc_dtype(q.dtype)
-        dout = dout.contiguous()
-        dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-        kv = torch.stack([k, v])
-        ex = RingExchange(spec.group) if R > 1 else None
-        dkv_out = None
-        for step in range(R):
-            sends = []
+        do = _tokens(dout)
+        calls = [c for step in sched.steps for c in step]
+        if R == 1 and len(calls) == 1:
+            grads = _single_call_backward(do, qf, kf, vf, out, lse, calls[0], kernel, spec.scale)
+            return (*(_heads(g, ctx.batch) for g in grads), None)
+        dq = torch.zeros(qf.shape, dtype=acc_dtype(qf.dtype), device=qf.device)
+        kv = torch.stack([kf, vf]) if R > 1 else (kf, vf)
+        dkv = _ring_backward(do, qf, kv, out, lse, dq, spec, kernel, sched)
+        B = ctx.batch
+        return (_heads(dq.to(qf.dtype), B), _heads(dkv[0].to(kf.dtype), B), _heads(dkv[1].to(vf.dtype), B), None)
+
+
+def _single_call_backward(do, qf, kf, vf, out, lse, call, kernel, scale):
+    """dQ, dK, dV when one kernel call saw everything (SP size 1): no float32 accumulators."""
+    rows, krows = call.q_rows, call.k_rows
+    dq_b, dk_b, dv_b = kernel.backward(rows.take(do), rows.take(qf), krows.take(kf), krows.take(vf), rows.take(out),
+                                       rows.take(lse), call.layout, scale)
+    if rows.covers(qf.shape[0]) and krows.covers(kf.shape[0]):
+        return dq_b, dk_b, dv_b
+    dq, dk, dv = torch.zeros_like(qf), torch.zeros_like(kf), torch.zeros_like(vf)  # padding rows: zero
+    rows.put_(dq, dq_b)
+    krows.add_(dk, dk_b)
+    krows.add_(dv, dv_b)
+    return dq, dk, dv
+
+
+def _block_grads(do, qf, kv, out, lse, dq, calls, kernel, scale) -> torch.Tensor:
+    """Gradients of one step's calls: dQ added into ``dq``, returns this step's [2, Nk, Hkv, D] dK/dV."""
+    dkv = torch.zeros((2,) + tuple(kv[0].shape), dtype=acc_dtype(kv[0].dtype), device=kv[0].device)
+    for call in calls:
+        rows, krows = call.q_rows, call.k_rows
+        dq_b, dk_b, dv_b = kernel.backward(rows.take(do), rows.take(qf), krows.take(kv[0]), krows.take(kv[1]),
+                                           rows.take(out), rows.take(lse), call.layout, scale)
+        rows.add_(dq, dq_b)
+        krows.add_(dkv[0], dk_b)
+        krows.add_(dkv[1], dv_b)
+    return dkv
+
+
+def _ring_backward(do, qf, kv, out, lse, dq, spec, kernel, sched) -> torch.Tensor:
+    """dK/dV accumulators travel with their K/V block and end at the owner (module doc)."""
+    R = group_size(spec.group)
+    ex = RingExchange(spec.group) if R > 1 else None
+    dkv_out = None
+    for step in range(R):
+        sends = ([kv] if step < R - 1 else []) + ([dkv_out] if step > 0 else [])
+        if sends:
+            ex.start(sends)
+        t0 = time.thread_time() if _STEP_TIMES is not None else 0.0
+        g = _block_grads(do, qf, kv, out, lse, dq, sched.steps[step], kernel, spec.scale)
+        _timed("bwd", step, t0)
+        if sends:
+            recv = ex.wait()
             if step < R - 1:
-                sends.append(kv)
+                kv = recv.pop(0)
             if step > 0:
-                sends.append(dkv_out)
-            if sends:
-                ex.start(sends)
-            owner = (r - step) % R
-            t0 = time.thread_time() if _STEP_TIMES is not None else 0.0
-            kc, vc = _expand(kv[0], spec.n_rep), _expand(kv[1], spec.n_rep)
-            dk = torch.zeros(kc.shape, dtype=acc, device=q.device)
-            dv = torch.zeros(vc.shape, dtype=acc, device=q.device)
-            for qs, ks, diag, keep in _plan(spec, r, owner):
-                keep = None if keep is None else keep.to(q.device)
-                dq_b, dk_b, dv_b = block_backward(
-                    dout[:, :, qs], q[:, :, qs], kc[:, :, ks], vc[:, :, ks], out[:, :, qs], lse[:, :, qs],
-                    spec.scale, diag, keep,
-                )
-                dq[:, :, qs] += dq_b
-                dk[:, :, ks] += dk_b
-                dv[:, :, ks] += dv_b
-            g = torch.stack([_reduce(dk, spec.n_rep), _reduce(dv, spec.n_rep)])
-            if _STEP_TIMES is not None:
-                _STEP_TIMES.append(("bwd", step, time.thread_time() - t0))
-            if sends:
-                recv = ex.wait()
-                if step < R - 1:
-                    kv = recv.pop(0)
-                if step > 0:
-                    g += recv.pop(0)
-            dkv_out = g
-        if R > 1:  # the accumulator now belongs to rank r+1: one last hop home
-            ex.start([dkv_out])
-            dkv_out = ex.wait()[0]
-        return dq.to(q.dtype), dkv_out[0].to(k.dtype), dkv_out[1].to(v.dtype), None
+                g += recv.pop(0)
+        dkv_out = g
+    if R > 1:  # the accumulator now belongs to rank r+1: one last hop home
+        ex.start([dkv_out])
+        dkv_out = ex.wait()[0]
+    return dkv_out
 
 
 def ring_attention(q, k, v, spec: RingSpec) -> torch.Tensor:
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D] with Hq = n_rep*Hkv, in the ring-level layout of ``spec.chunks``."""
-    if q.shape[1] != k.shape[1] * spec.n_rep:
-        raise ValueError(f"query heads {q.shape[1]} != n_rep {spec.n_rep} x key/value heads {k.shape[1]}")
+    """q [B,Hq,S,D], k/v [B,Hkv,Sk,D] (Hq a multiple of Hkv) in the ring-level layout of ``spec``."""
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads {q.shape[1]} must be a multiple of key/value heads {k.shape[1]}")
     return _RingAttention.apply(q, k, v, spec)

@@ -24,37 +24,36 @@ BEFORE sharding (so every rank's local next-token targets are right, also at sha
 sample's last token gets -100), positions restart per packed sample and are sharded with the tokens
 (global positions), and every per-token tensor is sharded with ``layout.shard`` (zigzag). Each rank embeds
 only its own tokens and fills its image-token rows from the gathered visual embeddings. The LLM runs with
-the registered ``mmsp`` attention (Ulysses / zigzag ring / 2D) reading the local segment ids.
+the registered ``mmsp`` attention (Ulysses / zigzag ring / 2D); the local segment ids, groups and mode
+travel with the call as the ``mmsp_context`` keyword (so recomputation under activation checkpointing sees
+them). :func:`mmsp_forward` stops at the final hidden states; the LM head runs only where it is needed.
 
-Loss: ``sum of local token losses / N_sp`` with ``N_sp`` = the supervised tokens of the whole SP group's
-batch (all-reduced over the SP group). The returned loss tensor's VALUE is the full batch loss on every rank,
-its GRADIENT is the local part; so after ``backward()`` every rank holds a partial gradient and
-:func:`sync_gradients` sums them over the SP group. Data parallelism: with ``count_over="sp"`` (default)
-each SP group contributes the mean over its own batch and :func:`sync_gradients` (``dp_reduce="mean"``)
-averages over DP replicas (= DDP semantics); with ``count_over="world"`` the count is all-reduced over
-all ranks and ``dp_reduce="sum"`` gives the exact token-weighted mean over the global batch.
+Loss: ``sum of local token losses / N_sp``, the sum taken chunk-wise over the LM head
+(:func:`training.loss.linear_cross_entropy`, no [tokens, vocab] logits), with ``N_sp`` = the supervised tokens
+of the whole SP group's batch (all-reduced over the SP group). The returned loss tensor's VALUE is the full
+batch loss on every rank, its GRADIENT is the local part; so after ``backward()`` every rank holds a partial
+gradient and :func:`sync_gradients` sums them over the SP group. Data parallelism: with ``count_over="sp"``
+(default) each SP group contributes the mean over its own batch and :func:`sync_gradients`
+(``dp_reduce="mean"``) averages over DP replicas (= DDP semantics); with ``count_over="world"`` the count is
+all-reduced over all ranks and ``dp_reduce="sum"`` gives the exact token-weighted mean over the global batch.
 
 With SP size 1 (``groups`` None or sp_size 1) everything is the plain single-process model.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from training.model.modeling import IGNORE_INDEX, positions_from_segments, shift_labels
+from training.loss import token_logprobs
+from training.model.modeling import IGNORE_INDEX, positions_from_segments, shift_labels, use_project_attention
 
-from .attention import layout_scheme, register_mmsp_attention, resolve_mode, sp_batch_context
+from .attention import batch_context, layout_scheme, resolve_mode
 from .groups import SPGroups
 from .layout import pad_to, padded_length, shard, shard_positions, unshard
-
-MMSP_ATTENTION = "mmsp"
-
 
 def _sp_active(groups: SPGroups | None) -> bool:
     return groups is not None and groups.sp_size > 1
@@ -70,18 +69,6 @@ def batch_segments(batch: dict[str, Any]) -> torch.Tensor:
         am = batch["attention_mask"].to(device=ids.device)
         return torch.where(am.bool(), 0, -1).long()
     return torch.zeros_like(ids, dtype=torch.long)
-
-
-def _is_packed(seg: torch.Tensor) -> bool:
-    """More than one real segment in some row (needs a block-diagonal mask)."""
-    real = seg >= 0
-    if not bool(real.any()):
-        return False
-    big, small = torch.iinfo(torch.long).max, torch.iinfo(torch.long).min
-    mx = torch.where(real, seg, small).max(dim=1).values
-    mn = torch.where(real, seg, big).min(dim=1).values
-    has = real.any(dim=1)
-    return bool(((mx != mn) & has).any())
 
 
 # --------------------------------------------------------------------------- stage 1: frames
@@ -163,97 +150,85 @@ def encode_frames(model, pixel_values: torch.Tensor | None, groups: SPGroups | N
 # --------------------------------------------------------------------------- stage 2: tokens
 @dataclass
 class MMSPOutput:
-    logits: torch.Tensor  # [B, S_local, V] local logits (S_local = padded_len / P), or [B, S, V] at SP 1
-    labels: torch.Tensor  # shifted next-token targets aligned with logits (-100 = none)
+    hidden: torch.Tensor  # [B, S_local, hidden] final LLM hidden states (S_local = padded_len / P; S at SP 1)
+    labels: torch.Tensor  # shifted next-token targets aligned with hidden (-100 = none)
     positions: torch.Tensor  # sequence index of each local token in the padded global sequence
     segment_ids: torch.Tensor  # local segment ids (-1 padding)
     seq_len: int  # unpadded global length S
     padded_len: int
 
 
-@contextlib.contextmanager
-def _llm_attention(model, name: str) -> Iterator[None]:
-    """Route the LLM's attention layers (and mask creation) through ``name`` for the duration."""
-    cfg = model.llm.config
-    old = cfg._attn_implementation
-    cfg._attn_implementation = name
-    try:
-        yield
-    finally:
-        cfg._attn_implementation = old
-
-
 def enable_mmsp_attention(model) -> None:
-    """Permanently switch the LLM to the ``mmsp`` attention (e.g. for gradient checkpointing, whose
-    recomputation runs outside :func:`mmsp_forward`); at SP size 1 it is exact local attention."""
-    register_mmsp_attention(MMSP_ATTENTION)
-    model.llm.config._attn_implementation = MMSP_ATTENTION
+    """Switch the LLM to the ``mmsp`` attention (the LongVILA model's default already; needed for stock
+    models); at SP size 1 it is exact local attention."""
+    use_project_attention(model.llm)
 
 
 def mmsp_forward(
     model, batch: dict[str, Any], groups: SPGroups | None, *, mode: str = "auto"
 ) -> MMSPOutput:
-    """Run the model on this rank's part of the batch (stage 1 + stage 2). See module doc."""
-    input_ids = batch["input_ids"]
+    """Run the model trunk on this rank's part of the batch (stage 1 + stage 2; see module doc): final
+    hidden states, no LM head. The batch context travels to every attention layer as a keyword, so
+    activation checkpointing recomputes the same attention."""
+    enable_mmsp_attention(model)
     device = model.get_input_embeddings().weight.device
-    input_ids = input_ids.to(device)
+    input_ids = batch["input_ids"].to(device)
     B, S = input_ids.shape
     seg = batch_segments(batch).to(device)
     labels = batch.get("labels")
     labels = torch.full_like(input_ids, IGNORE_INDEX) if labels is None else labels.to(device)
     pixel_values = batch.get("pixel_values")
-    if pixel_values is not None:
-        pixel_values = pixel_values.to(device)
-
-    feats = encode_frames(model, pixel_values, groups)
-    image_id = model.config.image_token_id
-
+    feats = encode_frames(model, None if pixel_values is None else pixel_values.to(device), groups)
+    given_pos = batch.get("position_ids")
     if not _sp_active(groups):
-        # plain model: 2-D padding mask, or a block-diagonal mask for packed rows
-        shifted = shift_labels(labels, seg)
-        embeds = model.merge_embeddings(input_ids, feats)
-        if _is_packed(seg):
-            from training.model.modeling import packed_causal_mask
-
-            attn = packed_causal_mask(seg, embeds.dtype)
-        else:
-            attn = (seg >= 0).long()
-        pos_ids = batch.get("position_ids")
-        pos_ids = positions_from_segments(seg) if pos_ids is None else pos_ids.to(device)
-        out = model.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos_ids, use_cache=False)
+        pos_ids = positions_from_segments(seg) if given_pos is None else given_pos.to(device)
+        trunk = model.llm_hidden_states(model.merge_embeddings(input_ids, feats), position_ids=pos_ids,
+                                        use_cache=False, mmsp_context=batch_context(seg, groups=None, mode=mode))
         pos = torch.arange(S, device=device).expand(B, S)
-        return MMSPOutput(out.logits, shifted, pos, seg, S, S)
+        return MMSPOutput(trunk.last_hidden_state, shift_labels(labels, seg), pos, seg, S, S)
 
     mode = resolve_mode(mode, groups)
     scheme = layout_scheme(mode)
     L = padded_length(S, groups)
-    ids = pad_to(input_ids, 1, L, 0)
-    seg_p = pad_to(seg, 1, L, -1)
+    ids, seg_p = pad_to(input_ids, 1, L, 0), pad_to(seg, 1, L, -1)
     shifted = shift_labels(pad_to(labels, 1, L, IGNORE_INDEX), seg_p)
-    given_pos = batch.get("position_ids")
     pos_ids = positions_from_segments(seg_p) if given_pos is None else pad_to(given_pos.to(device), 1, L, 0)
-    img_mask = ids == image_id
-    n_img = int(img_mask.sum())
-    n_feat = 0 if feats is None else feats.shape[0] * feats.shape[1]
-    if n_img != n_feat:
-        raise ValueError(f"input_ids hold {n_img} image tokens but the frames give {n_feat} visual embeddings")
-    img_index = (img_mask.reshape(-1).long().cumsum(0) - 1).reshape(B, L)
 
     def sh(x):
         return shard(x, 1, groups, scheme=scheme)
 
-    l_ids, l_mask, l_idx = sh(ids), sh(img_mask), sh(img_index)
-    l_seg, l_lab, l_pos = sh(seg_p), sh(shifted), sh(pos_ids)
-    embeds = model.get_input_embeddings()(l_ids)
+    l_seg = sh(seg_p)
+    embeds = _local_embeddings(model, ids, feats, sh)
+    ctx = batch_context(l_seg, groups=groups, mode=mode)
+    trunk = model.llm_hidden_states(embeds, position_ids=sh(pos_ids), use_cache=False, mmsp_context=ctx)
+    seq_index = shard_positions(L, groups, scheme=scheme, device=device).expand(B, -1)
+    return MMSPOutput(trunk.last_hidden_state, sh(shifted), seq_index, l_seg, S, L)
+
+
+def _local_embeddings(model, ids: torch.Tensor, feats: torch.Tensor | None, sh) -> torch.Tensor:
+    """Embeddings of this rank's tokens (``sh`` shards a [B, L] tensor), image rows from the gathered frames."""
+    img_mask = ids == model.config.image_token_id
+    n_img = int(img_mask.sum())
+    n_feat = 0 if feats is None else feats.shape[0] * feats.shape[1]
+    if n_img != n_feat:
+        raise ValueError(f"input_ids hold {n_img} image tokens but the frames give {n_feat} visual embeddings")
+    img_index = (img_mask.reshape(-1).long().cumsum(0) - 1).reshape(ids.shape)
+    l_mask, l_idx = sh(img_mask), sh(img_index)
+    embeds = model.get_input_embeddings()(sh(ids))
     if feats is not None:
         flat = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
         rows = flat.index_select(0, l_idx[l_mask])  # always in the graph (even if empty): keeps backward collective
         embeds = embeds.masked_scatter(l_mask.unsqueeze(-1).expand_as(embeds), rows)
-    register_mmsp_attention(MMSP_ATTENTION)
-    with _llm_attention(model, MMSP_ATTENTION), sp_batch_context(l_seg, groups=groups, mode=mode):
-        out = model.llm(inputs_embeds=embeds, attention_mask=None, position_ids=l_pos, use_cache=False)
-    seq_index = shard_positions(L, groups, scheme=scheme, device=device).expand(B, -1)
-    return MMSPOutput(out.logits, l_lab, seq_index, l_seg, S, L)
+    return embeds
+
+
+def _count_group(groups: SPGroups | None, count_over: str):
+    """The process group the supervised-token count is summed over (None: this process alone)."""
+    if count_over not in ("sp", "world"):
+        raise ValueError("count_over must be 'sp' or 'world'")
+    if count_over == "world" and dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return groups.sp_group if _sp_active(groups) else None
 
 
 def mmsp_loss(
@@ -262,28 +237,16 @@ def mmsp_loss(
 ) -> tuple[torch.Tensor, int]:
     """Next-token cross-entropy of the batch under MM-SP. Returns ``(loss, num_supervised_tokens_global)``.
 
-    ``loss`` has the full batch loss as its value on every rank and the local part as its gradient (see
-    module doc); call :func:`sync_gradients` after ``backward``. ``backward=True`` runs the backward pass
-    inside the attention context (needed when the LLM uses gradient checkpointing)."""
-    if count_over not in ("sp", "world"):
-        raise ValueError("count_over must be 'sp' or 'world'")
-    register_mmsp_attention(MMSP_ATTENTION)
-    sp = _sp_active(groups)
-    scheme_mode = resolve_mode(mode, groups) if sp else mode
+    The local token losses are summed chunk-wise over the LM head (:func:`training.loss.linear_cross_entropy`,
+    no [tokens, vocab] logits) and divided by the supervised-token count of the SP group (``count_over="sp"``)
+    or of the world. ``loss`` has the full batch loss as its value on every rank and the local part as its
+    gradient (see module doc); call :func:`sync_gradients` after ``backward``. ``backward=True`` also runs
+    the backward pass (activation checkpointing works either way)."""
+    group = _count_group(groups, count_over)
     out = mmsp_forward(model, batch, groups, mode=mode)
-    logits = out.logits if out.logits.dtype == torch.float64 else out.logits.float()
-    lab = out.labels.to(logits.device)
-    local_sum = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    count = (lab != IGNORE_INDEX).sum().to(torch.float64)
-    group = None
-    if count_over == "world" and dist.is_available() and dist.is_initialized():
-        group = dist.group.WORLD
-    elif sp:
-        group = groups.sp_group
+    local_sum = model.token_loss_sum(out.hidden, out.labels)
+    count = (out.labels != IGNORE_INDEX).sum().to(torch.float64)
     if group is not None:
-        count = count.clone()
         dist.all_reduce(count, group=group)
     n_global = int(count.item())
     loss_local = local_sum / max(n_global, 1)
@@ -292,75 +255,112 @@ def mmsp_loss(
         dist.all_reduce(value, group=group)
     loss = value + (loss_local - loss_local.detach())  # value: the reduced loss exactly; grad: the local part
     if backward:
-        if sp:
-            with _llm_attention(model, MMSP_ATTENTION), sp_batch_context(out.segment_ids, groups=groups,
-                                                                            mode=scheme_mode):
-                loss.backward()
-        else:
-            loss.backward()
+        loss.backward()
     return loss, n_global
 
 
-def mmsp_logits(model, batch: dict[str, Any], groups: SPGroups | None, *, mode: str = "auto", gather: bool = True):
+def mmsp_logits(model, batch: dict[str, Any], groups: SPGroups | None, *, mode: str = "auto", gather: bool = True,
+                positions: list[int] | None = None):
     """Inference/eval forward under MM-SP.
 
+    ``positions`` (a one-row batch): the logits rows [len(positions), V] (float32) at those global sequence
+    positions, complete on every rank -- the LM head runs on those rows only.
     ``gather=True``: the full logits [B, S, V] (unsharded, padding removed) on every rank.
     ``gather=False``: ``(local_logits [B, S_local, V], positions [B, S_local])`` with each local token's index
     in the padded global sequence (indices >= S are padding)."""
     out = mmsp_forward(model, batch, groups, mode=mode)
+    head = model.llm.get_output_embeddings()
+    if positions is not None:
+        rows, found = _rows_at(out, positions)
+        logits = torch.zeros(len(positions), head.weight.shape[0], dtype=torch.float32, device=out.hidden.device)
+        logits[found] = head(rows).float()
+        return _sum_over_sp(logits, groups)
+    logits = head(out.hidden)
     if not gather:
-        return out.logits, out.positions
+        return logits, out.positions
     if not _sp_active(groups):
-        return out.logits
-    scheme = layout_scheme(resolve_mode(mode, groups))
-    full = unshard(out.logits, 1, groups, scheme=scheme)
+        return logits
+    full = unshard(logits, 1, groups, scheme=layout_scheme(resolve_mode(mode, groups)))
     return full[:, : out.seq_len]
 
 
+def mmsp_token_logprobs(model, batch: dict[str, Any], groups: SPGroups | None, positions: list[int],
+                        targets: list[int], *, mode: str = "auto") -> torch.Tensor:
+    """log p(targets[j] | tokens before and at position positions[j]) for a one-row batch: [k] float32,
+    complete on every rank, computed chunk-wise over the LM head (:func:`training.loss.token_logprobs`)."""
+    if len(positions) != len(targets):
+        raise ValueError(f"{len(positions)} positions but {len(targets)} targets")
+    out = mmsp_forward(model, batch, groups, mode=mode)
+    rows, found = _rows_at(out, positions)
+    wanted = torch.tensor(targets, dtype=torch.long, device=rows.device)[found]
+    result = torch.zeros(len(positions), dtype=torch.float32, device=rows.device)
+    result[found] = token_logprobs(rows, model.lm_head_weight(), wanted).float()
+    return _sum_over_sp(result, groups)
+
+
+def _rows_at(out: MMSPOutput, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's hidden rows at the given global positions (one-row batch) and which positions they are."""
+    if out.hidden.shape[0] != 1:
+        raise ValueError(f"positions need a one-row batch, got {out.hidden.shape[0]} rows")
+    local = {int(p): i for i, p in enumerate(out.positions[0].tolist())}
+    found = [j for j, p in enumerate(positions) if int(p) in local]
+    index = torch.tensor([local[int(positions[j])] for j in found], dtype=torch.long, device=out.hidden.device)
+    return out.hidden[0].index_select(0, index), torch.tensor(found, dtype=torch.long, device=out.hidden.device)
+
+
+def _sum_over_sp(x: torch.Tensor, groups: SPGroups | None) -> torch.Tensor:
+    """Every position is held by exactly one SP rank: a sum completes the rows on every rank."""
+    if _sp_active(groups):
+        dist.all_reduce(x, group=groups.sp_group)
+    return x
+
+
 # --------------------------------------------------------------------------- gradients
-def sync_gradients(model: torch.nn.Module, groups: SPGroups | None, *, dp_reduce: str = "mean",
+def sync_gradients(model_or_params, groups: SPGroups | None, *, dp_reduce: str = "mean",
                    bucket_elems: int = 1 << 24) -> None:
-    """Sum partial gradients over the SP group and reduce over data-parallel replicas (``"mean"`` for
-    ``count_over="sp"``, ``"sum"`` for ``count_over="world"``). Parameters that require grad but got none
-    on this rank (e.g. the vision tower on a rank without frames) take part with zeros. One flattened
-    all-reduce per bucket over all ranks of the world (SP x DP)."""
+    """THE gradient reduction of replicated training: sum the partial gradients over the SP group and
+    reduce over data-parallel replicas: ``"sum"`` when the loss is already normalised by the global token
+    count (``count_over="world"``, what the trainer does; the FSDP path reduce-scatters the same sums),
+    ``"mean"`` for ``count_over="sp"`` (each SP group's own mean: DDP semantics).
+
+    ``model_or_params``: a module (its parameters that require grad) or a list of parameters. A
+    parameter that got no gradient on this rank (e.g. the vision tower on a rank without frames) takes
+    part with zeros. One flattened all-reduce per bucket (per dtype and device) over all ranks of the
+    world, SP x DP; a no-op without torch.distributed or at world size 1."""
     if dp_reduce not in ("mean", "sum"):
         raise ValueError("dp_reduce must be 'mean' or 'sum'")
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    params = [p for p in params if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     world = dist.get_world_size()
-    sp_size = groups.sp_size if groups is not None else 1
-    dp_size = groups.dp_size if groups is not None else world // sp_size
-    if groups is not None and groups.dp_size == 1:
-        group = groups.sp_group
-    else:
-        group = None  # the world: SP x DP
-    scale = 1.0 / dp_size if (dp_reduce == "mean" and dp_size > 1) else None
-    by_dtype: dict[tuple, list[torch.Tensor]] = {}
+    dp_size = groups.dp_size if groups is not None else world
+    scale = 1.0 / dp_size if dp_reduce == "mean" and dp_size > 1 else None
+    by_kind: dict[tuple, list[torch.Tensor]] = {}
     for p in params:
-        by_dtype.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    for plist in by_dtype.values():
-        bucket: list[torch.Tensor] = []
-        size = 0
-        for p in plist + [None]:
-            if p is not None:
-                bucket.append(p)
-                size += p.numel()
-            if bucket and (p is None or size >= bucket_elems):
-                flat = torch.cat([q.grad.reshape(-1) for q in bucket])
-                dist.all_reduce(flat, group=group)
-                if scale is not None:
-                    flat.mul_(scale)
-                off = 0
-                for q in bucket:
-                    n = q.numel()
-                    q.grad.copy_(flat[off:off + n].view_as(q.grad))
-                    off += n
-                bucket, size = [], 0
+        by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p)
+    for plist in by_kind.values():
+        start, size = 0, 0
+        for i, p in enumerate(plist):
+            size += p.numel()
+            if size >= bucket_elems or i == len(plist) - 1:
+                _allreduce_bucket(plist[start:i + 1], scale)
+                start, size = i + 1, 0
+
+
+def _allreduce_bucket(bucket: list[torch.Tensor], scale: float | None) -> None:
+    flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+    dist.all_reduce(flat)
+    if scale is not None:
+        flat.mul_(scale)
+    off = 0
+    for q in bucket:
+        n = q.numel()
+        q.grad.copy_(flat[off:off + n].view_as(q.grad))
+        off += n
 
 
 __all__ = [
@@ -372,5 +372,6 @@ __all__ = [
     "mmsp_forward",
     "mmsp_logits",
     "mmsp_loss",
+    "mmsp_token_logprobs",
     "sync_gradients",
 ]

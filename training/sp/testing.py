@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from training.kernels import AttentionKernel, lse_dtype, register_kernel
+
 
 class DistributedError(RuntimeError):
     pass
@@ -196,7 +198,7 @@ def case_groups(ulysses: int, ring: int) -> dict:
 
 def reference_attention(q, k, v, *, causal: bool, segment_ids=None, scale=None):
     """Plain single-process float64-capable reference: dense softmax attention with repeat_kv (GQA),
-    causal + same-segment mask, padding (id < 0) rows -> 0."""
+    causal + same-segment mask, padding (id < 0) rows -> 0. Test-only: it builds the S x S scores."""
     B, H, S, D = q.shape
     n = H // k.shape[1]
     k = k.repeat_interleave(n, 1)
@@ -212,6 +214,63 @@ def reference_attention(q, k, v, *, causal: bool, segment_ids=None, scale=None):
     s = s.masked_fill(~keep, float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return torch.matmul(p, v)
+
+
+class MathKernel(AttentionKernel):
+    """The exact matmul block kernel (float64-capable, any device): the TEST REFERENCE for the fused kernels
+    of :mod:`training.kernels`, with the same packed contract. Registered as ``"math"`` when this module is
+    imported; production code never selects it."""
+
+    name = "math"
+
+    def unsupported(self, device, dtype, head_dim):
+        return None
+
+    @staticmethod
+    def _scores(q, k, causal, scale):
+        rep = q.shape[1] // k.shape[1]
+        s = torch.einsum("qhd,khd->hqk", q.to(torch.float64), k.repeat_interleave(rep, 1).to(torch.float64)) * scale
+        if causal:
+            s = s.masked_fill(~torch.ones(s.shape[1:], dtype=torch.bool, device=s.device).tril(), float("-inf"))
+        return s
+
+    def forward(self, q, k, v, layout, scale):
+        out, lse = torch.empty_like(q), torch.empty(q.shape[:2], dtype=lse_dtype(q.dtype), device=q.device)
+        for qa, qb, ka, kb in layout.pieces():
+            s = self._scores(q[qa:qb], k[ka:kb], layout.causal, scale)
+            rep = q.shape[1] // k.shape[1]
+            lse[qa:qb] = torch.logsumexp(s, -1).t().to(lse.dtype)
+            vv = v[ka:kb].repeat_interleave(rep, 1).to(torch.float64)
+            out[qa:qb] = torch.einsum("hqk,khd->qhd", torch.softmax(s, -1), vv).to(q.dtype)
+        return out, lse
+
+    def backward(self, dout, q, k, v, out, lse, layout, scale):
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        rep = q.shape[1] // k.shape[1]
+        for qa, qb, ka, kb in layout.pieces():
+            p = torch.exp(self._scores(q[qa:qb], k[ka:kb], layout.causal, scale) - lse[qa:qb].t().double()[..., None])
+            do, o = dout[qa:qb].double(), out[qa:qb].double()
+            vv = v[ka:kb].repeat_interleave(rep, 1).double()
+            kk = k[ka:kb].repeat_interleave(rep, 1).double()
+            ds = p * (torch.einsum("qhd,khd->hqk", do, vv) - (do * o).sum(-1).t()[..., None])
+            dq[qa:qb] = (torch.einsum("hqk,khd->qhd", ds, kk) * scale).to(q.dtype)
+            dkk = torch.einsum("hqk,qhd->khd", ds, q[qa:qb].double()) * scale
+            dvv = torch.einsum("hqk,qhd->khd", p, do)
+            dk[ka:kb] = dkk.view(kb - ka, -1, rep, dkk.shape[-1]).sum(2).to(k.dtype)
+            dv[ka:kb] = dvv.view(kb - ka, -1, rep, dvv.shape[-1]).sum(2).to(v.dtype)
+        return dq, dk, dv
+
+
+register_kernel(MathKernel())
+
+
+def reference_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] boolean block-diagonal causal mask for the stock-transformers REFERENCE runs (test-only:
+    quadratic); padding rows (id < 0) see only themselves so that the reference stays finite."""
+    S = segment_ids.shape[1]
+    keep = torch.ones(S, S, dtype=torch.bool, device=segment_ids.device).tril()[None]
+    keep = keep & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    return (keep | torch.eye(S, dtype=torch.bool, device=segment_ids.device)[None])[:, None]
 
 
 def make_segments(batch: int, length: int, kind: str, gen: torch.Generator) -> torch.Tensor | None:
@@ -234,12 +293,12 @@ def case_attention(cfg: dict) -> dict:
     """Compare sp_attention (output, dq, dk, dv) against the single-process reference.
 
     cfg: ulysses, ring, mode, dtype ("float64"/"float32"), B, Hq, Hkv, L (global, multiple of 2P), D, causal,
-    segments (see make_segments), seed, kernel ("auto"/"flash"/"math").
+    segments (see make_segments), seed, kernel (a training.kernels name, "auto" or "math").
     Returns relative max errors {"out", "dq", "dk", "dv"} (max |a-b| / max |b|) plus block stats.
     """
     from .attention import layout_scheme, sp_attention
     from .layout import shard, unshard
-    from .ring import get_block_kernel, set_block_kernel
+    from training.kernels import block_kernel
 
     groups = cached_groups(cfg["ulysses"], cfg["ring"])
     mode = cfg.get("mode", "auto")
@@ -258,15 +317,11 @@ def case_attention(cfg: dict) -> dict:
     ref = reference_attention(qr, kr, vr, causal=causal, segment_ids=seg)
     ref.backward(dout)
 
-    prev = get_block_kernel()
-    set_block_kernel(cfg.get("kernel", "auto"))
-    try:
+    with block_kernel(cfg.get("kernel", "auto")):
         ql, kl, vl = (shard(t.to(dtype), 2, groups, scheme=scheme).requires_grad_() for t in (q, k, v))
         segl = None if seg is None else shard(seg, 1, groups, scheme=scheme)
         out = sp_attention(ql, kl, vl, groups=groups, causal=causal, segment_ids=segl, mode=mode)
         out.backward(shard(dout.to(dtype), 2, groups, scheme=scheme))
-    finally:
-        set_block_kernel(prev)
     from .ring import LAST_FORWARD_STATS
 
     stats = dict(LAST_FORWARD_STATS)
@@ -332,9 +387,7 @@ def case_llm(cfg: dict) -> dict:
         for b in range(B):
             for i in range(1, L):
                 pos[b, i] = pos[b, i - 1] + 1 if seg[b, i] == seg[b, i - 1] else 0
-        keep = torch.ones(L, L, dtype=torch.bool).tril()[None] & (seg[:, :, None] == seg[:, None, :])
-        keep = keep | torch.eye(L, dtype=torch.bool)[None]  # padding rows: themselves only (finite)
-        ref_mask = keep[:, None]
+        ref_mask = reference_mask(seg)
         valid = seg >= 0
     else:
         pos = torch.arange(L).expand(B, L)
@@ -373,3 +426,68 @@ def case_llm(cfg: dict) -> dict:
         "mmsp_calls": _attention.CALL_COUNT["mmsp"] - calls_before,
         "grads": grad_err,
     }
+
+
+# ------------------------------------------------------------------------------------------ memory bounds
+def rss_peak_growth(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """(bytes by which this process's peak RSS grew while ``fn()`` ran, its result). Linux: free heap memory
+    is handed back first (glibc ``malloc_trim``) and the peak (VmHWM) is reset through /proc/self/clear_refs,
+    so neither earlier peaks nor memory cached by the allocator hide growth."""
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(f.read().split(key + ":")[1].split()[0]) * 1024
+
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measurement may undercount reused memory
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = status("VmRSS")
+    result = fn()
+    return status("VmHWM") - base, result
+
+
+def case_attention_memory(tokens: int, docs: int, heads: int = 4, kv_heads: int = 2, dim: int = 64) -> dict:
+    """Peak RSS growth of one sp_attention forward + backward (float32, one process, causal) over ``tokens``
+    packed into ``docs`` equal documents; inputs exist before the measurement starts."""
+    from .attention import sp_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, tokens, h, dim, generator=gen).transpose(1, 2).requires_grad_()
+               for h in (heads, kv_heads, kv_heads))
+    seg = torch.arange(docs).repeat_interleave(tokens // docs)[None]
+    grad = torch.randn(1, heads, tokens, dim, generator=gen)
+
+    def run():
+        t0 = time.perf_counter()
+        sp_attention(q, k, v, groups=None, segment_ids=seg).backward(grad)
+        return time.perf_counter() - t0
+
+    growth, seconds = rss_peak_growth(run)
+    return {"growth": growth, "seconds": seconds, "input_bytes": 3 * q.numel() * 4}
+
+
+def case_loss_memory(tokens: int, vocab: int, hidden: int) -> dict:
+    """Peak RSS growth of one chunked LM-head cross-entropy forward + backward (float32, every token
+    supervised); the LM-head weight and the hidden states exist before the measurement starts."""
+    from training.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    h = (torch.randn(tokens, hidden, generator=gen) * 0.1).requires_grad_()
+    w = (torch.randn(vocab, hidden, generator=gen) * 0.02).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), generator=gen)
+
+    def run():
+        t0 = time.perf_counter()
+        loss = linear_cross_entropy(h, w, labels)
+        loss.backward()
+        return time.perf_counter() - t0, float(loss.detach())
+
+    growth, (seconds, loss) = rss_peak_growth(run)
+    return {"growth": growth, "seconds": seconds, "loss": loss, "weight_bytes": w.numel() * 4,
+            "full_logits_bytes": tokens * vocab * 4}

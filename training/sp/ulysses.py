@@ -33,7 +33,7 @@ def kv_replication_factor(num_q_heads: int, num_kv_heads: int, ulysses_degree: i
 
 
 def ulysses_scatter_heads(q, k, v, group):
-    """All-to-all q/k/v into the head-subset / gathered-sequence layout. Returns (q, k, v, n_rep_local)."""
+    """All-to-all q/k/v into the head-subset / gathered-sequence layout. Returns (q, k, v)."""
     U = group_size(group)
     Hq, Hkv = q.shape[1], k.shape[1]
     f = kv_replication_factor(Hq, Hkv, U)
@@ -41,7 +41,7 @@ def ulysses_scatter_heads(q, k, v, group):
         k = k.repeat_interleave(f, dim=1)
         v = v.repeat_interleave(f, dim=1)
     q, k, v = seq_to_heads(q, group), seq_to_heads(k, group), seq_to_heads(v, group)
-    return q, k, v, q.shape[1] // k.shape[1]
+    return q, k, v
 
 
 def ulysses_gather_heads(out: torch.Tensor, group) -> torch.Tensor:

@@ -3,7 +3,8 @@
 One dynamic partition per raw video. The key is `longvila.keys.partition_key_for(relative path)`
 (relative to the source root), so a video that changes keeps its partition and gets a new data
 version instead. Partitions are added by the new-video sensor (`orchestration.sensors`) and by
-`longvila demo`; both go through `orchestration.sensors.register_videos` / `scan_source`.
+`longvila demo`, both from the scan of `longvila.sources`. A video removed from the source keeps its
+partition (and history); the manifest marks it removed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ VIDEOS_PARTITIONS_NAME = "videos"
 videos = DynamicPartitionsDefinition(name=VIDEOS_PARTITIONS_NAME)
 
 
-
 @contextlib.contextmanager
 def partitioned_checks() -> Iterator[None]:
     """Build per-video asset checks quietly. Per-partition checks (`AssetCheckSpec.partitions_def`) are
@@ -28,6 +28,3 @@ def partitioned_checks() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
         yield
-
-
-__all__ = ["videos", "VIDEOS_PARTITIONS_NAME", "partitioned_checks"]
