@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast bench dev clean
+.PHONY: setup demo test test-fast bench dev clean postgres-bin
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ demo: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/longvila demo
 
-test: setup
+# PostgreSQL server binaries for the scale tests' throwaway server (Debian's package; see longvila/pgserver.py)
+postgres-bin:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+
+test: setup postgres-bin
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup postgres-bin
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
@@ -36,6 +41,7 @@ bench: setup
 	$(PY) bench/mmsp.py
 	$(PY) bench/captions.py
 	$(PY) bench/train.py
+	$(PY) bench/scale.py
 	$(PY) bench/faults.py
 	$(PY) bench/long_context.py
 

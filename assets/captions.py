@@ -55,9 +55,11 @@ from assets.common import (
     failure,
     input_failure,
     layer_result,
+    lineage_metadata,
     md_table,
     per_video_asset,
     per_video_check,
+    per_video_code_versions,
     write_json,
     write_table,
     write_versioned,
@@ -404,11 +406,13 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
 
         keys = dataset_video_keys(context.instance, lake)
         t0 = time.perf_counter()
-        manifest = build_long_video_sft(lake.storage_root, keys, lake.settings())
+        manifest = build_long_video_sft(lake.storage_root, keys, lake.settings(),
+                                        code_versions=per_video_code_versions(context))
+        out = dataset_dir(lake.storage_root, "long_video_sft")
         return MaterializeResult(
             data_version=DataVersion(manifest["content_hash"]),
             metadata={
-                "path": MetadataValue.path(dataset_dir(lake.storage_root, "long_video_sft")),
+                "path": MetadataValue.path(out), **lineage_metadata(out, manifest),
                 "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],
                 "failed_videos": json.dumps(manifest["failed"])[:2000], "missing_videos": str(manifest["missing"]),
                 "question_types": json.dumps(manifest["question_types"]), "seconds": round(time.perf_counter() - t0, 3),

@@ -9,6 +9,9 @@
 * `write_versioned`, `write_table`, `write_json`: atomic writes through `longvila.io` that return the
   sha256 of the bytes written, the data version of the asset that wrote them.
 * `dataset_video_keys`: the video partitions an all-videos dataset takes (removed videos left out).
+* `per_video_code_versions` / `lineage_metadata`: what an all-videos dataset records about the per-video
+  lineage it consumed (code versions of its per-video ancestors; its ``lineage.parquet`` and sha256), so
+  that `orchestration.lineage` answers without a per-video walk of the event log.
 * `failure` and `input_failure`: a library `InputError` becomes a `dagster.Failure` that names the file,
   the layer and the reason and is never retried (bad input stays bad); other exceptions propagate and
   are retried by the assets' retry policy (`assets.policies`).
@@ -115,13 +118,37 @@ def write_json(url: str, obj, settings) -> str:
 
 def dataset_video_keys(instance, lake) -> list[str]:
     """Registered video partitions that are present in the source. Without any manifest entry (videos
-    registered by hand, not by a scan) every registered partition counts."""
+    registered by hand, not by a scan) every registered partition counts. In shard mode: the curated
+    videos of the shard manifests (`assets.shards.shard_video_keys`)."""
+    from assets.shards import shard_mode, shard_video_keys
+
+    if shard_mode():
+        return shard_video_keys(lake)
     registered = sorted(instance.get_dynamic_partitions(videos.name))
     manifest = lake.read_manifest()
     if not manifest.get("videos"):
         return registered
     present = set(sources.present_keys(manifest))
     return [k for k in registered if k in present]
+
+
+def per_video_code_versions(context) -> dict[str, Optional[str]]:
+    """Code version of every partitioned (per-video or per-shard) ancestor of the running asset, from the asset
+    graph of its job (a run launched from a code location holds every asset; `materialize([...])` only
+    the assets it was given)."""
+    graph = context.job_def.asset_layer.asset_graph
+    ancestors = graph.get_ancestor_asset_keys(context.asset_key)
+    return {k.to_user_string(): graph.get(k).code_version for k in sorted(ancestors)
+            if graph.get(k).partitions_def is not None}
+
+
+def lineage_metadata(out_dir: str, manifest: dict) -> dict:
+    """Materialisation metadata naming a dataset's lineage table (see longvila.lineage_table)."""
+    lin = manifest.get("lineage")
+    if not lin:
+        return {}
+    return {"lineage_table": MetadataValue.path(lio.join(out_dir, lin["table"])), "lineage_sha256": lin["sha256"],
+            "lineage_videos": lin["videos"]}
 
 
 def failure(context, layer: str, reason: str, *, file: Optional[str] = None, retryable: bool = False,

@@ -75,13 +75,12 @@ from assets.common import (
 )
 from assets.partitions import partitioned_checks
 from assets.resources import LakeResource
-from curation.config import CurationConfig
+from curation.config import CurationConfig, code_versions
 from longvila import io as lio
 from longvila import layout
 from longvila.cache import pinned_copy, snapshot
 
 GROUP = "curation"
-RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
 
 # asset keys other layers depend on
 RAW_VIDEO = AssetKey("raw_video")
@@ -142,30 +141,6 @@ def _read_table(lake: LakeResource, layer: str, key: str, columns=None):
 # ---------------------------------------------------------------------------------------------
 # code versions
 # ---------------------------------------------------------------------------------------------
-def code_versions(cfg: CurationConfig) -> dict[str, str]:
-    """Code version of every curation asset for a configuration (library version + parameters)."""
-    from curation import clips as _clips
-    from curation import frames as _frames
-    from curation import probe as _probe
-    from curation import shots as _shots
-
-    fr = dict(size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality)
-    out = {
-        "raw_video": RAW_VIDEO_CODE_VERSION,
-        "video_probe": _probe.CODE_VERSION,
-        "video_shots": _shots.code_version(cfg.detector, **cfg.detector_options),
-        "video_clips": _clips.code_version(max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s),
-        "clip_frames": _frames.code_version(kind="clip", frames_per_clip=cfg.frames_per_clip, **fr),
-        "video_frames": _frames.code_version(kind="video", fps=cfg.video_fps, max_frames=cfg.max_video_frames,
-                                             **fr),
-    }
-    if cfg.write_clip_files:
-        from curation import clipfiles as _clipfiles
-
-        out["clip_files"] = getattr(_clipfiles, "CODE_VERSION", "clipfiles-v1")
-    return out
-
-
 def expected_video_frames(duration_s: float, cfg: CurationConfig) -> int:
     """How many whole-video frames `video_frames` should hold for a video of `duration_s`."""
     n = int(math.floor(duration_s * cfg.video_fps + 1e-9))

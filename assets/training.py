@@ -71,7 +71,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT
-from assets.common import data_version, dataset_video_keys, latest_record, md_table
+from assets.common import dataset_video_keys, lineage_metadata, md_table, per_video_code_versions
 from assets.curation import CLIP_FRAMES, VIDEO_FRAMES
 from assets.resources import LakeResource
 from longvila import io as lio
@@ -79,6 +79,7 @@ from longvila import layout
 from longvila.errors import InputError
 from training.data.build import BUILD_VERSION, build_stage_dataset
 from training.recipes import STAGE_NAMES, Recipe, load_recipe
+from training.multinode import LaunchSpec
 from training.trainer import TRAINER_VERSION
 
 GROUP = "training"
@@ -90,19 +91,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class TrainingLauncher(ConfigurableResource):
-    """How the stage assets launch ``torchrun -m training.train`` (Dagster Pipes).
+    """How the stage assets launch ``training.train`` (Dagster Pipes; only global rank 0 reports).
 
-    backend ``subprocess`` (default): ``python -m training.launch`` (torchrun that dies with its
-    launcher) on this machine via ``PipesSubprocessClient(forward_termination=True)``.
-    backend ``k8s``: one pod per stage via ``dagster_k8s.PipesK8sClient`` (install
-    ``dagster-k8s==0.29.*``; imported lazily). The pod runs ``k8s_image`` (this repository installed),
-    ``torchrun --nproc-per-node <gpus>`` on one node with ``k8s_gpus`` GPUs (nccl, bf16); the storage
-    root and checkpoint root must then be shared (``s3://`` lake, or a PVC mounted at the same path via
-    ``k8s_base_pod_spec``). UNTESTED here (no cluster); multi-node stages need a rendezvous (e.g. the
-    Kubeflow PyTorchJob operator) and are not wired.
+    One launch spec (`training.multinode.LaunchSpec`: ``nnodes`` x processes per node, the stage's SP
+    degrees, static rendezvous so that node 0 holds global rank 0), run by ``backend``:
+
+    * ``subprocess`` (default): ``python -m training.multinode local`` through
+      ``PipesSubprocessClient(forward_termination=True)``: ``nnodes`` torchrun agents on 127.0.0.1 (one
+      machine; ``nnodes > 1`` exercises the multi-node path on loopback). Every agent dies with it.
+    * ``ray``: ``python -m training.multinode ray --address <ray_address>``: Ray Train's TorchTrainer with
+      ``nnodes * nproc_per_node`` workers on a Ray cluster; rank 0's Pipes messages travel by the client's
+      message channel (a temporary file here: every Ray node must share this machine's file system, as a
+      local cluster does; on a real cluster pass a blob-store message reader), never by worker logs.
+    * ``k8s``: one pod via ``dagster_k8s.PipesK8sClient`` (``torchrun --standalone``, ``k8s_gpus`` ranks).
+      Multi-node Kubernetes is rendered and validated (`python -m training.multinode k8s-render`: headless
+      Service + Indexed Job) but not launched from the asset. UNTESTED here (no cluster).
     """
 
-    backend: str = Field(default="subprocess", description="subprocess | k8s")
+    backend: str = Field(default="subprocess", description="subprocess | ray | k8s")
+    nnodes: int = Field(default=1, description="nodes (torchrun agents / Ray machines) per stage")
+    ray_address: Optional[str] = Field(default=None, description="Ray cluster address (ray backend)")
+    launch_timeout_s: float = Field(default=24 * 3600.0, description="stop every agent after this (subprocess)")
     nproc_per_node: Optional[int] = Field(default=None, description="ranks per stage; default: the stage's SP degree "
                                                                     "(data parallel = nproc / SP)")
     max_steps: Optional[int] = Field(default=None, description="override the recipe's steps per stage (demos/tests)")
@@ -124,20 +133,36 @@ class TrainingLauncher(ConfigurableResource):
             return str(Path(os.environ.get("LONGVILA_ROOT", os.getcwd())) / "data" / "checkpoints")
         return layout.join(st, "checkpoints")
 
-    def run(self, context: AssetExecutionContext, train_args: list[str], nproc: int) -> MaterializeResult:
-        if self.backend == "subprocess":
-            cmd = [sys.executable, "-m", "training.launch", "--standalone", "--nproc-per-node", str(nproc),
-                   "-m", "training.train", *train_args]
-            env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
-            if self.num_threads:
-                env["OMP_NUM_THREADS"] = str(self.num_threads)
-            pp = os.environ.get("PYTHONPATH", "")
-            env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
-            context.log.info("launching: " + " ".join(cmd))
-            client = PipesSubprocessClient(forward_termination=True, cwd=str(REPO_ROOT))
-            with warnings.catch_warnings():  # dagster 1.13's own Pipes internals use a preview API
-                warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
-                return client.run(context=context, command=cmd, env=env).get_materialize_result()
+    def spec(self, train_args: list[str], nproc: int, sp: tuple[int, int]) -> LaunchSpec:
+        """The launch spec of one stage (validated: the Ulysses degree divides the processes per node)."""
+        return LaunchSpec(nnodes=self.nnodes, nproc_per_node=nproc, ulysses_degree=sp[0], ring_degree=sp[1],
+                          train_args=tuple(train_args))
+
+    def _pipes_subprocess(self, context: AssetExecutionContext, cmd: list[str]) -> MaterializeResult:
+        env = {"PYTHONUNBUFFERED": "1", **self.extra_env}
+        if self.num_threads:
+            env["OMP_NUM_THREADS"] = str(self.num_threads)
+        pp = os.environ.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
+        context.log.info("launching: " + " ".join(cmd))
+        client = PipesSubprocessClient(forward_termination=True, cwd=str(REPO_ROOT))
+        with warnings.catch_warnings():  # dagster 1.13's own Pipes internals use a preview API
+            warnings.filterwarnings("ignore", message=".*expected_writer_count.*")
+            return client.run(context=context, command=cmd, env=env).get_materialize_result()
+
+    def run(self, context: AssetExecutionContext, train_args: list[str], nproc: int,
+            sp: tuple[int, int] = (1, 1)) -> MaterializeResult:
+        if self.backend in ("subprocess", "ray"):
+            spec = self.spec(train_args, nproc, sp)
+            opts = ["--nnodes", str(spec.nnodes), "--nproc-per-node", str(spec.nproc_per_node),
+                    "--ulysses-degree", str(spec.ulysses_degree), "--ring-degree", str(spec.ring_degree)]
+            if self.backend == "subprocess":
+                opts += ["--timeout-s", str(self.launch_timeout_s)]
+            elif self.ray_address:
+                opts += ["--address", self.ray_address]
+            launcher = "local" if self.backend == "subprocess" else "ray"
+            return self._pipes_subprocess(
+                context, [sys.executable, "-m", "training.multinode", launcher, *opts, "--", *train_args])
         if self.backend == "k8s":
             try:
                 from dagster_k8s import PipesK8sClient  # noqa: PLC0415 - optional dependency
@@ -154,7 +179,7 @@ class TrainingLauncher(ConfigurableResource):
                 context=context, image=self.k8s_image, command=cmd, namespace=self.k8s_namespace,
                 base_pod_spec=spec, env=dict(self.extra_env),
             ).get_materialize_result()
-        raise Failure(f"unknown training_launcher backend {self.backend!r} (subprocess | k8s)")
+        raise Failure(f"unknown training_launcher backend {self.backend!r} (subprocess | ray | k8s)")
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -187,13 +212,13 @@ def _dataset_dir(storage: str, n: int) -> str:
 # ----------------------------------------------------------------------------------- assets
 
 
-def _dataset_asset(recipe: Recipe, n: int):
+def _dataset_asset(recipe: Recipe, n: int, per_video_inputs: list[AssetKey]):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
-    dep_keys = ([CLIP_CAPTIONS, CLIP_FRAMES] if kind in caption_kinds else []) + (
-        [VIDEO_FRAMES] + ([] if kind in caption_kinds else [CLIP_CAPTIONS]) if stage.data.options.retrieval_samples
-        else [])
+    # retrieval samples read whole-video frames and clip captions per video (not in shard mode: assets.shards)
+    retrieval = [VIDEO_FRAMES, CLIP_CAPTIONS] if stage.data.options.retrieval_samples else []
+    dep_keys = list(dict.fromkeys((per_video_inputs if kind in caption_kinds else []) + retrieval))
     deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
@@ -204,21 +229,16 @@ def _dataset_asset(recipe: Recipe, n: int):
                        f"samples.parquet + manifest.json under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         storage = lake.storage_root
-        keys: list[str] = []
-        versions: dict[str, dict] = {}
-        if dep_keys:
-            keys = dataset_video_keys(context.instance, lake)
-            for k in keys:
-                versions[k] = {f"{d.path[-1]}_data_version": data_version(latest_record(context.instance, d, k))
-                               for d in dep_keys}
+        keys = dataset_video_keys(context.instance, lake) if dep_keys else []
         t0 = time.perf_counter()
         out = _dataset_dir(storage, n)
         try:
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
-                                           versions=versions, log=context.log.info)
+                                           code_versions=per_video_code_versions(context), log=context.log.info)
         except InputError as e:
             raise Failure(str(e), metadata={"videos": len(keys)}) from e
         inputs = manifest.get("inputs", [])
+        summary = {k: v for k, v in manifest.items() if k not in ("inputs", "video_keys")}  # per-video rows: lake
         return MaterializeResult(
             data_version=DataVersion(manifest["content_hash"]),
             metadata={
@@ -226,8 +246,9 @@ def _dataset_asset(recipe: Recipe, n: int):
                 "num_samples": manifest["num_samples"],
                 "num_videos": len(manifest.get("video_keys", [])),
                 "kind": kind,
-                "manifest": MetadataValue.json(manifest),
+                "manifest": MetadataValue.json(summary),
                 "inputs": MetadataValue.md(md_table(inputs, limit=10, width=64)),
+                **lineage_metadata(out, manifest),
                 "seconds": round(time.perf_counter() - t0, 3),
             },
         )
@@ -272,7 +293,7 @@ def _stage_asset(recipe: Recipe, n: int):
         if training_launcher.num_threads:
             args += ["--num-threads", str(training_launcher.num_threads)]
         nproc = training_launcher.nproc_per_node or stage.sp_degree
-        res = training_launcher.run(context, args, nproc)
+        res = training_launcher.run(context, args, nproc, (stage.ulysses_degree, stage.ring_degree))
         md = dict(res.metadata or {})
         md["recipe"] = recipe.name
         md["stage_config"] = MetadataValue.json({"trainable": list(stage.trainable), "max_length": stage.max_length,
@@ -288,11 +309,18 @@ def _stage_asset(recipe: Recipe, n: int):
     return _st
 
 
-def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
+def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None,
+                        per_video_inputs: Optional[list[AssetKey]] = None) -> Definitions:
+    """The stage datasets and checkpoints. Caption datasets read `per_video_inputs` (default: clip captions
+    and clip frames per video; in shard mode (`assets.shards`) the curated shards)."""
+    from assets.shards import CURATED_SHARD, shard_mode
+
     recipe = recipe or recipe_from_env()
-    assets_ = [_dataset_asset(recipe, n) for n in (1, 2, 3, 4)]
+    if per_video_inputs is None:
+        per_video_inputs = [CURATED_SHARD] if shard_mode() else [CLIP_CAPTIONS, CLIP_FRAMES]
+    assets_ = [_dataset_asset(recipe, n, per_video_inputs) for n in (1, 2, 3, 4)]
     if has_extra_samples(recipe.stage(5)):
-        assets_.append(_dataset_asset(recipe, 5))
+        assets_.append(_dataset_asset(recipe, 5, per_video_inputs))
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
     return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
 

@@ -1,8 +1,8 @@
 """Long-context benchmark (issue 9): the tables of the shared gpu.md reference, for the device it runs on.
 
 1. Attention forward + backward: the project's ``sp_attention`` in one process (the same block kernels every
-   ring step runs; the kernel :mod:`training.kernels` picks is named in the output) against torch SDPA
-   (flash backend on CUDA), causal, batch 1, plain rows and rows packed with 4 and 8 equal documents (SDPA
+   ring step runs; the kernel :mod:`training.kernels` picks is named in the output) against torch SDPA, forced
+   to its flash backend on CUDA and with the backend torch picks itself (cuDNN on an H100), causal, batch 1, plain rows and rows packed with 4 and 8 equal documents (SDPA
    runs each document separately: what a packed batch costs with stock kernels). Time (median), TFLOP/s
    (flash-attn's convention: 4·s²·heads·dim/2 per causal document forward, backward 2.5x) and peak memory.
 2. One training step (forward + backward, no optimizer) of the longvila-1.5b-qwen2 LLM, bf16, gradient
@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -164,7 +164,8 @@ def _sdpa_backend(device) -> tuple[Callable, str]:
 
 
 def _attention_case(tokens: int, docs: int, plan: Plan, meter: Meter, sdpa_ctx: Callable):
-    """(SDPA, project) measurements on the same inputs (gradients reset before every call)."""
+    """(SDPA forced to its flash backend, SDPA with the backend torch picks, project) on the same inputs
+    (gradients reset before every call). On an H100 torch picks cuDNN, which stock transformers then runs."""
     q, k, v, dout = _qkv(tokens, plan, meter.device)
     reps = plan.reps if tokens <= 32768 else 1
 
@@ -175,9 +176,9 @@ def _attention_case(tokens: int, docs: int, plan: Plan, meter: Meter, sdpa_ctx: 
         return run
 
     with sdpa_ctx():
-        ref = meter.repeat(call(sdpa_attention), reps)
-    got = meter.repeat(call(project_attention), reps)
-    return ref, got
+        flash = meter.repeat(call(sdpa_attention), reps)
+    default = meter.repeat(call(sdpa_attention), reps)
+    return flash, default, meter.repeat(call(project_attention), reps)
 
 
 def attention_table(plan: Plan, meter: Meter) -> list[str]:
@@ -185,15 +186,16 @@ def attention_table(plan: Plan, meter: Meter) -> list[str]:
     sdpa_ctx, backend = _sdpa_backend(meter.device)
     u = meter.unit
     rows = [f"### Attention forward + backward ({hq} query / {hkv} KV heads x {dim}, {str(plan.dtype)[6:]}, "
-            f"causal, batch 1; SDPA backend: {backend})", "",
-            f"| tokens | docs | SDPA ms | SDPA TFLOP/s | SDPA {u} | project ms | project TFLOP/s | project {u} "
-            "| TFLOP/s ratio | memory ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+            f"causal, batch 1; SDPA forced to backend: {backend}, and SDPA with torch's own choice)", "",
+            f"| tokens | docs | SDPA {backend} ms | TFLOP/s | {u} | SDPA default ms | TFLOP/s | {u} | project ms "
+            f"| TFLOP/s | {u} | project / SDPA {backend} TFLOP/s | project / SDPA default TFLOP/s | memory ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(rows), flush=True)
     for tokens in plan.attn_sizes:
         for docs in (1, 4, 8):
-            ref, got = _attention_case(tokens, docs, plan, meter, sdpa_ctx)
+            flash, default, got = _attention_case(tokens, docs, plan, meter, sdpa_ctx)
             release()
-            rows.append(_attention_row(tokens, docs, ref, got, attention_flops(tokens, docs, hq, dim)))
+            rows.append(_attention_row(tokens, docs, flash, default, got, attention_flops(tokens, docs, hq, dim)))
             print(rows[-1], flush=True)
     return rows + [""] + [f"Note: {n}." for n in sorted(SDPA_NOTES)] + [""]
 
@@ -202,13 +204,16 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b > 1e-3 else "-"
 
 
-def _attention_row(tokens, docs, ref, got, flops) -> str:
+def _attention_row(tokens, docs, flash, default, got, flops) -> str:
     def cells(r):
         return ["OOM"] * 3 if r is None else [f"{r[0] * 1e3:.1f}", f"{flops / r[0] / 1e12:.3g}", f"{r[1]:.2f}"]
 
-    ratio = "-" if ref is None or got is None else _ratio(ref[0], got[0])
-    mem = "-" if ref is None or got is None else _ratio(got[1], ref[1])
-    return "| " + " | ".join([f"{tokens:,}", str(docs), *cells(ref), *cells(got), ratio, mem]) + " |"
+    def speed(ref):
+        return "-" if ref is None or got is None else _ratio(ref[0], got[0])
+
+    mem = "-" if flash is None or got is None else _ratio(got[1], flash[1])
+    return "| " + " | ".join([f"{tokens:,}", str(docs), *cells(flash), *cells(default), *cells(got), speed(flash),
+                              speed(default), mem]) + " |"
 
 
 # ------------------------------------------------------------------------------------------ 2. training step
@@ -359,10 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_context.md"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget (the fit search stops)")
+    p.add_argument("--attn-sizes", type=int, nargs="+", help="token counts of the attention table (default: plan)")
+    p.add_argument("--step-sizes", type=int, nargs="+", help="token counts of the training-step table")
+    p.add_argument("--no-fit-search", action="store_true", help="skip the longest-fit search")
     args = p.parse_args(argv)
     start = time.monotonic()
     device = torch.device(args.device)
     plan = GPU if device.type == "cuda" else CPU
+    plan = replace(plan, attn_sizes=args.attn_sizes or plan.attn_sizes, step_sizes=args.step_sizes or plan.step_sizes,
+                   fit_search=plan.fit_search and not args.no_fit_search)
     if device.type == "cpu":
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     meter = Meter(device)

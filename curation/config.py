@@ -1,6 +1,7 @@
 """Curation parameters, read once from the environment and validated (no Dagster).
 
-They decide the curation assets' code versions (`assets.curation.code_versions`), so they are fixed when
+They decide the curation assets' code versions (`code_versions`, used by `assets.curation` and
+`curation.scaleout`), so they are fixed when
 the Definitions load, not per run: changing one marks exactly the affected layers stale.
 """
 
@@ -78,3 +79,30 @@ class CurationConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+RAW_VIDEO_CODE_VERSION = "raw-sha256-v1"
+
+
+def code_versions(cfg: CurationConfig) -> dict[str, str]:
+    """Code version of every curation asset for a configuration (library version + parameters)."""
+    from curation import clips as _clips
+    from curation import frames as _frames
+    from curation import probe as _probe
+    from curation import shots as _shots
+
+    fr = dict(size=cfg.frame_size, jpeg_quality=cfg.jpeg_quality)
+    out = {
+        "raw_video": RAW_VIDEO_CODE_VERSION,
+        "video_probe": _probe.CODE_VERSION,
+        "video_shots": _shots.code_version(cfg.detector, **cfg.detector_options),
+        "video_clips": _clips.code_version(max_clip_s=cfg.max_clip_s, min_clip_s=cfg.min_clip_s),
+        "clip_frames": _frames.code_version(kind="clip", frames_per_clip=cfg.frames_per_clip, **fr),
+        "video_frames": _frames.code_version(kind="video", fps=cfg.video_fps, max_frames=cfg.max_video_frames,
+                                             **fr),
+    }
+    if cfg.write_clip_files:
+        from curation import clipfiles as _clipfiles
+
+        out["clip_files"] = getattr(_clipfiles, "CODE_VERSION", "clipfiles-v1")
+    return out

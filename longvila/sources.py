@@ -26,8 +26,9 @@ and lists the rejected paths with their reasons. Assets resolve a key with `vide
 take `present_keys`. A removed video keeps its entry (and its partition and history) for provenance;
 if it comes back under the same relative path it gets the same key and counts as changed.
 
-The scan state the new-video sensor keeps in its cursor (`encode_cursor` / `decode_cursor`) is the
-fingerprint and generation of each present key; the rest lives in the manifest.
+The scan state of the new-video sensor (`encode_cursor` / `previous_state`) is the fingerprint and
+generation of each present key, kept in the lake (``manifest/scan-state/<sha256>.json``); the cursor
+holds only that digest (~100 bytes at any corpus size); the rest lives in the manifest.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ VIDEO_EXTENSIONS = frozenset(
 )
 MANIFEST_RELPATH = "manifest/videos.json"
 MANIFEST_VERSION = 2
-CURSOR_VERSION = 2
+CURSOR_VERSION = 3
 PRESENT, REMOVED = "present", "removed"
 
 
@@ -136,6 +137,7 @@ class ScanResult:
     removed: list[str] = field(default_factory=list)  # keys that disappeared from the source now
     rejected: dict = field(default_factory=dict)  # relpath -> reason
     ignored: int = 0
+    deferred: int = 0  # new or changed videos left for the next scan (the per-scan bound)
     outage: bool = False  # the listing was empty while videos were known: nothing removed
     manifest: dict = field(default_factory=dict)  # the next manifest (not yet written)
 
@@ -145,7 +147,8 @@ class ScanResult:
 
     def summary(self) -> str:
         return (f"{len(self.new)} new, {len(self.changed)} changed, {len(self.unchanged)} unchanged, "
-                f"{len(self.removed)} removed, {len(self.rejected)} rejected, {self.ignored} non-video files ignored")
+                f"{len(self.removed)} removed, {len(self.rejected)} rejected, {self.deferred} deferred to the next "
+                f"scan, {self.ignored} non-video files ignored")
 
 
 def empty_manifest(source: str) -> dict:
@@ -158,8 +161,11 @@ def _entry(f: SourceFile, old: Optional[dict], now: str) -> dict:
             "first_seen": (old or {}).get("first_seen", now), "last_changed": now}
 
 
-def scan_source(settings: Settings, previous: dict, log: Optional[Callable[[str], None]] = None) -> ScanResult:
-    """Compare the source with `previous` (a manifest); the next manifest is in `ScanResult.manifest`."""
+def scan_source(settings: Settings, previous: dict, log: Optional[Callable[[str], None]] = None,
+                max_changes: Optional[int] = None) -> ScanResult:
+    """Compare the source with `previous` (a manifest); the next manifest is in `ScanResult.manifest`.
+    At most `max_changes` new or changed videos are taken (in listing order); the others stay as they were
+    in `previous` and are counted in `ScanResult.deferred`, for the next scan."""
     listing = list_source(settings)
     prev = previous.get("videos", {})
     res = ScanResult(rejected=dict(listing.rejected), ignored=listing.ignored)
@@ -176,6 +182,9 @@ def scan_source(settings: Settings, previous: dict, log: Optional[Callable[[str]
         present = old is not None and old.get("status") == PRESENT
         if present and (old.get("fingerprint"), old.get("url")) == (f.fingerprint, f.url):
             res.unchanged.append(key)
+            continue
+        if max_changes is not None and len(res.new) + len(res.changed) >= max_changes:
+            res.deferred += 1
             continue
         (res.changed if old is not None else res.new).append(key)
         videos[key] = _entry(f, old, now)
@@ -243,27 +252,61 @@ def run_key(key: str, entry: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- cursor
-def encode_cursor(manifest: dict) -> str:
-    """Compact scan state: {key: [fingerprint, generation]} of the present videos."""
+STATE_DIR = "manifest/scan-state"
+STATE_KEEP = 8  # newest state files kept in the lake (a cursor only ever names the newest few)
+
+
+def _state_url(storage: str, digest: str) -> str:
+    return lio.join(storage, STATE_DIR, f"{digest}.json")
+
+
+def encode_cursor(manifest: dict, settings: Settings) -> str:
+    """A small cursor naming the scan state {key: [fingerprint, generation]} of the present videos.
+
+    The state itself goes to the lake, content-addressed (``manifest/scan-state/<sha256>.json``, written
+    before the cursor is committed, so a cursor always names a complete file); the cursor holds only its
+    digest and count, whatever the number of videos. Older state files beyond `STATE_KEEP` are removed.
+    """
     videos = {k: [v["fingerprint"], v["generation"]] for k, v in manifest["videos"].items()
               if v.get("status") == PRESENT}
-    return json.dumps({"version": CURSOR_VERSION, "videos": videos}, separators=(",", ":"))
+    body = json.dumps(videos, separators=(",", ":"), sort_keys=True).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    url = _state_url(settings.storage, digest)
+    if not lio.exists(url, settings):
+        lio.write_bytes(url, body, settings)
+        _prune_states(settings, keep=digest)
+    return json.dumps({"version": CURSOR_VERSION, "state": digest, "videos": len(videos)}, separators=(",", ":"))
 
 
-def previous_state(cursor: Optional[str], manifest: dict) -> dict:
-    """The manifest as of the cursor: entries of the lake manifest with the cursor's fingerprints and
-    generations (the cursor is committed with the run requests, the manifest may be ahead of it).
-    Without a usable cursor, the lake manifest itself."""
+def _prune_states(settings: Settings, keep: str) -> None:
+    fs, root = lio.get_fs(lio.join(settings.storage, STATE_DIR), settings)
+    try:
+        infos = sorted(fs.ls(root, detail=True), key=lambda i: i.get("mtime") or i.get("LastModified") or 0)
+    except FileNotFoundError:
+        return
+    old = [i["name"] for i in infos if not i["name"].endswith(f"{keep}.json")][:-(STATE_KEEP - 1) or None]
+    for name in old:
+        fs.rm(name)
+
+
+def previous_state(cursor: Optional[str], manifest: dict, settings: Settings) -> dict:
+    """The manifest as of the cursor: entries of the lake manifest with the fingerprints and generations of
+    the state the cursor names (the cursor is committed with the run requests, the manifest may be ahead of
+    it). Without a usable cursor (or its state file), the lake manifest itself."""
     try:
         state = json.loads(cursor) if cursor else None
     except ValueError:
         state = None
     if not isinstance(state, dict) or state.get("version") != CURSOR_VERSION:
         return manifest
+    url = _state_url(settings.storage, str(state.get("state")))
+    if not lio.exists(url, settings):
+        return manifest
+    known = json.loads(lio.read_bytes(url, settings))
     videos = {}
     for k, v in manifest.get("videos", {}).items():
-        if k in state["videos"]:
-            fp, gen = state["videos"][k]
+        if k in known:
+            fp, gen = known[k]
             videos[k] = {**v, "fingerprint": fp, "generation": gen, "status": PRESENT}
         else:
             videos[k] = {**v, "status": REMOVED} if v.get("status") == PRESENT else v

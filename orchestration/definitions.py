@@ -35,12 +35,13 @@ from assets import curation as curation_assets
 from assets import evaluation as evaluation_assets
 from assets import training as training_assets
 from assets.partitions import videos
+from assets.shards import build_shard_defs, shard_mode
 from assets.resources import LakeResource
 from longvila.settings import ensure_dagster_home
 
 from . import reports
 from .executors import executor_from_env
-from .sensors import build_new_video_sensor
+from .sensors import build_new_shard_sensor, build_new_video_sensor
 
 # Every module here exposes `defs: dagster.Definitions`; listed explicitly, in lineage order.
 ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets, reports]
@@ -76,6 +77,8 @@ def build_defs(
 ) -> Definitions:
     """Merged Definitions; arguments override the defaults (tests pass an in-process executor)."""
     ensure_dagster_home()
+    if modules is None and shard_mode():
+        return _shard_defs(lake, executor)
     layers = Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)],
                                Definitions(resources={"lake": lake or LakeResource.from_env()}))
     shared = Definitions(
@@ -84,6 +87,16 @@ def build_defs(
         executor=executor or executor_from_env(),
     )
     return Definitions.merge(layers, shared)
+
+
+def _shard_defs(lake: Optional[LakeResource], executor: Optional[ExecutorDefinition]) -> Definitions:
+    """Shard mode (`assets.shards`): curated shards feed the caption datasets and stages 1-4; the per-video
+    curation and caption layers, whose work the shards do, are left out."""
+    return Definitions.merge(
+        build_shard_defs(), training_assets.build_training_defs(), evaluation_assets.defs, reports.defs,
+        Definitions(resources={"lake": lake or LakeResource.from_env()}, sensors=[build_new_shard_sensor(),
+                                                                                automation_sensor],
+                    executor=executor or executor_from_env()))
 
 
 defs = build_defs()

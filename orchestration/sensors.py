@@ -15,10 +15,18 @@ The scan never reads file contents, so a tick costs one listing whatever the fil
 Run keys (`longvila.sources.run_key`) hold the key, a digest of the fingerprint and the change's
 generation: every detected change runs once, and content that goes A -> B -> A runs three times.
 The manifest is rewritten only when it changed; the cursor commits the new state with the run requests.
+
+Scale: a tick takes at most `max_new_per_tick` new or changed videos (the rest are deferred to the next
+ticks, so a tick stays well inside the daemon's 60 s timeout however many videos arrive at once: the
+daemon checks each requested partition one query at a time); partition adds go in requests of
+`orchestration.bulk.PARTITION_ADD_CHUNK` keys (below SQLite's variable limit); the cursor is a digest of
+the scan state kept in the lake (`longvila.sources.encode_cursor`), not the state itself.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Callable, Optional, Sequence
 
 from dagster import (
@@ -37,8 +45,18 @@ from assets.partitions import videos
 from assets.resources import LakeResource
 from longvila import sources
 from longvila.errors import InputError
+from orchestration.bulk import PARTITION_ADD_CHUNK, add_partitions, chunks
 
 SENSOR_INTERVAL_S = 30
+MAX_NEW_PER_TICK = 25
+
+
+def max_new_per_tick() -> int:
+    """New or changed videos taken per tick (``LONGVILA_SENSOR_MAX_NEW``, default 25); the rest wait."""
+    value = int(os.environ.get("LONGVILA_SENSOR_MAX_NEW") or MAX_NEW_PER_TICK)
+    if value < 1:
+        raise ValueError(f"LONGVILA_SENSOR_MAX_NEW must be >= 1, got {value}")
+    return value
 
 
 def _manifest_changed(new: dict, old: dict) -> bool:
@@ -55,28 +73,78 @@ def _log_scan(context: SensorEvaluationContext, res: sources.ScanResult, old: di
     context.log.info(f"scan of {res.manifest['source']}: {res.summary()}")
 
 
-def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
-                        chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
-    """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
+def _scan(context: SensorEvaluationContext, lake: LakeResource) -> sources.ScanResult | SkipReason:
+    """The scan of one tick (bounded), logged; the manifest is written if it changed."""
     settings = lake.settings()
     lake_manifest = sources.read_manifest(settings)
-    previous = sources.previous_state(context.cursor, lake_manifest)
+    previous = sources.previous_state(context.cursor, lake_manifest, settings)
     try:
-        res = sources.scan_source(settings, previous, log=context.log.error)
+        res = sources.scan_source(settings, previous, log=context.log.error, max_changes=max_new_per_tick())
     except InputError as e:
         return SkipReason(str(e))
     _log_scan(context, res, lake_manifest)
     if _manifest_changed(res.manifest, lake_manifest):
         sources.write_manifest(settings, res.manifest)
+    return res
+
+
+def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
+                        chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
+    """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
+    res = _scan(context, lake)
+    if isinstance(res, SkipReason):
+        return res
+    settings = lake.settings()
     entries = res.manifest["videos"]
     run_requests = [
         RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k,
                    asset_selection=list(chain) if k in res.new else [RAW_VIDEO])
         for k in res.to_run
     ]
-    adds = [videos.build_add_request(res.to_run)] if res.to_run else []
+    adds = [videos.build_add_request(part) for part in chunks(res.to_run, PARTITION_ADD_CHUNK)]
     return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
-                        cursor=sources.encode_cursor(res.manifest))
+                        cursor=sources.encode_cursor(res.manifest, settings))
+
+
+def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
+    """Shard mode: one tick appends new videos to shards and requests ``curated_shard`` for every shard
+    with a new or changed video (the shard skips its unchanged videos by content hash)."""
+    from assets.shards import CURATED_SHARD, shard_size, video_shards
+    from longvila import shards
+
+    res = _scan(context, lake)
+    if isinstance(res, SkipReason):
+        return res
+    settings = lake.settings()
+    added = shards.assign(lake.storage_root, res.new, shard_size(), settings)
+    index = shards.read_index(lake.storage_root, settings)
+    touched: dict[str, list[str]] = {}
+    for key, shard in shards.shard_of(index, res.to_run).items():
+        touched.setdefault(shard, []).append(key)
+    entries = res.manifest["videos"]
+    run_requests = [
+        RunRequest(run_key=f"{shard}:" + hashlib.sha1("".join(sources.run_key(k, entries[k]) for k in sorted(keys))
+                                                      .encode()).hexdigest()[:16],
+                   partition_key=shard, asset_selection=[CURATED_SHARD])
+        for shard, keys in sorted(touched.items())
+    ]
+    adds = [video_shards.build_add_request(sorted(added))] if added else []
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
+                        cursor=sources.encode_cursor(res.manifest, settings))
+
+
+def build_new_shard_sensor() -> SensorDefinition:
+    """Shard mode's new-video sensor (same name and interval as the per-video one)."""
+    from assets.shards import CURATED_SHARD
+
+    @sensor(name="new_video_sensor", target=[CURATED_SHARD], minimum_interval_seconds=SENSOR_INTERVAL_S,
+            default_status=DefaultSensorStatus.RUNNING,
+            description="Shard mode: appends new videos to shards and runs curated_shard for each shard with a new "
+            "or changed video (see orchestration/sensors.py, assets/shards.py).")
+    def new_video_sensor(context: SensorEvaluationContext, lake: LakeResource):
+        return evaluate_new_shards(context, lake)
+
+    return new_video_sensor
 
 
 def build_new_video_sensor(chain: Sequence[AssetKey]) -> SensorDefinition:
@@ -104,6 +172,5 @@ def register_videos(instance, lake: LakeResource, log: Optional[Callable[[str], 
     sources.write_manifest(settings, res.manifest)
     existing = set(instance.get_dynamic_partitions(videos.name))
     to_add = [k for k in sources.present_keys(res.manifest) if k not in existing]
-    if to_add:
-        instance.add_dynamic_partitions(videos.name, to_add)
+    add_partitions(instance, videos.name, to_add)
     return res

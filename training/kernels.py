@@ -15,7 +15,8 @@ Contract (token-major, "varlen" packing). A kernel call gets packed rows and a :
 Kernels: ``cpu_flash`` (``aten._scaled_dot_product_flash_attention_for_cpu`` and its backward, one call per
 piece), ``flash_attn`` (flash-attn's varlen forward/backward, the ``gpu`` extra), ``sdpa_flash`` (torch's
 bundled flash kernel, ``aten._flash_attention_forward`` with cu_seqlens, as ``torch.nn.attention.varlen``
-uses it), ``sdpa_efficient`` (``aten._scaled_dot_product_efficient_attention``, one call per piece; CUDA
+uses it), ``sdpa_cudnn`` (``aten._scaled_dot_product_cudnn_attention``, one call per piece; the Hopper
+default), ``sdpa_efficient`` (``aten._scaled_dot_product_efficient_attention``, one call per piece; CUDA
 float32). :func:`select_kernel` picks one per device and dtype (``auto``), or the one named by
 :func:`set_block_kernel` / the ``LONGVILA_ATTN_KERNEL`` environment variable, logs the choice once, and
 raises (naming the reason) when the requested kernel cannot run the inputs -- no silent fallback. The exact
@@ -222,6 +223,50 @@ class SdpaFlashVarlenKernel(AttentionKernel):
         return dq, dk, dv
 
 
+class SdpaCudnnKernel(_PerPieceKernel):
+    """cuDNN's fused attention (``aten._scaled_dot_product_cudnn_attention`` and its backward), one call per
+    piece, GQA native: the fastest kernel on Hopper (measured on an H100 with torch 2.11 at 32k tokens, 28/4 heads
+    x 128, causal fwd+bwd: 46 ms against 81 ms for the bundled flash kernel; 8 packed documents 7.6 ms against
+    11.6 ms for flash varlen). Rows packed with many short documents would cost one launch per document, so
+    above ``max_pieces`` pieces a call goes to the bundled flash kernel's varlen path instead (forward and backward
+    decide alike from the same layout)."""
+
+    name = "sdpa_cudnn"
+    max_pieces = 16
+
+    def unsupported(self, device, dtype, head_dim):
+        reason = _cuda_half_reason(device, dtype, head_dim)
+        if reason is None and head_dim > 128:
+            reason = f"needs a head dim <= 128, not {head_dim}"
+        if reason is None and not (torch.backends.cudnn.is_available()
+                                   and hasattr(aten, "_scaled_dot_product_cudnn_attention")):
+            reason = "this torch build has no cuDNN attention"
+        if reason is None and not torch.backends.cuda.is_flash_attention_available():
+            reason = "needs the bundled flash kernel too (rows of many documents)"
+        return reason
+
+    def forward(self, q, k, v, layout, scale):
+        if len(layout.cu_q) - 1 > self.max_pieces:
+            return _KERNELS["sdpa_flash"].forward(q, k, v, layout, scale)
+        return super().forward(q, k, v, layout, scale)
+
+    def backward(self, dout, q, k, v, out, lse, layout, scale):
+        if len(layout.cu_q) - 1 > self.max_pieces:
+            return _KERNELS["sdpa_flash"].backward(dout, q, k, v, out, lse, layout, scale)
+        return super().backward(dout.contiguous(), q, k, v, out.contiguous(), lse, layout, scale)
+
+    def _fwd(self, q4, k4, v4, causal, scale):
+        out, lse = aten._scaled_dot_product_cudnn_attention(q4, k4, v4, None, True, 0.0, causal, False,
+                                                            scale=scale)[:2]
+        return out, lse[..., 0]  # lse is [1, H, n, 1]
+
+    def _bwd(self, do4, q4, k4, v4, o4, lse3, causal, scale):
+        n, zero = q4.shape[2], torch.zeros((), dtype=torch.int64, device=q4.device)  # philox: no dropout
+        return aten._scaled_dot_product_cudnn_attention_backward(
+            do4, q4, k4, v4, o4, lse3.unsqueeze(-1), zero, zero, None, None, None, n, k4.shape[2], 0.0, causal,
+            scale=scale)
+
+
 @functools.cache
 def _flash_attn_ops():
     """flash-attn's varlen ops (>= 2.7 signatures), or the reason they cannot be used."""
@@ -291,7 +336,8 @@ class SdpaEfficientKernel(_PerPieceKernel):
 
 
 _KERNELS: dict[str, AttentionKernel] = {}
-_AUTO_ORDER = {"cpu": ("cpu_flash",), "cuda": ("flash_attn", "sdpa_flash", "sdpa_efficient")}
+_AUTO_ORDER = {"cpu": ("cpu_flash",), "cuda": ("flash_attn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient"),
+               "hopper": ("sdpa_cudnn", "flash_attn", "sdpa_flash", "sdpa_efficient")}
 _OVERRIDE: str | None = None
 _LOGGED: set = set()
 
@@ -301,7 +347,7 @@ def register_kernel(kernel: AttentionKernel) -> None:
     _KERNELS[kernel.name] = kernel
 
 
-for _k in (CpuFlashKernel(), FlashAttnVarlenKernel(), SdpaFlashVarlenKernel(), SdpaEfficientKernel()):
+for _k in (CpuFlashKernel(), FlashAttnVarlenKernel(), SdpaFlashVarlenKernel(), SdpaCudnnKernel(), SdpaEfficientKernel()):
     register_kernel(_k)
 
 
@@ -341,7 +387,7 @@ def get_block_kernel() -> str:
 def select_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> AttentionKernel:
     """The kernel for these inputs (module doc). Raises ValueError naming why nothing fits."""
     requested = get_block_kernel()
-    names = _AUTO_ORDER.get(device.type, ()) if requested == "auto" else (requested,)
+    names = _auto_order(device) if requested == "auto" else (requested,)
     reasons = []
     for name in names:
         reason = _KERNELS[name].unsupported(device, dtype, head_dim)
@@ -352,6 +398,14 @@ def select_kernel(device: torch.device, dtype: torch.dtype, head_dim: int) -> At
     why = "; ".join(reasons) or f"no fused attention kernel for device type {device.type!r}"
     raise ValueError(f"no attention kernel for {device.type} {dtype} (head dim {head_dim}), "
                      f"requested {requested!r}: {why}")
+
+
+def _auto_order(device: torch.device) -> tuple[str, ...]:
+    """Kernels tried in turn: cuDNN first on Hopper and newer (measured fastest there), flash-attention first
+    before that."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9:
+        return _AUTO_ORDER["hopper"]
+    return _AUTO_ORDER.get(device.type, ())
 
 
 def _log_choice(name: str, requested: str, device: torch.device, dtype: torch.dtype) -> None:

@@ -36,8 +36,13 @@ def instructions_report_path(storage: str, key: str) -> str:
     return lio.join(storage, "instructions", f"{key}.report.json")
 
 
-def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> dict:
-    """Gather the instruction records of `keys` into one dataset; return the manifest."""
+def build_long_video_sft(storage: str, keys: Sequence[str], settings=None,
+                         code_versions: dict[str, str | None] | None = None) -> dict:
+    """Gather the instruction records of `keys` into one dataset; return the manifest. The per-video
+    provenance (raw sha256, instructions version) goes to ``lineage.parquet`` (longvila.lineage_table)."""
+    from longvila.lineage_table import LineageTable, raw_sha256
+
+    lineage = LineageTable(DATASET_NAME, dict(code_versions or {}))
     videos: dict[str, dict] = {}
     failed: dict[str, str] = {}
     missing: list[str] = []
@@ -61,12 +66,14 @@ def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> di
             if r.get("question_type") in qtypes:
                 qtypes[r["question_type"]] += 1
         videos[key] = {"data_version": hashlib.sha256(data).hexdigest(), "num_records": len(recs), "question_types": counts}
+        lineage.add(key, raw_sha256(storage, key, settings), {"video_instructions": videos[key]["data_version"]})
         records.extend(recs)
     body = to_jsonl(records).encode("utf-8")
     sha = hashlib.sha256(body).hexdigest()
     root = layout.dataset_dir(storage, DATASET_NAME)
     name = f"records-{sha[:16]}.jsonl"
     lio.write_bytes(lio.join(root, name), body, settings)
+    table_url, table_sha = lineage.write(root, settings)
     manifest = {
         "name": DATASET_NAME,
         "format": FORMAT,
@@ -78,6 +85,7 @@ def build_long_video_sft(storage: str, keys: Sequence[str], settings=None) -> di
         "failed": failed,
         "missing": missing,
         "question_types": qtypes,
+        "lineage": {"table": table_url.rsplit("/", 1)[-1], "sha256": table_sha, "videos": len(lineage.rows)},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     lio.write_json(lio.join(root, "manifest.json"), manifest, settings)

@@ -96,8 +96,8 @@ def test_the_lake_haystack_is_the_longest_text_free_video(tmp_path):
     _frames(storage, "short-0000000a", [0.5, 1.5, 2.5])
     _frames(storage, "lesson-0000000b", [0.5 + i for i in range(8)], [(0, 6, "7"), (6, 8, None)])  # 2 text-free frames
     assert pick_lake_haystack(storage) == "short-0000000a"
-    got = haystack_from_frames_parquet(layout.layer_path(storage, "video_frames", "lesson-0000000b"), max_frames=10, size=16,
-                                       captions_url=layout.layer_path(storage, "captions", "lesson-0000000b"))
+    got = haystack_from_frames_parquet(layout.layer_path(storage, "video_frames", "lesson-0000000b"), max_frames=10,
+                                       size=16, captions_url=layout.layer_path(storage, "captions", "lesson-0000000b"))
     assert len(got) == 2
 
 

@@ -182,7 +182,7 @@ def test_kernel_selection_override_and_errors(monkeypatch, caplog):
     with pytest.raises(ValueError, match="unknown attention kernel 'nonsense'"):
         select_kernel(cpu, torch.float32, 64)
     monkeypatch.delenv(kernels.KERNEL_ENV)
-    for name in ("sdpa_flash", "flash_attn", "sdpa_efficient"):
+    for name in ("sdpa_flash", "flash_attn", "sdpa_cudnn", "sdpa_efficient"):
         with block_kernel(name), pytest.raises(ValueError, match=f"{name}: runs on CUDA only"):
             select_kernel(cpu, torch.bfloat16, 128)
     with pytest.raises(ValueError, match="no fused attention kernel for device type 'meta'"):
@@ -197,9 +197,12 @@ def test_kernel_selection_override_and_errors(monkeypatch, caplog):
 
 
 # ------------------------------------------------------------------------------------------ CUDA adapters
-def _dense(q, k, v, causal, scale):
-    """Emulated kernel math for one sequence: q [n, H, D], k/v [m, Hk, D] -> out [n, H, D], lse [H, n]
-    (float64 inside; causal aligned to the bottom-right corner as flash-attn does)."""
+def _dense(q, k, v, causal, scale, heads_first_kv=False):
+    """Emulated kernel math for one sequence: q [n, H, D], k/v [m, Hk, D] (or [1, Hk, m, D] with
+    ``heads_first_kv``) -> out [n, H, D], lse [H, n] (float64 inside; causal aligned to the bottom-right corner
+    as flash-attn does)."""
+    if heads_first_kv:
+        k, v = k[0].transpose(0, 1), v[0].transpose(0, 1)
     rep = q.shape[1] // k.shape[1]
     s = torch.einsum("qhd,khd->hqk", q.double(), k.double().repeat_interleave(rep, 1)) * scale
     if causal:
@@ -279,16 +282,38 @@ def fake_efficient_backward(do4, q4, k4, v4, attn_bias, o4, lse, seed, offset, d
     return (*(g.transpose(0, 1)[None] for g in _dense_grads(*t, is_causal, scale)), None)
 
 
-@pytest.mark.parametrize("name", ["sdpa_flash", "flash_attn", "sdpa_efficient"])
-def test_cuda_adapters_against_emulated_ops(monkeypatch, name):
+def fake_cudnn_forward(q4, k4, v4, attn_bias, compute_log_sumexp, dropout_p, is_causal, return_debug_mask, *,
+                       scale):
+    assert attn_bias is None and compute_log_sumexp and not return_debug_mask
+    out, lse = _dense(q4[0].transpose(0, 1), k4, v4, is_causal, scale, heads_first_kv=True)
+    n = q4.shape[2]
+    seed = offset = torch.zeros((), dtype=torch.int64)
+    return out.transpose(0, 1)[None], lse[None, :, :, None], None, None, n, k4.shape[2], seed, offset, None
+
+
+def fake_cudnn_backward(do4, q4, k4, v4, o4, lse4, seed, offset, attn_bias, cum_q, cum_k, max_q, max_k,
+                        dropout_p, is_causal, *, scale):
+    assert lse4.shape == (1, q4.shape[1], q4.shape[2], 1) and (max_q, max_k) == (q4.shape[2], k4.shape[2])
+    assert do4.stride() == o4.stride(), "cuDNN's backward gets dO and O in one memory layout"
+    t = (x[0].transpose(0, 1) for x in (do4, q4, k4, v4))
+    return tuple(g.transpose(0, 1)[None] for g in _dense_grads(*t, is_causal, scale))
+
+
+@pytest.mark.parametrize("name,max_pieces", [("sdpa_flash", None), ("flash_attn", None), ("sdpa_efficient", None),
+                                             ("sdpa_cudnn", 16), ("sdpa_cudnn", 1)])
+def test_cuda_adapters_against_emulated_ops(monkeypatch, name, max_pieces):
     """The plumbing of each CUDA kernel (cu_seqlens, LSE layouts and padding, argument order, GQA, gradient
     buffers) through sp_attention, with the aten / flash-attn ops replaced by CPU emulations of their
     contracts; the result must equal the dense reference. What this cannot check: the ops themselves."""
     fake_ops = SimpleNamespace(_flash_attention_forward=fake_aten_flash_forward,
                                _flash_attention_backward=fake_aten_flash_backward,
                                _scaled_dot_product_efficient_attention=fake_efficient_forward,
-                               _scaled_dot_product_efficient_attention_backward=fake_efficient_backward)
+                               _scaled_dot_product_efficient_attention_backward=fake_efficient_backward,
+                               _scaled_dot_product_cudnn_attention=fake_cudnn_forward,
+                               _scaled_dot_product_cudnn_attention_backward=fake_cudnn_backward)
     monkeypatch.setattr(kernels, "aten", fake_ops)
+    if max_pieces is not None:  # 1: every packed call goes to the flash varlen path, as many documents do
+        monkeypatch.setattr(kernels.SdpaCudnnKernel, "max_pieces", max_pieces)
     monkeypatch.setattr(kernels, "_flash_attn_ops",
                         lambda: ((fake_flash_attn_forward, fake_flash_attn_backward), None))
     monkeypatch.setattr(type(kernels._KERNELS[name]), "unsupported", lambda self, *a: None)

@@ -83,7 +83,13 @@ def test_retrieval_samples_use_a_text_free_haystack_and_the_benchmark_prompt(tmp
     recs = read_records(str(tmp_path / "ds"))
     assert len(recs) == 40 and {r["kind"] for r in recs} == {"retrieval"}
     hay = [i for i in man["inputs"] if i.get("video_key") == KEY][0]
-    assert hay["video_frames"] == 6 and hay["haystack_frames"] == 2  # only the frames at 2.5 s and 3.5 s (clip 1)
+    assert hay["num_video_frames"] == 6 and hay["haystack_frames"] == 2  # only the frames at 2.5 s and 3.5 s (clip 1)
+    from longvila import layout
+    from longvila.lineage_table import find_video, read_table
+
+    row = find_video(read_table(str(tmp_path / "ds" / man["lineage"]["table"]), man["lineage"]["sha256"]), KEY)
+    assert row["video_frames"] == lio.sha256_file(layout.layer_path(storage, "video_frames", KEY))
+    assert row["clip_captions"] == lio.sha256_file(layout.layer_path(storage, "captions", KEY))
     sizes = [len(r["frames"]) for r in recs]
     assert min(sizes) == 1 and max(sizes) <= 5 and any(s > 1 for s in sizes)
     for r in recs:

@@ -16,7 +16,15 @@ def test_captions_to_stage_samples(stage_datasets, lake, tmp_path):
     assert man["num_samples"] == len(recs) == 6  # 2 videos x 3 captioned clips
     assert man["video_keys"] == ["video_a-00000001", "video_b-00000002"]
     assert {i["video_key"] for i in man["inputs"]} == set(man["video_keys"])
-    assert all(len(i["captions_sha256"]) == 64 for i in man["inputs"])
+    assert all(len(i["clip_captions"]) == 64 for i in man["inputs"])
+    # the per-video lineage table: the versions of the files read (= their assets' data versions)
+    from longvila.lineage_table import find_video, read_table
+
+    table = read_table(f"{stage_datasets[1]}/{man['lineage']['table']}", man["lineage"]["sha256"])
+    assert table.num_rows == man["lineage"]["videos"] == 2
+    row = find_video(table, "video_a-00000001")
+    assert row["clip_captions"] == next(i["clip_captions"] for i in man["inputs"] if i["video_key"] == row["video_key"])
+    assert find_video(table, "nope") is None
     r = recs[0]
     conv = json.loads(r["conversations"])
     assert conv[0]["value"].startswith("<video>") and conv[1]["from"] == "gpt"

@@ -21,14 +21,15 @@ whose captions come from `caption_source`; to any kind:
 `build_stage_dataset(...)` writes `<out_dir>/samples-<hash>.parquet` and then `manifest.json` (one
 versioned unit, see training.data.records) and returns the manifest: name, stage, kind, num_samples,
 samples (file name), content_hash (its sha256), inputs (per video: key + data versions of the caption
-and frame files), code_version.
+and frame files, hashed from the bytes read), code_version, and for datasets read from the lake (caption
+datasets, the haystack videos of retrieval samples) ``lineage`` (the per-video ``lineage.parquet``: raw
+sha256 and layer versions, see longvila.lineage_table).
 A dataset with zero usable samples raises `InputError` instead of writing anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Iterable
 
 import pyarrow as pa
@@ -36,6 +37,7 @@ import pyarrow as pa
 from longvila import io as lio
 from longvila import layout
 from longvila.errors import InputError
+from longvila.lineage_table import LineageTable, raw_sha256
 
 from .options import DataOptions
 from .passkey import passkey_records
@@ -43,6 +45,8 @@ from .records import make_record, read_records, write_dataset
 from .stages import uniform_indices
 
 BUILD_VERSION = "stage-data-v2"
+# lake layer read by a dataset -> the asset that writes it (the lineage table's column names)
+LAYER_ASSETS = {"captions": "clip_captions", "clip_frames": "clip_frames", "video_frames": "video_frames"}
 
 CAPTION_PROMPTS = (
     "<video>\nDescribe this video clip.",
@@ -166,10 +170,19 @@ def video_samples(video_key: str, captions: dict[int, str], frames: dict[int, li
     return out
 
 
+def read_layer(url: str) -> tuple[pa.Table, str]:
+    """A layer's Parquet table and the sha256 of the bytes read (= the data version its asset recorded)."""
+    import pyarrow.parquet as pq
+
+    data = lio.read_bytes(url)
+    return pq.read_table(pa.BufferReader(data)), hashlib.sha256(data).hexdigest()
+
+
 def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_frames: int,
-                          versions: dict[str, dict] | None = None, log=None,
+                          lineage: LineageTable | None = None, log=None,
                           options: DataOptions | None = None) -> tuple[list[dict], list[dict]]:
-    """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`."""
+    """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`.
+    Each used video's raw sha256 and the versions of the two files read go into `lineage`."""
     opts = options or DataOptions()
     records, inputs = [], []
     for key in sorted(video_keys):
@@ -180,9 +193,8 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
                 log(f"[data] {key}: no captions or clip frames yet; skipped")
             continue
         try:
-            cap_table = lio.read_parquet(cap_url)
-            caps = clip_caption_map(cap_table, cap_url)
-            frames = clip_frame_map(lio.read_parquet(fr_url), fr_url)
+            (cap_table, cap_v), (fr_table, fr_v) = read_layer(cap_url), read_layer(fr_url)
+            caps, frames = clip_caption_map(cap_table, cap_url), clip_frame_map(fr_table, fr_url)
         except InputError as e:
             if log:
                 log(f"[data] {key}: {e}; skipped")
@@ -193,10 +205,10 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
         if kind == "caption_and_qa":
             recs += text_samples(key, clip_text_map(cap_table), frames, num_frames, opts.frame_samples)
         records.extend(recs)
-        v = dict((versions or {}).get(key, {}))
-        v.setdefault("captions_sha256", lio.sha256_file(cap_url))
-        v.setdefault("clip_frames_sha256", lio.sha256_file(fr_url))
-        inputs.append({"video_key": key, "samples": len(recs), **v})
+        versions = {LAYER_ASSETS["captions"]: cap_v, LAYER_ASSETS["clip_frames"]: fr_v}
+        inputs.append({"video_key": key, "samples": len(recs), **versions})
+        if lineage is not None:
+            lineage.add(key, raw_sha256(storage, key), versions)
     return records, inputs
 
 
@@ -207,9 +219,19 @@ def passkey_set(n: int, seed: int, opts: DataOptions) -> list[dict]:
             for r in passkey_records(n, seed=seed, digits=opts.passkey_digits, min_fill=opts.passkey_min_fill)]
 
 
+def _add_lineage(lineage: LineageTable, storage: str, key: str, layers: dict[str, str | None]) -> None:
+    """`key`'s row gets the versions of `layers` (a new row when the video has none yet)."""
+    for row in lineage.rows:
+        if row["video_key"] == key:
+            row.update(layers)
+            return
+    lineage.add(key, raw_sha256(storage, key), layers)
+
+
 def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int, log,
-                   versions: dict[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
-    """The passkey and retrieval samples a stage's `data.options` mix in (a passkey stage has its own)."""
+                   lineage: LineageTable) -> tuple[list[dict], list[dict]]:
+    """The passkey and retrieval samples a stage's `data.options` mix in (a passkey stage has its own); the
+    haystack videos of retrieval samples go into `lineage` with the versions of the files read."""
     opts = stage.data.options
     records, inputs = [], []
     if opts.passkey_samples and stage.data.kind != "passkey":
@@ -225,22 +247,28 @@ def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int,
             raise InputError(stage.name, f"retrieval samples need haystack frames: none of {len(video_keys)} videos "
                                          "has video_frames outside clips with on-screen text")
         records += retrieval_records(haystack, opts, seed)
-        inputs += [{**i, **(versions or {}).get(i["video_key"], {})} for i in hay_inputs]
+        for i in hay_inputs:
+            _add_lineage(lineage, storage, i["video_key"], {k: v for k, v in i.items() if k in LAYER_ASSETS.values()})
+        inputs += hay_inputs
         inputs.append({"generator": "retrieval", "seed": seed, "needle_seed": opts.needle_seed,
                        "num_samples": opts.retrieval_samples, "haystack_frames": len(haystack)})
     return records, inputs
 
 
 def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_keys: list[str] | None = None,
-                        seed: int = 0, versions: dict[str, dict] | None = None, log=None) -> dict:
-    """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples."""
+                        seed: int = 0, code_versions: dict[str, str | None] | None = None, log=None) -> dict:
+    """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples.
+    Datasets read from the lake (caption datasets, retrieval samples' haystack) also write ``lineage.parquet``
+    (longvila.lineage_table; `code_versions` are the upstream assets' code versions), named with its sha256
+    under the manifest's ``lineage``."""
     kind = stage.data.kind
     opts = stage.data.options
     inputs: list[dict] = []
+    lineage = LineageTable(out_dir.rstrip("/").rsplit("/", 1)[-1], dict(code_versions or {}))
     if kind in ("captions", "caption_and_qa"):
         if storage is None:
             raise InputError(out_dir, "caption datasets need the storage root of the curated clips")
-        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, versions, log,
+        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, lineage, log,
                                                 opts)
     elif kind == "passkey":
         records = passkey_set(stage.data.num_samples or 32, seed, opts)
@@ -255,7 +283,7 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
         records = []  # the SFT records stay in their own dataset; this one holds the extra samples
     else:
         raise InputError(out_dir, f"data kind {kind!r} is not built here (stage 5 reads the long-video SFT dataset)")
-    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log, versions)
+    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log, lineage)
     records += extra
     inputs += extra_inputs
     if len(records) < max(1, stage.data.min_samples):
@@ -269,4 +297,7 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
         "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}
                              | {i["video_key"] for i in inputs if i.get("video_key") and i.get("haystack_frames")}),
     }
+    if lineage.rows:
+        url, sha = lineage.write(out_dir)
+        manifest["lineage"] = {"table": url.rsplit("/", 1)[-1], "sha256": sha, "videos": len(lineage.rows)}
     return write_dataset(out_dir, records, manifest)

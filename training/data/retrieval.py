@@ -21,6 +21,7 @@ import random
 from longvila import io as lio
 from longvila import layout
 
+from .build import LAYER_ASSETS, read_layer
 from .options import DataOptions
 from .records import make_record
 
@@ -35,7 +36,8 @@ def _small_jpeg(image, size: int) -> bytes:
 
 
 def haystack_from_lake(storage: str, video_keys: list[str], size: int, log=None) -> tuple[list[bytes], list[dict]]:
-    """JPEG haystack frames (`size` px) from the videos' `video_frames`, and per-video input records."""
+    """JPEG haystack frames (`size` px) from the videos' `video_frames`, and per-video input records (key,
+    frame counts, and the sha256 of each layer file read under its asset's name: the versions of the lineage)."""
     from curation.captioning.captioner import text_free_indices
     from curation.frames import decode_jpeg_frames
 
@@ -47,14 +49,17 @@ def haystack_from_lake(storage: str, video_keys: list[str], size: int, log=None)
             if log:
                 log(f"[data] {key}: no video_frames yet; not used as haystack")
             continue
-        table = lio.read_parquet(url)
+        table, frames_version = read_layer(url)
+        versions = {LAYER_ASSETS["video_frames"]: frames_version}
         cap_url = layout.layer_path(storage, "captions", key)
+        captions = None
+        if lio.exists(cap_url):
+            captions, versions[LAYER_ASSETS["captions"]] = read_layer(cap_url)
         pts = table.column("pts_s").to_pylist()
-        keep = text_free_indices(lio.read_parquet(cap_url) if lio.exists(cap_url) else None, pts)
+        keep = text_free_indices(captions, pts)
         images = decode_jpeg_frames(table.take(keep)) if keep else []
         frames += [_small_jpeg(im, size) for im in images]
-        inputs.append({"video_key": key, "haystack_frames": len(images), "video_frames": len(pts),
-                       "video_frames_sha256": lio.sha256_file(url)})
+        inputs.append({"video_key": key, "haystack_frames": len(images), "num_video_frames": len(pts), **versions})
     return frames, inputs
 
 

@@ -5,8 +5,10 @@ Rank layout (world = dp * ulysses * ring, ``P = ulysses * ring`` = SP degree)::
     global rank = dp_rank * P + ring_rank * U + ulysses_rank
     sp_rank     = ring_rank * U + ulysses_rank          (rank inside its SP group)
 
-* Ulysses groups are ``U`` *consecutive* ranks (so with ``U <= GPUs per node`` they sit inside a node and
-  their all-to-alls use the fast intra-node links).
+* Ulysses groups are ``U`` *consecutive* ranks. With node ``n`` holding ranks ``n*L .. n*L+L-1`` (``L``
+  processes per node, static rendezvous: training.multinode) they sit inside a node, and their all-to-alls
+  use the fast intra-node links, exactly when ``U`` divides ``L``; `check_ulysses_within_node` enforces it
+  (under torchrun or Ray Train, ``L`` is ``LOCAL_WORLD_SIZE``).
 * Ring groups are the ``R`` ranks with the same ``dp_rank`` and ``ulysses_rank``: they stride by ``U`` and so
   cross nodes (ring P2P traffic overlaps with compute and tolerates the slower links).
 * SP groups are ``P`` consecutive ranks; data parallelism runs across SP groups: the DP group of a rank is
@@ -23,6 +25,7 @@ here is device-specific.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +73,21 @@ def _check_degrees(world_size: int, ulysses_degree: int, ring_degree: int) -> in
     return world_size // sp
 
 
+def check_ulysses_within_node(ulysses_degree: int, procs_per_node: int) -> None:
+    """Raise ValueError unless every Ulysses group lies inside one node (``U`` divides the processes per node)."""
+    if procs_per_node < 1 or procs_per_node % ulysses_degree != 0:
+        raise ValueError(
+            f"Ulysses degree {ulysses_degree} does not divide the {procs_per_node} processes per node: its "
+            "all-to-all groups would cross nodes. Use a Ulysses degree that divides the processes per node "
+            "(and the ring degree across nodes)"
+        )
+
+
+def _local_world_size() -> int | None:
+    value = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(value) if value and value.isdigit() else None
+
+
 def group_ranks(world_size: int, ulysses_degree: int, ring_degree: int, rank: int) -> dict[str, list[int]]:
     """The global ranks in each group of ``rank`` (pure function of the layout above)."""
     dp = _check_degrees(world_size, ulysses_degree, ring_degree)
@@ -101,6 +119,9 @@ def init_sp_groups(ulysses_degree: int, ring_degree: int) -> SPGroups:
         return SPGroups(1, 0, 1, 1, 1, 1, 0, 0, 0, 0)
     world, rank = dist.get_world_size(), dist.get_rank()
     dp = _check_degrees(world, ulysses_degree, ring_degree)
+    local_world = _local_world_size()
+    if local_world is not None and local_world < world:  # several nodes
+        check_ulysses_within_node(ulysses_degree, local_world)
     U, R = ulysses_degree, ring_degree
     P = U * R
     mine = group_ranks(world, U, R, rank)
