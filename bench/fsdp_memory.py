@@ -7,8 +7,8 @@ One process (a world-1 process group: gloo on CPU, nccl on CUDA) runs the traine
 (training.fsdp.LossModule sharded by training.fsdp.shard: float32 master weights, bf16 compute on GPU,
 activation checkpointing per decoder layer, AdamW) on random weights and a random text row of each
 length, two optimizer steps per length; the peak of the second step (optimizer states present) is
-compared with `training.plan.estimate` for the same configuration (the trainer's chunked loss). CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident
-set, printed only (it includes the interpreter and libraries, so no error is computed; the CPU check of the
+compared with `training.plan.estimate` for the same configuration (the trainer's chunked loss).
+CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident set, printed only (it includes the interpreter and libraries, so no error is computed; the CPU check of the
 plan's terms is tests/training/test_plan.py).
 Prints a table and writes bench/out/fsdp_memory.json.
 """
@@ -76,7 +76,9 @@ def one_step(lm, opt, tokens: int, device) -> float:
 def measure(args, device, dtype) -> list[dict]:
     from training import plan
 
+    t0 = time.perf_counter()
     lm, opt = build(args.profile, device, dtype, args.checkpointing, args.cpu_offload)
+    print(f"built and sharded {args.profile} in {time.perf_counter() - t0:.0f} s", flush=True)
     shapes = plan.model_shapes(args.profile)
     rows = []
     for t in args.tokens:
@@ -85,7 +87,7 @@ def measure(args, device, dtype) -> list[dict]:
         est = plan.estimate(p)["total"]
         row = {"tokens": t, "estimated_gib": est / GIB, "plan_fits": plan.fits(p, plan.estimate(p))}
         try:
-            one_step(lm, opt, t, device)
+            print(f"{t} tokens: first step {one_step(lm, opt, t, device):.1f} s", flush=True)
             _reset(device)
             secs = one_step(lm, opt, t, device)
             peak = _peak(device)

@@ -4,8 +4,10 @@
 #                                    # a small long_context run and a small FSDP step (both code paths once)
 #   bash bench/gpu_check.sh full     # ~6 min: bench/long_context.py (attention 4k-128k, 1.5B step 16k-128k, longest fit)
 #                                    # and the 1.5B FSDP step memory against the memory plan (bench/fsdp_memory.py)
-#   bash bench/gpu_check.sh 7b       # ~4 min: a kernel profile of the 1.5B step (project vs anchor, 32k), then
-#                                    # the 7B profile's step at SP=1, 32k tokens, checkpointing + CPU offload
+#   bash bench/gpu_check.sh cudnn    # ~8 min: sanity of every kernel, then bench/long_context.py and the 32k profile
+#                                    # with the auto kernel order (sdpa_cudnn first on Hopper; sdpa_flash if cuDNN fails)
+#   bash bench/gpu_check.sh attn     # ~2 min: the attention table alone, 4k-64k (kernel choice for packed rows)
+#   bash bench/gpu_check.sh 7b       # ~5 min: the 7B profile's step at SP=1, 32k tokens, checkpointing + CPU offload
 # Carry the transformers wheel the project needs (>= 5.24) in .whl/ (see the device README). The sitecustomize shim
 # only fills APIs missing from an older torch on the device (the project requires torch >= 2.13) and is printed when
 # used; at world 1 the shimmed FSDP calls change nothing.
@@ -43,10 +45,18 @@ case "$1" in
       | grep -v Warning | tee "$OUT/long_context.log" | tail -45
     timeout 120 python3 bench/fsdp_memory.py --profile longvila-1.5b-qwen2 --tokens 16384 32768 65536 \
       --out "$OUT/mem_1p5b.json" 2>&1 | grep -v Warning | tail -8 ;;
+  cudnn)
+    timeout 90 python3 bench/gpu_sanity.py --tokens 2048 2>&1 | tee "$OUT/sanity.md" \
+      || { echo "sanity failed: falling back to sdpa_flash"; export LONGVILA_ATTN_KERNEL=sdpa_flash; }
+    timeout 380 python3 bench/long_context.py --budget-s 300 --out "$OUT/long_context.md" 2>&1 \
+      | grep -v Warning | tee "$OUT/long_context.log" | tail -45
+    timeout 80 python3 bench/step_profile.py --tokens 32768 --rows 8 2>&1 | grep -v Warning \
+      | tee "$OUT/step_profile.txt" | cut -c1-200 | tail -30 ;;
+  attn)
+    timeout 150 python3 bench/long_context.py --attn-sizes 4096 8192 16384 32768 65536 --step-sizes 16384 \
+      --no-fit-search --out "$OUT/attention.md" 2>&1 | grep -v Warning | tail -30 ;;
   7b)
-    timeout 100 python3 bench/step_profile.py --tokens 32768 2>&1 | grep -v Warning | tee "$OUT/step_profile.txt" \
-      | cut -c1-200 | tail -60
-    timeout 240 python3 bench/fsdp_memory.py --profile longvila-7b-qwen2 --tokens 32768 --cpu-offload \
-      --out "$OUT/mem_7b.json" 2>&1 | grep -v Warning | tail -8 ;;
-  *) echo "usage: $0 sanity|full|7b"; exit 2 ;;
+    timeout 290 python3 bench/fsdp_memory.py --profile longvila-7b-qwen2 --tokens 32768 --cpu-offload \
+      --out "$OUT/mem_7b.json" 2>&1 | grep -v Warning | tee "$OUT/mem_7b.log" ;;
+  *) echo "usage: $0 sanity|full|cudnn|attn|7b"; exit 2 ;;
 esac

@@ -227,12 +227,14 @@ class SdpaCudnnKernel(_PerPieceKernel):
     """cuDNN's fused attention (``aten._scaled_dot_product_cudnn_attention`` and its backward), one call per
     piece, GQA native: the fastest kernel on Hopper (measured on an H100 with torch 2.11 at 32k tokens, 28/4 heads
     x 128, causal fwd+bwd: 46 ms against 81 ms for the bundled flash kernel; 8 packed documents 7.6 ms against
-    11.6 ms for flash varlen). Rows packed with many short documents would cost one launch per document, so
-    above ``max_pieces`` pieces a call goes to the bundled flash kernel's varlen path instead (forward and backward
-    decide alike from the same layout)."""
+    11.6 ms for flash varlen). Short pieces are launch-bound (on the H100, pieces of 1-2k tokens took 1.3-1.8x
+    the flash varlen kernel's time), so a call with more than ``max_pieces`` pieces or pieces shorter than
+    ``min_mean_piece`` tokens on average goes to the bundled flash kernel's varlen path instead (forward and
+    backward decide alike from the same layout)."""
 
     name = "sdpa_cudnn"
     max_pieces = 16
+    min_mean_piece = 4096
 
     def unsupported(self, device, dtype, head_dim):
         reason = _cuda_half_reason(device, dtype, head_dim)
@@ -245,13 +247,17 @@ class SdpaCudnnKernel(_PerPieceKernel):
             reason = "needs the bundled flash kernel too (rows of many documents)"
         return reason
 
+    def _delegates(self, layout: VarlenLayout) -> bool:
+        pieces = len(layout.cu_q) - 1
+        return pieces > self.max_pieces or layout.cu_q[-1] - layout.cu_q[0] < pieces * self.min_mean_piece
+
     def forward(self, q, k, v, layout, scale):
-        if len(layout.cu_q) - 1 > self.max_pieces:
+        if self._delegates(layout):
             return _KERNELS["sdpa_flash"].forward(q, k, v, layout, scale)
         return super().forward(q, k, v, layout, scale)
 
     def backward(self, dout, q, k, v, out, lse, layout, scale):
-        if len(layout.cu_q) - 1 > self.max_pieces:
+        if self._delegates(layout):
             return _KERNELS["sdpa_flash"].backward(dout, q, k, v, out, lse, layout, scale)
         return super().backward(dout.contiguous(), q, k, v, out.contiguous(), lse, layout, scale)
 
@@ -347,7 +353,8 @@ def register_kernel(kernel: AttentionKernel) -> None:
     _KERNELS[kernel.name] = kernel
 
 
-for _k in (CpuFlashKernel(), FlashAttnVarlenKernel(), SdpaFlashVarlenKernel(), SdpaCudnnKernel(), SdpaEfficientKernel()):
+for _k in (CpuFlashKernel(), FlashAttnVarlenKernel(), SdpaFlashVarlenKernel(), SdpaCudnnKernel(),
+           SdpaEfficientKernel()):
     register_kernel(_k)
 
 

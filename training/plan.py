@@ -116,6 +116,8 @@ class Plan:
     cpu_offload: bool = False
     loss_chunk: int | None = None    # rows per loss chunk; None: training.loss's own (256 MiB of logits); 0: full
     gpu_gib: float = 80.0
+    host_gib: float | None = None    # host memory per node; None: not checked
+    procs_per_node: int = 8
 
     @property
     def sp(self) -> int:
@@ -217,7 +219,16 @@ def host_bytes(p: Plan) -> dict[str, float]:
     s = p.shapes
     n_tr = s.params if p.trainable is None else p.trainable
     off = (4 * s.params + 4 * n_tr + 4 * p.optimizer_moments * n_tr) / p.world if p.cpu_offload else 0.0
-    return {"offloaded_per_rank": off, "checkpoint_rank0": 4 * s.params + 4 * p.optimizer_moments * n_tr}
+    ckpt = 4 * s.params + 4 * p.optimizer_moments * n_tr
+    return {"offloaded_per_rank": off, "checkpoint_rank0": ckpt,
+            "node0": off * min(p.procs_per_node, p.world) + ckpt}
+
+
+def host_fits(p: Plan) -> bool | None:
+    """Whether node 0's host memory holds its ranks' offloaded states plus rank 0's checkpoint gather (measured on
+    an H100 host of 125 GiB, the 7B profile with offload at world 1, 120 GiB of offloaded states, was killed during its
+    first step); None when ``host_gib`` is not given."""
+    return None if p.host_gib is None else host_bytes(p)["node0"] <= (1 - RESERVE) * p.host_gib * GIB
 
 
 # ------------------------------------------------------------------------------------------ recipe stages
@@ -343,7 +354,11 @@ def render(p: Plan, est: dict[str, float]) -> str:
               f"{'FITS' if fits(p, est) else 'DOES NOT FIT'}: {est['total'] / GIB:.1f} GiB of {cap:.1f} GiB usable "
               f"({p.gpu_gib:g} GiB GPU less {RESERVE:.0%} reserve)",
               f"host: {host['offloaded_per_rank'] / GIB:.1f} GiB offloaded states per rank; rank 0 gathers "
-              f"{host['checkpoint_rank0'] / GIB:.1f} GiB for each checkpoint"]
+              f"{host['checkpoint_rank0'] / GIB:.1f} GiB for each checkpoint; node 0 needs "
+              f"{host['node0'] / GIB:.1f} GiB"]
+    if p.host_gib is not None:
+        lines.append(f"{'HOST FITS' if host_fits(p) else 'HOST DOES NOT FIT'}: {host['node0'] / GIB:.1f} GiB of "
+                     f"{(1 - RESERVE) * p.host_gib:.1f} GiB usable host memory per node")
     return "\n".join(lines)
 
 
@@ -375,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-chunk", type=int, default=None,
                    help="rows per loss chunk (default: training/loss.py's 256 MiB of logits); 0: full logits")
     p.add_argument("--gpu-gib", type=float, default=80.0)
+    p.add_argument("--host-gib", type=float, default=None, help="host memory per node (checked when given)")
+    p.add_argument("--procs-per-node", type=int, default=8)
     p.add_argument("--validate", action="store_true", help="compare with the measured figures of gpu.md")
     return p
 
@@ -386,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     over = dict(profile=a.profile, tokens=a.tokens, frames=a.frames, world=a.world, ulysses=a.ulysses,
                 ring=a.ring, micro_batch=a.micro_batch, sharding=a.sharding, checkpointing=a.checkpointing,
-                cpu_offload=a.cpu_offload, gpu_gib=a.gpu_gib, loss_chunk=a.loss_chunk)
+                cpu_offload=a.cpu_offload, gpu_gib=a.gpu_gib, loss_chunk=a.loss_chunk, host_gib=a.host_gib,
+                procs_per_node=a.procs_per_node)
     if a.recipe:
         p = stage_plan(a.recipe, a.stage or "5", **over)
     else:
@@ -401,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     est = estimate(p)
     print(render(p, est))
-    return 0 if fits(p, est) else 1
+    return 0 if fits(p, est) and host_fits(p) is not False else 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ command."""
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,18 @@ def test_plan_command_for_the_7b_stage5(capsys):
     # one GPU, no SP: 131k tokens of stage 5 do not fit 80 GB
     assert plan.main(args[:4] + ["--world", "1", "--ulysses", "1", "--ring", "1"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_host_memory_of_cpu_offload_is_checked(capsys):
+    """The 7B step with CPU offload on one GPU was killed on a 125 GiB H100 host: its offloaded float32 weights,
+    grads and AdamW moments (16 bytes per parameter, ~120 GiB) do not fit beside the process; sharded over 8
+    ranks of a node with 1 TiB they do."""
+    one = replace(plan.Plan(shapes=plan.model_shapes("longvila-7b-qwen2"), tokens=32768), cpu_offload=True)
+    assert plan.host_bytes(one)["offloaded_per_rank"] == pytest.approx(16 * one.shapes.params)
+    assert plan.host_fits(one) is None
+    assert plan.host_fits(replace(one, host_gib=125.0)) is False
+    assert plan.host_fits(replace(one, world=8, host_gib=1024.0)) is True
+    args = ["--profile", "longvila-7b-qwen2", "--tokens", "32768", "--world", "1", "--cpu-offload"]
+    assert plan.main(args + ["--host-gib", "125"]) == 1
+    assert "HOST DOES NOT FIT" in capsys.readouterr().out
+    assert plan.main(args) == 0
