@@ -498,7 +498,7 @@ def build_passkey_asset(stage: str):
         out = layout.eval_dir(lake.storage_root, "passkey", stage_asset)
         t0 = time.perf_counter()
         model, processor = load_checkpoint(ckpt)
-        res = run_passkey(model, processor, eval_settings.passkey_config(), progress=_progress(context))
+        res = run_passkey(model, processor, eval_settings.passkey_config(), progress=progress(context))
         write_passkey_outputs(res, out)
         md: dict[str, Any] = {"accuracy": float(res.accuracy), "samples": len(res.records),
                               "checkpoint_path": MetadataValue.path(ckpt), "table": MetadataValue.md(res.to_markdown()),

@@ -5,6 +5,7 @@ and to find a needle digit among 4x more frames than it was trained on?
     .venv/bin/python bench/curriculum.py                # the smoke recipe as it is (a few CPU minutes)
     .venv/bin/python bench/curriculum.py --sp 1         # stage 5 in one process instead of MM-SP (Ulysses 2)
     .venv/bin/python bench/curriculum.py --steps-scale 0.5   # every stage's steps halved (ablation)
+    .venv/bin/python bench/curriculum.py --lake data/lake    # on the lake `make demo` curated (real decoding)
 
 Standalone: no video decoding, no Dagster. It writes a small lake in the curation layer's formats (clip
 captions with on-screen text as an annotation sidecar gives them, clip frames, video frames), with the
@@ -132,8 +133,12 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe)
     work = Path(tempfile.mkdtemp(prefix="curriculum-"))
-    storage = str(work / "lake")
-    keys = write_lake(storage, args.videos, args.glyph_clips)
+    if args.lake:  # an existing lake, e.g. the one `make demo` curated (data/lake)
+        storage = args.lake
+        keys = sorted(p.stem for p in Path(storage, "captions").glob("*.parquet"))
+    else:
+        storage = str(work / "lake")
+        keys = write_lake(storage, args.videos, args.glyph_clips)
     rows, init = {}, None
     for n in range(1, 6):
         stage = recipe.stage(n)
@@ -171,6 +176,7 @@ def main() -> int:
     ap.add_argument("--sp", type=int, default=2, choices=[1, 2], help="stage 5 on MM-SP (2 ranks) or one process")
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--glyph-clips", type=int, default=60, help="digit clips per video")
+    ap.add_argument("--lake", help="use this curated lake (e.g. data/lake after `make demo`) instead of writing one")
     ap.add_argument("--steps-scale", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quiet", action="store_true")

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from .prompts import Prompt, load_prompt
 from .quality import enforce_length, language_problem
-from .sidecar import ANNOTATION, MODEL, Sidecar, match_clips
+from .sidecar import ANNOTATION, MIN_COVERAGE, MODEL, Sidecar, match_clips
 from .types import EMPTY_INPUT, REJECTED, ChatBackend, ChatRequest
 
 CAPTIONS_SCHEMA = pa.schema([
@@ -192,15 +192,23 @@ def caption_video(captioner: ClipCaptioner | Callable[[], ClipCaptioner], clips,
 
 
 def text_free_spans(table: pa.Table | None) -> list[tuple[float, float]] | None:
-    """Spans of the clips whose caption records no on-screen text, or None when the video has no
-    on-screen-text annotation at all (then nothing is known to show text). A V-NIAH haystack frame must
-    lie in one of these spans, or a readable text in it could answer the needle's question."""
+    """Spans known to show no on-screen text, or None when the video has no on-screen-text annotation at
+    all (then nothing is known to show text). A V-NIAH haystack frame must lie in one of these spans, or a
+    readable text in it could answer the needle's question.
+
+    A clip's annotation is the segment covering at least `MIN_COVERAGE` of it (`match_clips`), so up to
+    the rest may belong to a neighbouring segment, at either end; the part of a text-free annotated clip
+    that its segment surely covers is the clip without (1 - MIN_COVERAGE) of its length at each end.
+    Clips captioned by the model (no segment covers enough: they may straddle a text shot) are left out."""
     if table is None or "on_screen_text" not in table.column_names:
         return None
     d = table.select(["start_s", "end_s", "on_screen_text"]).to_pydict()
     if not any(d["on_screen_text"]):
         return None
-    return [(float(s), float(e)) for s, e, t in zip(d["start_s"], d["end_s"], d["on_screen_text"]) if not t]
+    margin = 1.0 - MIN_COVERAGE
+    return [(s + margin * (e - s), e - margin * (e - s))
+            for s, e, t, src in zip(d["start_s"], d["end_s"], d["on_screen_text"], caption_sources(table))
+            if not t and src == ANNOTATION]
 
 
 def text_free_indices(table: pa.Table | None, pts_s: Sequence[float]) -> list[int]:

@@ -86,7 +86,8 @@ def _frames(storage, key, pts, text_spans=None):
                                 "jpeg": pa.array(jp, pa.binary())}), layout.layer_path(storage, "video_frames", key))
     if text_spans is not None:
         lio.write_parquet(pa.table({"start_s": [s for s, _, _ in text_spans], "end_s": [e for _, e, _ in text_spans],
-                                    "on_screen_text": [t for _, _, t in text_spans]}),
+                                    "on_screen_text": [t for _, _, t in text_spans],
+                                    "source": ["annotation"] * len(text_spans)}),
                           layout.layer_path(storage, "captions", key))
 
 
@@ -94,7 +95,7 @@ def test_the_lake_haystack_is_the_longest_text_free_video(tmp_path):
     storage = str(tmp_path)
     assert pick_lake_haystack(storage) is None
     _frames(storage, "short-0000000a", [0.5, 1.5, 2.5])
-    _frames(storage, "lesson-0000000b", [0.5 + i for i in range(8)], [(0, 6, "7"), (6, 8, None)])  # 2 text-free frames
+    _frames(storage, "lesson-0000000b", [0.5 + i for i in range(8)], [(0, 4, "7"), (4, 8, None)])  # 5.5, 6.5: text-free
     assert pick_lake_haystack(storage) == "short-0000000a"
     got = haystack_from_frames_parquet(layout.layer_path(storage, "video_frames", "lesson-0000000b"), max_frames=10,
                                        size=16, captions_url=layout.layer_path(storage, "captions", "lesson-0000000b"))

@@ -78,7 +78,7 @@ def write_annotated_video(storage: str, key: str) -> None:
         "on_screen_text": ["4", None, "9"],
     }), layout.layer_path(storage, "captions", key))
     lio.write_parquet(pa.table({
-        "frame_number": pa.array(range(6), pa.int64()), "pts_s": [0.5, 1.5, 2.5, 3.5, 4.5, 5.5],
+        "frame_number": pa.array(range(6), pa.int64()), "pts_s": [0.5, 1.5, 2.75, 3.25, 4.5, 5.5],
         "width": pa.array([32] * 6, pa.int32()), "height": pa.array([32] * 6, pa.int32()),
         "jpeg": pa.array([jpeg((30 * i, 0, 0)) for i in range(6)], pa.binary()),
     }), layout.layer_path(storage, "video_frames", key))

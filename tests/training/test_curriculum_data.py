@@ -83,7 +83,7 @@ def test_retrieval_samples_use_a_text_free_haystack_and_the_benchmark_prompt(tmp
     recs = read_records(str(tmp_path / "ds"))
     assert len(recs) == 40 and {r["kind"] for r in recs} == {"retrieval"}
     hay = [i for i in man["inputs"] if i.get("video_key") == KEY][0]
-    assert hay["num_video_frames"] == 6 and hay["haystack_frames"] == 2  # only the frames at 2.5 s and 3.5 s (clip 1)
+    assert hay["num_video_frames"] == 6 and hay["haystack_frames"] == 2  # only the frames at 2.75 s and 3.25 s (clip 1)
     from longvila import layout
     from longvila.lineage_table import find_video, read_table
 
