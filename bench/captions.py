@@ -1,6 +1,7 @@
 """Captioning throughput of the local transformers backend on the smoke models: batch 1 vs batched.
 
-    .venv/bin/python bench/captions.py [--clips 32] [--frames 4] [--tokens 24] [--batches 1,8,16] [--threads 1] [--rounds 2]
+    .venv/bin/python bench/captions.py [--clips 32] [--frames 4] [--tokens 24] [--batches 1,8,16] [--threads 1]
+                                       [--rounds 2]
 
 Captions `--clips` synthetic clips (`--frames` 32x32 JPEG frames each) with the tiny random LLaVA
 (SigLIP + Llama) through `ClipCaptioner`, once per batch size, `--rounds` times in interleaved
@@ -89,17 +90,20 @@ def main(argv=None) -> int:
 
     base = a.clips / best[batches[0]][0]
     lines = [
-        f"clips={a.clips} frames/clip={a.frames} max_new_tokens={a.tokens} torch_threads={a.threads} rounds={a.rounds} (best)",
+        f"clips={a.clips} frames/clip={a.frames} max_new_tokens={a.tokens} torch_threads={a.threads} "
+        f"rounds={a.rounds} (best)",
         "",
         "| workload | batch | seconds | clips/s | gen tokens/s | speed-up vs batch 1 |",
         "|---|---|---|---|---|---|",
     ]
     for b in batches:
         dt, toks = best[b]
-        lines.append(f"| VLM clip captions | {b} | {dt:.2f} | {a.clips / dt:.1f} | {toks / dt:.0f} | {a.clips / dt / base:.2f}x |")
+        lines.append(f"| VLM clip captions | {b} | {dt:.2f} | {a.clips / dt:.1f} | {toks / dt:.0f} "
+                     f"| {a.clips / dt / base:.2f}x |")
     lbase = len(reqs) / llm_best[1][0]
     for b, (dt, toks) in llm_best.items():
-        lines.append(f"| LLM JSON-schema summaries | {b} | {dt:.2f} | {len(reqs) / dt:.1f} (replies/s) | {toks / dt:.0f} | "
+        lines.append(f"| LLM JSON-schema summaries | {b} | {dt:.2f} | {len(reqs) / dt:.1f} (replies/s) "
+                     f"| {toks / dt:.0f} | "
                      f"{len(reqs) / dt / lbase:.2f}x |")
     top = max(a.clips / best[b][0] for b in batches) / base
     verdict = "MET" if top >= 3.0 else "MISSED"

@@ -14,8 +14,8 @@ Methods (all return the same frame numbers: `curation.frames.video_sample_number
 * naive per-frame seeking with PyAV: for every frame, seek to the preceding keyframe and decode up to
   it (no reuse between frames);
 * sequential: decode every frame with PyAV and keep the wanted ones.
-Times are wall-clock seconds, best of ``--repeats`` rounds run round-robin (the machine is shared); CPU-s = CPU seconds of the
-process (all threads), best of the runs.
+Times are wall-clock seconds, best of ``--repeats`` rounds run round-robin (the machine is shared); CPU-s = CPU
+seconds of the process (all threads), best of the runs.
 """
 
 from __future__ import annotations

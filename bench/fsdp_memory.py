@@ -8,8 +8,9 @@ One process (a world-1 process group: gloo on CPU, nccl on CUDA) runs the traine
 activation checkpointing per decoder layer, AdamW) on random weights and a random text row of each
 length, two optimizer steps per length; the peak of the second step (optimizer states present) is
 compared with `training.plan.estimate` for the same configuration (the trainer's chunked loss).
-CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident set, printed only (it includes the interpreter and libraries, so no error is computed; the CPU check of the
-plan's terms is tests/training/test_plan.py).
+CUDA: `torch.cuda.max_memory_allocated` (the comparison); CPU: the process's peak resident set, printed only (it
+includes the interpreter and libraries, so no error is computed; the CPU check of the plan's terms is
+tests/training/test_plan.py).
 Prints a table and writes bench/out/fsdp_memory.json.
 """
 

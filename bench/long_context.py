@@ -2,9 +2,10 @@
 
 1. Attention forward + backward: the project's ``sp_attention`` in one process (the same block kernels every
    ring step runs; the kernel :mod:`training.kernels` picks is named in the output) against torch SDPA, forced
-   to its flash backend on CUDA and with the backend torch picks itself (cuDNN on an H100), causal, batch 1, plain rows and rows packed with 4 and 8 equal documents (SDPA
-   runs each document separately: what a packed batch costs with stock kernels). Time (median), TFLOP/s
-   (flash-attn's convention: 4·s²·heads·dim/2 per causal document forward, backward 2.5x) and peak memory.
+   to its flash backend on CUDA and with the backend torch picks itself (cuDNN on an H100), causal, batch 1,
+   plain rows and rows packed with 4 and 8 equal documents (SDPA runs each document separately: what a packed
+   batch costs with stock kernels). Time (median), TFLOP/s (flash-attn's convention: 4·s²·heads·dim/2 per
+   causal document forward, backward 2.5x) and peak memory.
 2. One training step (forward + backward, no optimizer) of the longvila-1.5b-qwen2 LLM, bf16, gradient
    checkpointing per decoder layer, every token supervised: the project (LongVILA model API: project
    attention, chunked fused loss) against the anchor (stock transformers Qwen2 + SDPA + gradient

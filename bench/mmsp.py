@@ -148,7 +148,7 @@ def rank_bench(cfg: dict) -> dict:
         cpus.append(c1 - c0)
         ring_steps.append([t for _, _, t in pop_step_times()])
         record_step_times(False)
-    del model
+    model = None  # the closure holds it: drop the weights before the final trim
     _release_free_memory()
     return {"step_s": statistics.median(times), "first_s": first, "cpu_s": cpus, "ring_steps": ring_steps,
             "peak_delta_mb": max(peaks), "clear_refs": ok, "padded_len": L}
@@ -253,7 +253,8 @@ def main(argv=None) -> int:
                       f"{by['zigzag_ring'][key] / by['ring'][key]:.2f}x (target >= 1.3x)")
             if "2d" in by and "ring" in by:
                 print(f"world {w} [{what}]: 2D / plain ring = {by['2d'][key] / by['ring'][key]:.2f}x, "
-                      f"2D / zigzag ring = {by['2d'][key] / by['zigzag_ring'][key]:.2f}x (target: 2D no slower than ring)")
+                      f"2D / zigzag ring = {by['2d'][key] / by['zigzag_ring'][key]:.2f}x "
+                      "(target: 2D no slower than ring)")
         if sp1 and w == 4:
             worst = max(r["peak_mb"] for r in rows if r["world"] == 4)
             print(f"world 4: worst per-rank peak memory / SP=1 = {worst / sp1['peak_mb']:.2f}x (target <= 0.35x)")

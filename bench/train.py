@@ -155,7 +155,8 @@ def stage_walls(datasets: dict[int, str], root: Path) -> list[dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     out = []
     prev = None
-    names = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension", "stage5_long_sft"]
+    names = ["stage1_alignment", "stage2_pretraining", "stage3_short_sft", "stage4_context_extension",
+             "stage5_long_sft"]
     for n, name in enumerate(names, start=1):
         od = root / "stages" / name
         args = ["-m", "training.train", "--recipe", "smoke", "--stage", name, "--data", datasets[n],
@@ -170,7 +171,8 @@ def stage_walls(datasets: dict[int, str], root: Path) -> list[dict]:
         p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
-            raise RuntimeError(f"{name} failed: " + " / ".join(l for l in (p.stdout + p.stderr).splitlines() if "error" in l.lower())[:3000])
+            errors = [line for line in (p.stdout + p.stderr).splitlines() if "error" in line.lower()]
+            raise RuntimeError(f"{name} failed: " + " / ".join(errors)[:3000])
         res = json.loads((od / "result.json").read_text())
         out.append({"stage": name, "steps": res["steps"], "ranks": res["world_size"], "wall_s": wall,
                     "train_loop_s": res["loop_seconds"], "final_loss": res["final_loss"]})
@@ -204,7 +206,8 @@ def main() -> int:
             ours.append(tps(o, skip=2))
             # same model, rows and order: the first step (before any update; schedules differ) must agree
             loss_match &= abs(o[0]["loss"] - b[0]["loss"]) < 1e-5 * max(1.0, abs(b[0]["loss"]))
-            print(f"repeat {i + 1}/{repeats}: plain loop {base[-1]:.0f} tok/s, trainer {ours[-1]:.0f} tok/s", flush=True)
+            print(f"repeat {i + 1}/{repeats}: plain loop {base[-1]:.0f} tok/s, trainer {ours[-1]:.0f} tok/s",
+                  flush=True)
         mb, mo = statistics.median(base), statistics.median(ours)
         overhead = (mb - mo) / mb * 100
         stages = [] if a.no_stages else stage_walls(datasets, root)
@@ -212,13 +215,16 @@ def main() -> int:
     print()
     print("| measurement | plain HF loop | our trainer | ratio (ours/plain) |")
     print("|---|---|---|---|")
-    print(f"| tokens/s, SP=1, 1 process, micro-batch {a.micro}, {steps} steps x {repeats} (median) | {mb:.0f} | {mo:.0f} | {mo / mb:.3f} |")
-    print(f"\noverhead {overhead:+.1f}% (target <= 5%): {'MET' if overhead <= 5 else 'MISSED'}; first-step losses identical (same model, data, order): {loss_match}")
+    print(f"| tokens/s, SP=1, 1 process, micro-batch {a.micro}, {steps} steps x {repeats} (median) | {mb:.0f} "
+          f"| {mo:.0f} | {mo / mb:.3f} |")
+    print(f"\noverhead {overhead:+.1f}% (target <= 5%): {'MET' if overhead <= 5 else 'MISSED'}; "
+          f"first-step losses identical (same model, data, order): {loss_match}")
     if stages:
         print("\n| smoke stage | steps | ranks | wall s (process) | train loop s | final loss |")
         print("|---|---|---|---|---|---|")
         for s in stages:
-            print(f"| {s['stage']} | {s['steps']} | {s['ranks']} | {s['wall_s']:.1f} | {s['train_loop_s']:.2f} | {s['final_loss']:.3f} |")
+            print(f"| {s['stage']} | {s['steps']} | {s['ranks']} | {s['wall_s']:.1f} | {s['train_loop_s']:.2f} "
+                  f"| {s['final_loss']:.3f} |")
         print(f"| total | | | {sum(s['wall_s'] for s in stages):.1f} | | |")
     print(f"\nload average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (2 cores, shared)")
     out = REPO / "bench" / "out"

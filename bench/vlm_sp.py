@@ -164,7 +164,8 @@ def main() -> None:
         f"VLM MM-SP step, {args.frames} frames x 16 visual tokens, sequence {base['seq']} tokens, batch 1, "
         f"CPU gloo, 1 thread per rank",
         "",
-        "| config | world | frames/rank | vision CPU s/rank (stage-1 sharded) | vision CPU s (replicated) | stage-1 gain | "
+        "| config | world | frames/rank | vision CPU s/rank (stage-1 sharded) | vision CPU s (replicated) "
+        "| stage-1 gain | "
         "step CPU s (max rank) | step CPU vs SP=1 | step wall s | local tokens |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

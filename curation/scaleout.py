@@ -1,9 +1,11 @@
 """Per-video curation at scale: shards of videos processed by a pool of workers (Ray or in-process).
 
 A *shard* is an append-only list of N videos (webdataset / video2dataset style). `run_shard` curates every
-video of a shard: probe -> shots -> clips -> clip frames -> clip captions, with the same library calls and
-the same lake layer files (``probe/<key>.json``, ``shots/``, ``clips/``, ``clip_frames/``, ``captions/``,
-byte-identical to what the per-video assets write), so datasets and the lineage audit read them unchanged.
+video of a shard: probe -> shots -> clips -> clip frames and whole-video frames -> clip captions -> video
+summary -> question-answer records, with the same library calls and the same lake layer files
+(``probe/<key>.json``, ``shots/``, ``clips/``, ``clip_frames/``, ``video_frames/``, ``captions/``,
+``summaries/``, ``instructions/``, byte-identical to what the per-video assets write), so the stage datasets
+(the long-video SFT set of stage 5 included) and the lineage audit read them unchanged.
 
 * **Workers.** ``engine="ray"``: a pool of Ray actors (`ray.util.ActorPool`), each loading the captioning
   model once in its constructor and captioning the clips of a whole batch of videos in one call (one
@@ -15,7 +17,9 @@ byte-identical to what the per-video assets write), so datasets and the lineage 
   video re-runs only its own work.
 * **Failure isolation.** An exception in one video's work becomes a ``quarantined`` row naming the file and
   the reason; the other videos of the shard (and of its batch) go on. Captioning errors of single clips
-  are recorded in the captions table as the per-video asset does.
+  are recorded in the captions table, and a summary or QA reply that is invalid in the video's record, as the
+  per-video assets do. A model service that is down or misconfigured fails the shard run instead
+  (`ServiceFailure`, retried by the asset's retry policy): it says nothing about the video.
 * **Provenance.** Each row records what the per-video assets would record as data versions (sha256 of the
   bytes written), the raw sha256 and the code versions, so a shard answers lineage questions without
   the event log.
@@ -32,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from curation.captioning.annotate import ServiceFailure
 from longvila import io as lio
 from longvila import layout
 from longvila.cache import pinned_copy, snapshot
@@ -74,7 +79,8 @@ def _write(url: str, data: bytes, settings) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-SHARD_ASSETS = ("raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "clip_captions")
+SHARD_ASSETS = ("raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "video_frames",
+                "clip_captions", "video_summary", "video_instructions")
 
 
 def shard_code_versions(curation_cfg, captioning_cfg) -> dict[str, str]:
@@ -87,16 +93,16 @@ def shard_code_versions(curation_cfg, captioning_cfg) -> dict[str, str]:
 
 
 class ShardWorker:
-    """Curates batches of videos; holds one captioner (model loaded once per worker)."""
+    """Curates batches of videos; holds one captioner and one annotator (models loaded once per worker)."""
 
     def __init__(self, storage: str, curation_cfg=None, captioning_cfg=None, settings=None):
-        from curation.captioning.config import CaptioningConfig, make_captioner
+        from curation.captioning.config import CaptioningConfig, make_annotator, make_captioner
         from curation.config import CurationConfig
 
         self.storage, self.settings = storage, settings
         self.cfg = curation_cfg or CurationConfig.from_env()
         cap_cfg = captioning_cfg or CaptioningConfig.from_env()
-        self.captioner = make_captioner(cap_cfg)
+        self.captioner, self.annotator = make_captioner(cap_cfg), make_annotator(cap_cfg)
         self.code_versions = shard_code_versions(self.cfg, cap_cfg)
 
     def run(self, tasks: Sequence[VideoTask], previous: dict) -> list[dict]:
@@ -112,6 +118,8 @@ class ShardWorker:
                     rows.append({**prev, "status": SKIPPED, "seconds": round(time.perf_counter() - t0, 3)})
                     continue
                 staged.append((task, sha, self._prepare(task, sha), t0))
+            except ServiceFailure:
+                raise
             except Exception as e:  # noqa: BLE001 - any failure of one video quarantines that video only
                 rows.append(asdict(VideoRow(task.key, QUARANTINED, error=f"{task.url}: {type(e).__name__}: {e}",
                                             code_versions=self.code_versions,
@@ -126,7 +134,7 @@ class ShardWorker:
 
     def _layers(self, task: VideoTask, sha: str, path: str) -> dict:
         from curation.clips import make_clips
-        from curation.frames import sample_clip_frames
+        from curation.frames import sample_clip_frames, sample_video_frames
         from curation.probe import probe_video
         from curation.schemas import clips_to_table, shots_to_table
         from curation.shots import detect_shots
@@ -134,9 +142,7 @@ class ShardWorker:
         cfg, st = self.cfg, self.storage
         probe = probe_video(path, sha256=sha)
         d = {**probe.to_dict(), "path": task.url, "relpath": task.relpath}
-        out = {"video_probe": _write(layout.layer_path(st, "probe", task.key),
-                                     (json.dumps(d, indent=2, sort_keys=True, default=str) + "\n").encode(),
-                                     self.settings)}
+        out = {"video_probe": _write(layout.layer_path(st, "probe", task.key), _json_bytes(d), self.settings)}
         shots = detect_shots(path, detector=cfg.detector, **cfg.detector_options)
         out["video_shots"] = _write(layout.layer_path(st, "shots", task.key),
                                     lio.parquet_bytes(shots_to_table(shots)), self.settings)
@@ -147,10 +153,15 @@ class ShardWorker:
                                     jpeg_quality=cfg.jpeg_quality)
         out["clip_frames"] = _write(layout.layer_path(st, "clip_frames", task.key), lio.parquet_bytes(frames),
                                     self.settings)
-        return {"clips": clips, "frames": frames, "outputs": out}
+        whole = sample_video_frames(path, fps=cfg.video_fps, max_frames=cfg.max_video_frames, size=cfg.frame_size,
+                                    jpeg_quality=cfg.jpeg_quality)
+        out["video_frames"] = _write(layout.layer_path(st, "video_frames", task.key), lio.parquet_bytes(whole),
+                                     self.settings)
+        return {"clips": clips, "frames": frames, "outputs": out, "duration_s": float(probe.duration_s)}
 
     def _caption(self, staged: list) -> list[dict]:
-        """Caption the clips of every staged video in one batched call; write each video's captions layer."""
+        """Caption the clips of every staged video in one batched call; write each video's captions layer,
+        then its summary and question-answer records."""
         from curation.captioning.captioner import clip_inputs, results_to_table
 
         inputs = [clip_inputs(p["clips"], p["frames"]) for _, _, p, _ in staged]
@@ -160,15 +171,51 @@ class ShardWorker:
         for (task, sha, prepared, t0), group in zip(staged, inputs):
             mine, at = results[at:at + len(group)], at + len(group)
             try:
-                version = _write(layout.layer_path(self.storage, "captions", task.key),
-                                 lio.parquet_bytes(results_to_table(mine)), self.settings)
+                table = results_to_table(mine)
+                version = _write(layout.layer_path(self.storage, "captions", task.key), lio.parquet_bytes(table),
+                                 self.settings)
+                annotations = self._annotate(task, prepared["duration_s"], table)
                 row = VideoRow(task.key, OK, sha, self.code_versions,
-                               {**prepared["outputs"], "clip_captions": version})
+                               {**prepared["outputs"], "clip_captions": version, **annotations})
+            except ServiceFailure:
+                raise
             except Exception as e:  # noqa: BLE001
                 row = VideoRow(task.key, QUARANTINED, sha, self.code_versions, error=f"{task.url}: {e}")
             row.seconds = round(time.perf_counter() - t0, 3)
             rows.append(asdict(row))
         return rows
+
+
+    def _annotate(self, task: VideoTask, duration_s: float, captions_table) -> dict:
+        """Summary and question-answer records of one captioned video (the per-video assets' library calls and
+        files); an invalid reply is recorded in the video's files, a failed service raises ServiceFailure."""
+        from curation.captioning.annotate import (
+            captions_from_table,
+            instruction_records,
+            instructions_report,
+            raise_for_service,
+            to_jsonl,
+        )
+        from curation.captioning.dataset import instructions_report_path
+
+        st, key = self.storage, task.key
+        captions = captions_from_table(captions_table)
+        summary = self.annotator.summarize(key, captions, duration_s, num_clips=captions_table.num_rows)
+        raise_for_service(summary, f"video summary of {task.url}")
+        out = {"video_summary": _write(layout.layer_path(st, "summaries", key), _json_bytes(summary), self.settings)}
+        qa = self.annotator.question_answers(key, captions, duration_s, summary.get("summary", ""))
+        raise_for_service(qa, f"video instructions of {task.url}")
+        records = instruction_records(key, summary, qa, video=task.url, duration_s=duration_s,
+                                      frames_path=layout.layer_path(st, "video_frames", key))
+        out["video_instructions"] = _write(layout.layer_path(st, "instructions", key), to_jsonl(records).encode(),
+                                           self.settings)
+        lio.write_json(instructions_report_path(st, key), instructions_report(qa, summary, records), self.settings)
+        return out
+
+
+def _json_bytes(obj) -> bytes:
+    """JSON as the per-video assets write it (assets.common.write_json)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
 
 
 def _suffix(task: VideoTask) -> str:

@@ -7,7 +7,7 @@
 | `evaluation.answers` | answer-letter extraction from free-form replies; V-NIAH answer normalisation |
 | `evaluation.caption_score` | LLM judge (correctness / detail / context, 1-5) with robust parsing and retries |
 | `evaluation.similarity` | ROUGE-L, n-gram F1, BLEU-4 (reference-based, no model) |
-| `evaluation.runner` | `ModelRunner`: a LongVILA checkpoint as answerer (generate, teacher-forced greedy, letter logits) |
+| `evaluation.runner` | `ModelRunner`: a LongVILA checkpoint as answerer (generate, teacher-forced greedy, letters) |
 | `evaluation.sharded` | `ShardedRunner` + `python -m evaluation.sharded` under torchrun: MM-SP sharded V-NIAH |
 | `evaluation.benchmarks` | end-to-end runs from a checkpoint (used by the CLI and the Dagster assets) |
 | `evaluation.fixtures` | generated VideoMME-format fixture with known answers, scripted oracle, reference captions |

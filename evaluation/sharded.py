@@ -98,7 +98,8 @@ class ShardedRunner:
         row = self._rows(batch, [batch["input_ids"].shape[1] - 1])[0]
         return letter_scores(row, self.processor.tokenizer, letters)
 
-    def generate_ids(self, frames: Sequence[Any], prompt: str, max_new_tokens: int, stop_at_eos: bool = False) -> list[int]:
+    def generate_ids(self, frames: Sequence[Any], prompt: str, max_new_tokens: int,
+                     stop_at_eos: bool = False) -> list[int]:
         """Greedy decoding by repeated sharded prefill (one prefill per new token)."""
         base = build_inputs(self.processor, frames, prompt)
         new: list[int] = []

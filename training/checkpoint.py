@@ -257,8 +257,9 @@ def verify_checkpoint(path: str | os.PathLike, names: tuple[str, ...] | None = N
 
 
 def load_checkpoint(path: str | os.PathLike, *, weights: bool = True) -> CheckpointState:
-    """Verify and read a checkpoint. `weights=False` reads (and verifies) only the small files: trainer
-    state, scheduler and RNG (what every rank needs; weights and optimizer state come from rank 0)."""
+    """Verify and read a checkpoint (rank 0 does; the other ranks get its states by broadcast, so only node 0's
+    disk need hold checkpoints). `weights=False` reads (and verifies) only the small files: trainer state,
+    scheduler and RNG."""
     from safetensors.torch import load_file
 
     p = Path(path)

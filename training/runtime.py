@@ -67,6 +67,16 @@ def broadcast_int(value: int) -> int:
     return int(t.item())
 
 
+def broadcast_object(obj):
+    """Rank 0's picklable object on every rank (rank 0's own memory, never a file: other ranks may not share
+    its disk)."""
+    if not distributed() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=torch.device("cuda") if dist.get_backend() == "nccl" else None)
+    return box[0]
+
+
 def barrier() -> None:
     if distributed() and dist.get_world_size() > 1:
         dist.barrier()

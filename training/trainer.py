@@ -203,14 +203,17 @@ class Trainer:
                 self.log(f"[train] no checkpoint of run {self.fingerprint} in {self.out}: starting fresh")
             return 0
         path = ckpt.step_dir(self.run_dir, step)
-        state = ckpt.load_checkpoint(path, weights=self.rank == 0)
-        if state.trainer_state.get("fingerprint") != self.fingerprint:
+        state = ckpt.load_checkpoint(path) if self.rank == 0 else None  # only node 0's disk need hold it
+        if self.rank == 0 and state.trainer_state.get("fingerprint") != self.fingerprint:
             raise ckpt.CheckpointError(str(path), "belongs to another run identity")
-        fsdp.load_full_state(self.model, self.optimizer, state.model or {}, state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        if len(state.rng) == self.world:
-            ckpt.set_rng_state(state.rng[self.rank])
-        self.losses = list(state.trainer_state.get("losses", []))
+        scheduler, rngs, trainer_state = runtime.broadcast_object(
+            (state.scheduler, state.rng, state.trainer_state) if self.rank == 0 else None)
+        model_state, optim_state = (state.model, state.optimizer) if state else ({}, None)
+        fsdp.load_full_state(self.model, self.optimizer, model_state, optim_state)
+        self.scheduler.load_state_dict(scheduler)
+        if len(rngs) == self.world:
+            ckpt.set_rng_state(rngs[self.rank])
+        self.losses = list(trainer_state.get("losses", []))
         self.log(f"[train] resumed from {path} at step {step}")
         return step
 

@@ -166,7 +166,8 @@ class VideoAnnotator:
         return StructuredResult(None, len(errors), errors, tokens, kind)
 
     # -- summary ---------------------------------------------------------------------------------
-    def summarize(self, key: str, captions: Sequence[TimedCaption], duration_s: float, num_clips: int | None = None) -> dict:
+    def summarize(self, key: str, captions: Sequence[TimedCaption], duration_s: float,
+                  num_clips: int | None = None) -> dict:
         rec = {
             "key": key, "ok": False, "error": None, "error_kind": None, "title": "", "summary": "",
             "duration_s": float(duration_s), "num_clips": int(num_clips if num_clips is not None else len(captions)),
@@ -193,12 +194,14 @@ class VideoAnnotator:
         if res.ok:
             rec.update(ok=True, **res.value)
         else:
-            rec.update(error=f"{key}: no valid summary after {res.attempts} attempt(s): {res.errors[-1] if res.errors else ''}",
+            last = res.errors[-1] if res.errors else ""
+            rec.update(error=f"{key}: no valid summary after {res.attempts} attempt(s): {last}",
                        error_kind=res.error_kind)
         return rec
 
     # -- question-answer pairs ---------------------------------------------------------------------
-    def question_answers(self, key: str, captions: Sequence[TimedCaption], duration_s: float, summary: str = "") -> dict:
+    def question_answers(self, key: str, captions: Sequence[TimedCaption], duration_s: float,
+                         summary: str = "") -> dict:
         out = {"key": key, "ok": False, "error": None, "error_kind": None, "qa": [], "rejected": [],
                "model": self.backend.model_id, "prompt_version": self.qa_prompt.tag, "attempts": 0,
                "attempt_errors": [], "tokens": 0, "duration_s": float(duration_s)}
@@ -228,7 +231,8 @@ class VideoAnnotator:
                     good.append({**item, "question": q, "answer": a})
             rejected_last[:] = bad
             if not good:
-                return None, f"no usable question-answer pair ({len(bad)} rejected: {bad[0]['reason'] if bad else 'none'})"
+                first = bad[0]["reason"] if bad else "none"
+                return None, f"no usable question-answer pair ({len(bad)} rejected: {first})"
             return good, None
 
         res = self.structured(prompt, schema, "video_qa", self.qa_max_new_tokens, check)
@@ -241,7 +245,8 @@ class VideoAnnotator:
         return out
 
 
-def instruction_records(key: str, summary: dict, qa: dict, *, video: str, frames_path: str, duration_s: float) -> list[dict]:
+def instruction_records(key: str, summary: dict, qa: dict, *, video: str, frames_path: str,
+                        duration_s: float) -> list[dict]:
     """LLaVA conversation records of one video (the long-video SFT format, stage 5).
 
     One captioning record (the summary as the answer to "Describe the video in detail.",
@@ -295,6 +300,30 @@ def instruction_records(key: str, summary: dict, qa: dict, *, video: str, frames
             "prompt_version": qa.get("prompt_version", ""),
         })
     return recs
+
+
+class ServiceFailure(RuntimeError):
+    """The model service failed the whole request (unavailable or misconfigured), not the video: the caller
+    retries or stops instead of recording the video as bad."""
+
+    def __init__(self, message: str, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def raise_for_service(reply: dict, what: str) -> None:
+    """Raise ServiceFailure for a summary / QA reply that failed for infrastructure reasons."""
+    if reply.get("error_kind") in (UNAVAILABLE, CONFIG_ERROR):
+        raise ServiceFailure(f"{what}: {reply.get('error')}", retryable=reply["error_kind"] == UNAVAILABLE)
+
+
+def instructions_report(qa: dict, summary: dict, records: Sequence[dict]) -> dict:
+    """The per-video report written beside the instruction records (``instructions/<key>.report.json``)."""
+    report = {k: qa[k] for k in ("key", "ok", "error", "error_kind", "rejected", "attempts", "attempt_errors",
+                                 "tokens", "model", "prompt_version", "duration_s")}
+    report.update(summary_ok=bool(summary.get("ok")), num_records=len(records),
+                  question_types=question_type_coverage(records))
+    return report
 
 
 def question_type_coverage(records: Sequence[dict]) -> dict[str, int]:

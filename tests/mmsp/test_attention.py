@@ -220,16 +220,20 @@ def _cfg(case, dtype, L, kernel="auto", seed=0):
                 segments=seg, seed=seed, kernel=kernel)
 
 
+def _case_id(c) -> str:
+    return f"{c[2]}-U{c[0]}R{c[1]}-h{c[3]}kv{c[4]}-{c[5]}-{'causal' if c[6] else 'full'}"
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CASES_W2, ids=lambda c: f"{c[2]}-U{c[0]}R{c[1]}-h{c[3]}kv{c[4]}-{c[5]}-{'causal' if c[6] else 'full'}")
+@pytest.mark.parametrize("case", CASES_W2, ids=_case_id)
 def test_sp_attention_world2(pool2, case, dtype):
     _check(pool2.run("training.sp.testing:case_attention", _cfg(case, dtype, L=40)), dtype)
 
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", CASES_W4, ids=lambda c: f"{c[2]}-U{c[0]}R{c[1]}-h{c[3]}kv{c[4]}-{c[5]}-{'causal' if c[6] else 'full'}")
+@pytest.mark.parametrize("case", CASES_W4, ids=_case_id)
 def test_sp_attention_world4(pool4, case, dtype):
     _check(pool4.run("training.sp.testing:case_attention", _cfg(case, dtype, L=48)), dtype)
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,55 @@ def test_two_agents_resume_after_a_kill(tmp_path):
     assert run(tmp_path / "killed", "--resume") == 0, "".join(run.lines[-40:])
     assert any("resumed from" in line and "step 2" in line for line in run.lines), "".join(run.lines[-40:])
     assert _losses(tmp_path / "killed")[-2:] == pytest.approx(reference[-2:], rel=1e-6, abs=1e-7)
+
+
+
+def _agents(node_dirs: list[Path], args: list[str], timeout_s: float = 300.0) -> tuple[list[int], list[str]]:
+    """One torchrun agent per node directory (its working directory, so a relative --output-dir lands on that
+    "node's disk"); once one agent fails the others get 30 s to stop before they are killed, as a cluster
+    scheduler would. Returns the exit codes and outputs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    port, logs = free_port(), [d / "agent.log" for d in node_dirs]
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(node_dirs)),
+                               "--nproc-per-node", "1", "--node-rank", str(n), "--master-addr", "127.0.0.1",
+                               "--master-port", str(port), "-m", "training.train", *args], cwd=str(d), env=env,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT)
+             for n, (d, log) in enumerate(zip(node_dirs, logs))]
+    deadline = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            deadline = min(deadline, time.monotonic() + 30)
+        time.sleep(0.5)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return [p.returncode for p in procs], [log.read_text() for log in logs]
+
+
+def _node_args(out: str, *extra: str) -> list[str]:
+    return ["--profile", "smoke", "--ring-degree", "2", "--max-steps", "4", "--output-dir", out, "--metrics-out",
+            f"{out}/metrics.jsonl", "--num-threads", "1", "--no-export", "--seed", "3", "--checkpoint-every", "2",
+            *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_resume_when_only_node_zero_holds_the_checkpoints(tmp_path):
+    """Per-node disks: each agent runs in its own directory with a relative --output-dir, so only node 0 has
+    the checkpoints (rank 0 writes them). After a kill, --resume on both nodes reads the checkpoint on rank 0
+    alone and broadcasts model, optimizer, scheduler, RNG and losses; the run ends with the losses of an
+    uninterrupted run."""
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for d in nodes:
+        d.mkdir()
+    codes, logs = _agents(nodes, _node_args("ref"))
+    assert codes == [0, 0], logs[0][-3000:]
+    reference = _losses(nodes[0] / "ref")
+    codes, logs = _agents(nodes, _node_args("out", "--kill-after-step", "3"))
+    assert codes != [0, 0]
+    assert list((nodes[0] / "out").rglob("step-000002")) and not list((nodes[1] / "out").rglob("step-*"))
+    codes, logs = _agents(nodes, _node_args("out", "--resume"))
+    assert codes == [0, 0], logs[1][-3000:]
+    assert any("resumed from" in line and "step 2" in line for line in logs[0].splitlines()), logs[0][-3000:]
+    assert _losses(nodes[0] / "out")[-2:] == pytest.approx(reference[-2:], rel=1e-6, abs=1e-7)

@@ -5,10 +5,12 @@ assets' (same data versions), one captioner per worker."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
+from curation.captioning.dataset import instructions_report_path
 from curation.scaleout import OK, QUARANTINED, SKIPPED, VideoTask, run_shard
 from longvila import layout
 from longvila.keys import partition_key_for
@@ -54,10 +56,15 @@ def test_shard_in_process_skips_unchanged_and_quarantines_bad_videos(corpus, tmp
     assert bad["status"] == QUARANTINED and "broken.mp4" in bad["error"]
     row = m1["videos"][K("v0.mp4")]
     assert row["raw_sha256"] == hashlib.sha256((src / "v0.mp4").read_bytes()).hexdigest()
-    for asset, layer in (("video_probe", "probe"), ("video_shots", "shots"), ("video_clips", "clips"),
-                         ("clip_frames", "clip_frames"), ("clip_captions", "captions")):
+    layers = {"video_probe": "probe", "video_shots": "shots", "video_clips": "clips", "clip_frames": "clip_frames",
+              "video_frames": "video_frames", "clip_captions": "captions", "video_summary": "summaries",
+              "video_instructions": "instructions"}
+    assert set(row["outputs"]) == set(layers)
+    for asset, layer in layers.items():
         data = Path(layout.layer_path(lake, layer, K("v0.mp4"))).read_bytes()
         assert row["outputs"][asset] == hashlib.sha256(data).hexdigest()
+    report = json.loads(Path(instructions_report_path(lake, K("v0.mp4"))).read_text())
+    assert report["num_records"] >= 1 and "question_types" in report
     # nothing changed: every good video is skipped (its row kept), the bad one is tried again
     m2 = run_shard("s000001", tasks, lake, engine="local", batch_size=2)
     assert m2["counts"] == {OK: 0, SKIPPED: 2, QUARANTINED: 1}
@@ -68,6 +75,24 @@ def test_shard_in_process_skips_unchanged_and_quarantines_bad_videos(corpus, tmp
     assert {k: v["status"] for k, v in m3["videos"].items()} == {K("v0.mp4"): SKIPPED, K("v1.mp4"): OK,
                                                                  K("broken.mp4"): QUARANTINED}
     assert m3["videos"][K("v1.mp4")]["raw_sha256"] != m1["videos"][K("v1.mp4")]["raw_sha256"]
+
+
+def test_a_model_service_outage_fails_the_shard_run_not_its_videos(corpus, tmp_path, caption_env, monkeypatch):
+    """The summary LLM behind an endpoint that refuses connections: run_shard raises ServiceFailure (retryable;
+    the asset's retry policy runs the shard again) instead of quarantining good videos, and writes no manifest."""
+    from curation.captioning.annotate import ServiceFailure
+    from curation.scaleout import shard_manifest_url
+    from longvila.ports import free_port
+
+    monkeypatch.setenv("LONGVILA_LLM_BACKEND", "openai")
+    monkeypatch.setenv("LONGVILA_LLM_ENDPOINT", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("LONGVILA_CAPTION_MAX_RETRIES", "0")
+    monkeypatch.setenv("LONGVILA_CAPTION_TIMEOUT_S", "2")
+    lake = str(tmp_path / "lake")
+    with pytest.raises(ServiceFailure) as err:
+        run_shard("s000001", _tasks(corpus, ["v0.mp4"]), lake, engine="local")
+    assert err.value.retryable and "v0.mp4" in str(err.value)
+    assert not Path(shard_manifest_url(lake, "s000001")).exists()
 
 
 @pytest.mark.slow
@@ -87,8 +112,8 @@ def test_shard_on_a_two_node_ray_cluster_matches_the_per_video_assets(corpus, tm
     tasks = _tasks(corpus, ["v0.mp4", "v1.mp4", "v2.mp4", "broken.mp4"])
     m = run_shard("s000001", tasks, lake, engine="ray", workers=2, batch_size=2)
     assert m["engine"] == "ray" and m["counts"] == {OK: 3, SKIPPED: 0, QUARANTINED: 1}
-    # the per-video asset path for v0, on the same source, into another lake
-    res = LakeResource(source=str(corpus), storage=str(tmp_path / "asset-lake"))
+    # the per-video asset path for v0, on the same source and lake (instruction records name the lake's frames)
+    res = LakeResource(source=str(corpus), storage=lake)
     defs = build_defs(modules=[curation_assets, captions_assets], lake=res, executor=in_process_executor)
     v0 = m["videos"][K("v0.mp4")]
     chain = [k for k in per_video_chain(defs)

@@ -95,7 +95,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         "smoke", SMOKE_VISION, SMOKE_QWEN2, None, tokenizer_vocab=512,
-        description="tiny random SigLIP (2 layers, hidden 32, patch 8, image 32) + Qwen2 (2 layers, hidden 64, 4 heads, 2 KV heads)",
+        description="tiny random SigLIP (2 layers, hidden 32, patch 8, image 32) + Qwen2 (2 layers, hidden 64, "
+                    "4 heads, 2 KV heads)",
     ),
     "smoke-llama": Profile(
         "smoke-llama", SMOKE_VISION, SMOKE_LLAMA, None, tokenizer_vocab=512,

@@ -163,7 +163,8 @@ def case_vlm_logits(ckpt: str, dtype: str, data: dict, u: int, r: int) -> dict:
     real = batch["segment_ids"] >= 0
     err = float((full - ref)[real].abs().max() / ref[real].abs().max())
     L = padded_length(batch["input_ids"].shape[1], groups)
-    return {"logits_rel": err, "shape": list(full.shape), "ref_shape": list(ref.shape), "local_shape": list(local.shape),
+    return {"logits_rel": err, "shape": list(full.shape), "ref_shape": list(ref.shape),
+            "local_shape": list(local.shape),
             "positions": pos[0].tolist(), "padded_len": L}
 
 
@@ -194,7 +195,8 @@ def case_vlm_train(ckpt: str, data: dict, u: int, r: int, steps: int = 5, lr: fl
     # parameter drift, leaving out attention key biases: their true gradient is 0, and Adam turns the
     # rounding noise there into full-size steps of arbitrary sign in both runs
     drift = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
-                for (n, a), b in zip(sp_model.named_parameters(), ref_model.parameters()) if not n.endswith("k_proj.bias"))
+                for (n, a), b in zip(sp_model.named_parameters(), ref_model.parameters())
+                if not n.endswith("k_proj.bias"))
     return {"ref": ref_losses, "sp": sp_losses, "param_rel": drift}
 
 

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -286,7 +286,8 @@ def _parse_stage(src: str, name: str, d: dict, defaults: dict) -> StageSpec:
         index=STAGE_NAMES.index(name) + 1,
         trainable=trainable,
         data=data,
-        max_length=_num(src, f"{w}.max_length", merged.get("max_length", phases[-1].max_length if phases else None), int, 8),
+        max_length=_num(src, f"{w}.max_length",
+                        merged.get("max_length", phases[-1].max_length if phases else None), int, 8),
         num_frames=_num(src, f"{w}.num_frames", merged.get("num_frames", 0), int, 0),
         optimizer=opt,
         schedule=sch,

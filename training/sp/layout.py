@@ -109,7 +109,8 @@ def all_positions(padded_len: int, groups_or_sizes: Any, *, scheme: str = "zigza
     return torch.stack([shard_positions(padded_len, (U, R), s, scheme=scheme) for s in range(U * R)])
 
 
-def shard(x: torch.Tensor, dim: int, groups: Any, *, sp_rank: int | None = None, scheme: str = "zigzag") -> torch.Tensor:
+def shard(x: torch.Tensor, dim: int, groups: Any, *, sp_rank: int | None = None,
+          scheme: str = "zigzag") -> torch.Tensor:
     """This rank's tokens of a global tensor ``x`` (``x.size(dim)`` must already be the padded length)."""
     L = x.size(dim)
     pos = shard_positions(L, groups, sp_rank, scheme=scheme, device=x.device)

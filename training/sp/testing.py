@@ -95,7 +95,8 @@ class DistributedPool:
         self._procs = [
             ctx.Process(
                 target=_worker,
-                args=(r, self.world_size, port, self.backend, self.threads, self._tasks[r], self._results, self.timeout_s),
+                args=(r, self.world_size, port, self.backend, self.threads, self._tasks[r], self._results,
+                      self.timeout_s),
                 daemon=True,
             )
             for r in range(self.world_size)
@@ -131,7 +132,8 @@ class DistributedPool:
                 deadline = min(deadline, time.monotonic() + 5.0)  # give the others a moment to report
         if errors or got < self.world_size:
             self.close(force=True)
-            msg = "\n".join(errors) if errors else f"timed out after {self.timeout_s}s waiting for {self.world_size - got} rank(s)"
+            msg = "\n".join(errors) if errors else (f"timed out after {self.timeout_s}s waiting for "
+                                                     f"{self.world_size - got} rank(s)")
             raise DistributedError(f"task {task_id} failed on world size {self.world_size}:\n{msg}")
         return out
 
