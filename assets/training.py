@@ -216,8 +216,9 @@ def _dataset_asset(recipe: Recipe, n: int, per_video_inputs: list[AssetKey]):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
-    # retrieval samples read whole-video frames and clip captions per video (not in shard mode: assets.shards)
-    retrieval = [VIDEO_FRAMES, CLIP_CAPTIONS] if stage.data.options.retrieval_samples else []
+    # retrieval samples read whole-video frames and clip captions per video (in shard mode: the curated shards)
+    lake_frames = [VIDEO_FRAMES, CLIP_CAPTIONS] if CLIP_CAPTIONS in per_video_inputs else per_video_inputs
+    retrieval = lake_frames if stage.data.options.retrieval_samples else []
     dep_keys = list(dict.fromkeys((per_video_inputs if kind in caption_kinds else []) + retrieval))
     deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
