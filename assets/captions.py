@@ -20,10 +20,10 @@ Automation: every per-video asset has the shared `assets.policies.ON_NEW_DATA` c
 re-made only when an input's bytes (data version) or the models/prompts (code version) changed.
 
 Failure policy: a backend that is unreachable (connection refused, timeouts, 5xx after retries)
-fails the partition's run (retried with backoff by `assets.policies.TRANSIENT_RETRY`; nothing is written); so does a configuration error (HTTP
-401/403/404: wrong key, endpoint or model name; not retryable). Bad model output is data, not a crash:
-a rejected caption is a row with ok = false and the reason; a summary or QA reply that stays invalid
-after the retries is written as the video's failure record (summary JSON `ok: false`,
+fails the partition's run (retried with backoff by `assets.policies.TRANSIENT_RETRY`; nothing is written); so
+does a configuration error (HTTP 401/403/404: wrong key, endpoint or model name; not retryable). Bad model output
+is data, not a crash: a rejected caption is a row with ok = false and the reason; a summary or QA reply that stays
+invalid after the retries is written as the video's failure record (summary JSON `ok: false`,
 `instructions/<key>.report.json` `ok: false`, no records) and reported in the metadata and checks.
 """
 
@@ -171,6 +171,59 @@ def _instructions_report_url(lake: LakeResource, key: str) -> str:
     return instructions_report_path(lake.storage_root, key)
 
 
+def long_video_sft_defs(deps: list, code_version: str):
+    """The stage-5 dataset asset and its check, over `deps`: every video's instructions (per-video mode) or the
+    curated shards (shard mode, `assets.shards`); the videos come from `assets.common.dataset_video_keys`."""
+
+    @asset(
+        key=LONG_VIDEO_SFT,
+        deps=deps,
+        group_name=GROUP,
+        retry_policy=TRANSIENT_RETRY,
+        code_version=code_version,
+        kinds={"json"},
+        description="Stage-5 long-video SFT dataset: the instruction records of every curated video "
+        "(datasets/long_video_sft/records-<hash>.jsonl) and manifest.json (videos, data versions, "
+        "failures, question-type counts).",
+    )
+    def long_video_sft_dataset(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
+        from curation.captioning.dataset import build_long_video_sft
+        from longvila.layout import dataset_dir
+
+        keys = dataset_video_keys(context.instance, lake)
+        t0 = time.perf_counter()
+        manifest = build_long_video_sft(lake.storage_root, keys, lake.settings(),
+                                        code_versions=per_video_code_versions(context))
+        out = dataset_dir(lake.storage_root, "long_video_sft")
+        return MaterializeResult(
+            data_version=DataVersion(manifest["content_hash"]),
+            metadata={
+                "path": MetadataValue.path(out), **lineage_metadata(out, manifest),
+                "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],
+                "failed_videos": json.dumps(manifest["failed"])[:2000], "missing_videos": str(manifest["missing"]),
+                "question_types": json.dumps(manifest["question_types"]),
+                "seconds": round(time.perf_counter() - t0, 3),
+                # per-video instruction versions: what the stage-5 freshness check compares (assets.freshness)
+                "video_versions": MetadataValue.json({k: v["data_version"] for k, v in manifest["videos"].items()}),
+            },
+        )
+
+    @asset_check(asset=LONG_VIDEO_SFT,
+                 description="the dataset has records and its manifest matches the records file")
+    def sft_dataset_consistent(context, lake: LakeResource) -> AssetCheckResult:
+        from curation.captioning.dataset import load_long_video_sft
+
+        try:
+            manifest, records = load_long_video_sft(lake.storage_root, lake.settings())
+        except InputError as e:
+            return AssetCheckResult(passed=False, metadata={"reason": str(e)})
+        ok = len(records) == manifest["num_records"] and len(records) > 0
+        return AssetCheckResult(passed=ok, metadata={"num_records": len(records),
+                                                     "num_videos": manifest["num_videos"]})
+
+    return long_video_sft_dataset, sft_dataset_consistent
+
+
 def build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
     """Definitions of the caption layer for one configuration (default: from the environment)."""
     with partitioned_checks():
@@ -316,7 +369,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         from curation.captioning.annotate import (
             captions_from_table,
             instruction_records,
-            question_type_coverage,
+            instructions_report,
             to_jsonl,
         )
 
@@ -336,10 +389,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             raise failure(context, "video instructions", qa["error"], retryable=qa["error_kind"] == UNAVAILABLE)
         records = instruction_records(key, summary, qa, video=video, frames_path=lake.layer_url("video_frames", key),
                                       duration_s=duration)
-        coverage = question_type_coverage(records)
-        report = {k: qa[k] for k in ("key", "ok", "error", "error_kind", "rejected", "attempts", "attempt_errors",
-                                     "tokens", "model", "prompt_version", "duration_s")}
-        report.update(summary_ok=bool(summary.get("ok")), num_records=len(records), question_types=coverage)
+        report = instructions_report(qa, summary, records)
         out = lake.layer_url("instructions", key)
         version = write_versioned(out, to_jsonl(records).encode("utf-8"), lake.settings())
         lio.write_json(_instructions_report_url(lake, key), report, lake.settings())
@@ -350,7 +400,7 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             ok=qa["ok"], error=str(qa["error"] or ""),
             num_records=len(records), num_qa=len(qa["qa"]), num_rejected=len(qa["rejected"]),
             attempts=qa["attempts"], tokens=qa["tokens"], seconds=round(time.perf_counter() - t0, 3),
-            question_types=json.dumps(coverage), model=qa["model"], prompt_version=qa["prompt_version"],
+            question_types=json.dumps(report["question_types"]), model=qa["model"], prompt_version=qa["prompt_version"],
             preview=MetadataValue.md(md_table([
                 {"type": r["question_type"], "span_s": f"{r['frames']['start_s']:.0f}-{r['frames']['end_s']:.0f}",
                  "question": r["conversations"][0]["value"].split("\n", 1)[-1],
@@ -389,46 +439,8 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             "error": str(rep.get("error") or "none"), "attempts": rep.get("attempts", 0),
             "attempt_errors": json.dumps(rep.get("attempt_errors", []))[:2000]})
 
-    @asset(
-        key=LONG_VIDEO_SFT,
-        deps=[AssetDep(VIDEO_INSTRUCTIONS, partition_mapping=AllPartitionMapping())],
-        group_name=GROUP,
-        retry_policy=TRANSIENT_RETRY,
-        code_version=cv["long_video_sft_dataset"],
-        kinds={"json"},
-        description="Stage-5 long-video SFT dataset: the instruction records of every video partition "
-        "(datasets/long_video_sft/records-<hash>.jsonl) and manifest.json (videos, data versions, "
-        "failures, question-type counts).",
-    )
-    def long_video_sft_dataset(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
-        from curation.captioning.dataset import build_long_video_sft
-        from longvila.layout import dataset_dir
-
-        keys = dataset_video_keys(context.instance, lake)
-        t0 = time.perf_counter()
-        manifest = build_long_video_sft(lake.storage_root, keys, lake.settings(),
-                                        code_versions=per_video_code_versions(context))
-        out = dataset_dir(lake.storage_root, "long_video_sft")
-        return MaterializeResult(
-            data_version=DataVersion(manifest["content_hash"]),
-            metadata={
-                "path": MetadataValue.path(out), **lineage_metadata(out, manifest),
-                "num_records": manifest["num_records"], "num_videos": manifest["num_videos"],
-                "failed_videos": json.dumps(manifest["failed"])[:2000], "missing_videos": str(manifest["missing"]),
-                "question_types": json.dumps(manifest["question_types"]), "seconds": round(time.perf_counter() - t0, 3),
-            },
-        )
-
-    @asset_check(asset=LONG_VIDEO_SFT, description="the dataset has records and its manifest matches the records file")
-    def sft_dataset_consistent(context, lake: LakeResource) -> AssetCheckResult:
-        from curation.captioning.dataset import load_long_video_sft
-
-        try:
-            manifest, records = load_long_video_sft(lake.storage_root, lake.settings())
-        except InputError as e:
-            return AssetCheckResult(passed=False, metadata={"reason": str(e)})
-        ok = len(records) == manifest["num_records"] and len(records) > 0
-        return AssetCheckResult(passed=ok, metadata={"num_records": len(records), "num_videos": manifest["num_videos"]})
+    long_video_sft_dataset, sft_dataset_consistent = long_video_sft_defs(
+        [AssetDep(VIDEO_INSTRUCTIONS, partition_mapping=AllPartitionMapping())], cv["long_video_sft_dataset"])
 
     return Definitions(
         assets=[clip_captions, video_summary, video_instructions, long_video_sft_dataset],

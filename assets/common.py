@@ -1,8 +1,11 @@
 """What every asset module shares: instance look-ups, markdown previews, versioned layer writes, failures.
 
-* `per_video_asset` / `per_video_check`: the decorators of every per-video asset and check (partitioned by
-  `videos`, the transient-fault retry policy and the shared automation condition of `assets.policies`).
-* `layer_result`: the `MaterializeResult` of an asset that wrote one layer file (data version, path, metadata).
+* `per_video_asset` / `per_video_check` / `per_video_check_spec`: the decorators of every per-video asset
+  and check (partitioned by `videos`, the transient-fault retry policy and the shared automation
+  condition of `assets.policies`), and the spec of a check that the asset's own step evaluates (no
+  step, process work or event writes of its own: the cheaper choice for checks of what the step holds).
+* `layer_result`: the `MaterializeResult` of an asset that wrote one layer file (data version, path,
+  metadata, the results of its own checks).
 * `latest_record` / `latest_metadata` / `data_version`: the newest materialisation of an asset (partition),
   its metadata as plain values and its ``dagster/data_version`` tag.
 * `md_table`: a small markdown table for metadata previews (cells cut to a width, ``|`` escaped).
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
     AssetKey,
     AssetRecordsFilter,
     DataVersion,
@@ -53,9 +58,16 @@ def per_video_check(**kwargs):
     return asset_check(partitions_def=videos, **kwargs)
 
 
-def layer_result(url: str, version: str, **metadata) -> MaterializeResult:
-    """Result of an asset that wrote `url`: data version = content hash of the bytes, path first in the metadata."""
-    return MaterializeResult(data_version=DataVersion(version), metadata={"path": MetadataValue.path(url), **metadata})
+def per_video_check_spec(name: str, asset: AssetKey, description: str, blocking: bool = False) -> AssetCheckSpec:
+    """A per-video check evaluated by its asset's step (returned in `layer_result(checks=...)`)."""
+    return AssetCheckSpec(name, asset=asset, description=description, blocking=blocking, partitions_def=videos)
+
+
+def layer_result(url: str, version: str, checks: Sequence[AssetCheckResult] = (), **metadata) -> MaterializeResult:
+    """Result of an asset that wrote `url`: data version = content hash of the bytes, path first in the metadata,
+    and the results of the checks its step evaluated."""
+    return MaterializeResult(data_version=DataVersion(version), metadata={"path": MetadataValue.path(url), **metadata},
+                             check_results=list(checks))
 
 
 def latest_record(instance, key: AssetKey, partition: Optional[str] = None):
@@ -79,6 +91,21 @@ def latest_metadata(instance, key: AssetKey, partition: Optional[str] = None) ->
 
 def data_version(record) -> Optional[str]:
     return None if record is None else (record.asset_materialization.tags or {}).get("dagster/data_version")
+
+
+def versions_as_of(instance, key: AssetKey, before: Optional[int] = None, page: int = 5000) -> dict[str, Optional[str]]:
+    """{partition: data version} of the newest materialisation of each partition of `key` before the event
+    `before` (a storage id; None: now), paged newest first: about partitions / `page` queries."""
+    latest: dict[str, Optional[str]] = {}
+    cursor = None
+    while True:
+        res = instance.fetch_materializations(AssetRecordsFilter(asset_key=key, before_storage_id=before),
+                                              limit=page, cursor=cursor)
+        for r in res.records:
+            latest.setdefault(r.asset_materialization.partition, data_version(r))
+        if not res.has_more:
+            return latest
+        cursor = res.cursor
 
 
 def md_table(rows: list[dict], limit: int = 8, width: int = 80) -> str:

@@ -4,6 +4,8 @@
                │                └─> video_frames                └─> clip_files (optional)
                └──────────────(every layer that decodes the video also depends on raw_video)
 
+    video_source (external, unpartitioned): the source listing reported by the new-video sensor
+
 Each asset is thin: resolve the partition's source URL from the manifest (`LakeResource.video_url`),
 call the `curation` library, write one file per partition to the `longvila.layout` path atomically,
 and return a `MaterializeResult` with
@@ -18,12 +20,13 @@ and return a `MaterializeResult` with
 Why `raw_video` is a *materialised* asset and not an observable source asset: the new-video sensor
 notices new/changed files by a cheap fingerprint (size + mtime/ETag, `longvila.sources`), and one
 `raw_video` run per change hashes the bytes and records the sha256 as the data version with full
-provenance (run, time, source URL) in the event log. It works unchanged with `materialize()`, the demo and `execute_in_process`, and the eager
-downstream assets react to it. A partitioned `@observable_source_asset` would re-hash every video on
-each observation (`DataVersionsByPartition` covers all partitions) or need hand-made observation
-events. `raw_video` hashes the video while copying it into the local content-addressed cache
-(`longvila.cache.snapshot`), and every later step decodes that copy (`pinned_copy`, re-fetched and
-verified if evicted): a source file replaced after raw_video hashed it is never silently curated.
+provenance (run, time, source URL) in the event log. It works unchanged with `materialize()`, the demo
+and `execute_in_process`, and the automated downstream assets react to its data version. A partitioned
+`@observable_source_asset` would re-hash every video on each observation (`DataVersionsByPartition`
+covers all partitions) or need hand-made observation events. `raw_video` hashes the video while copying it
+into the local content-addressed cache (`longvila.cache.snapshot`), and every later step decodes that copy
+(`pinned_copy`, re-fetched and verified if evicted): a source file replaced after raw_video hashed it is
+never silently curated.
 
 Automation: every asset below raw_video has the shared `assets.policies.ON_NEW_DATA` condition (keyed on
 input *data versions* and code versions, not on any new materialisation): a changed video re-runs
@@ -36,7 +39,8 @@ asset turns it into `dagster.Failure` naming the source file (relative path and 
 Only that partition's run fails; nothing is written for it (all writes are atomic and happen after
 the computation succeeded).
 
-Asset checks (one or more per layer, blocking where later layers depend on the invariant):
+Asset checks (one per layer, evaluated by the layer's own step from what it holds, so they cost no step,
+process or event writes of their own; blocking where later layers depend on the invariant):
 probe values are sane; shots tile [0, frame_count) without gap or overlap; every clip lies inside
 one shot and lasts within [min_clip_s, max_clip_s]; clip_frames has frames_per_clip frames per clip;
 video_frames has the expected count (min(max_video_frames, duration*fps), at least 1).
@@ -44,7 +48,6 @@ video_frames has the expected count (min(max_video_frames, duration*fps), at lea
 
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -54,6 +57,7 @@ from dagster import (
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    AssetSpec,
     DataVersion,
     Definitions,
     MaterializeResult,
@@ -68,7 +72,7 @@ from assets.common import (
     layer_result,
     md_table,
     per_video_asset,
-    per_video_check,
+    per_video_check_spec,
     progress,
     write_json,
     write_table,
@@ -83,6 +87,7 @@ from longvila.cache import pinned_copy, snapshot
 GROUP = "curation"
 
 # asset keys other layers depend on
+VIDEO_SOURCE = AssetKey("video_source")
 RAW_VIDEO = AssetKey("raw_video")
 VIDEO_PROBE = AssetKey("video_probe")
 VIDEO_SHOTS = AssetKey("video_shots")
@@ -90,6 +95,14 @@ VIDEO_CLIPS = AssetKey("video_clips")
 CLIP_FRAMES = AssetKey("clip_frames")
 VIDEO_FRAMES = AssetKey("video_frames")
 CLIP_FILES = AssetKey("clip_files")
+
+VIDEO_SOURCE_SPEC = AssetSpec(
+    key=VIDEO_SOURCE, group_name=GROUP, kinds={"json"},
+    description="The source folder or bucket as the new-video sensor sees it (longvila.sources): each "
+    "materialisation is reported by the sensor when the manifest changes and lists the present videos, "
+    "the removed ones (when and why) and the rejected files (why). Removed videos keep their partition "
+    "and history; the datasets leave them out.",
+)
 
 # tolerance when comparing clip durations with the configured bounds (float seconds)
 _EPS = 1e-6
@@ -200,6 +213,9 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         group_name=GROUP,
         code_version=cv["video_probe"],
         kinds={"video", "json"},
+        check_specs=[per_video_check_spec("probe_is_sane", VIDEO_PROBE, blocking=True,
+                                          description="duration, fps, frame count and size are positive and "
+                                                      "consistent")],
         description="Container/codec/duration/fps (VFR aware)/frames/size/rotation/audio of the video "
         "(curation.probe). Written to probe/<key>.json.",
     )
@@ -217,7 +233,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         out = lake.layer_url("probe", key)
         version = write_json(out, d, lake.settings())
         return layer_result(
-            out, version,
+            out, version, checks=[probe_check(d)],
             source=entry.get("relpath", ""),
             duration_s=float(res.duration_s),
             fps=float(res.fps),
@@ -229,34 +245,14 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             seconds=round(time.perf_counter() - t0, 3),
         )
 
-    @per_video_check(asset=VIDEO_PROBE, blocking=True,
-                     description="duration, fps, frame count and size are positive and consistent")
-    def probe_is_sane(context, lake: LakeResource) -> AssetCheckResult:
-        d = _read_json(lake, "probe", context.partition_key)
-        problems = []
-        if not d.get("duration_s", 0) > 0:
-            problems.append(f"duration_s={d.get('duration_s')}")
-        if not 0 < d.get("fps", 0) <= 1000:
-            problems.append(f"fps={d.get('fps')}")
-        if not d.get("frame_count", 0) >= 1:
-            problems.append(f"frame_count={d.get('frame_count')}")
-        if not (d.get("width", 0) > 0 and d.get("height", 0) > 0):
-            problems.append(f"size={d.get('width')}x{d.get('height')}")
-        if d.get("duration_s", 0) > 0 and d.get("fps", 0) > 0:
-            implied = d["duration_s"] * d["fps"]
-            if abs(implied - d.get("frame_count", 0)) > max(2.0, 0.02 * implied):
-                problems.append(f"duration*fps={implied:.1f} vs frame_count={d.get('frame_count')}")
-        return AssetCheckResult(
-            passed=not problems,
-            metadata={"problems": "; ".join(problems) or "none"},
-        )
-
     @per_video_asset(
         key=VIDEO_SHOTS,
         deps=[RAW_VIDEO, VIDEO_PROBE],
         group_name=GROUP,
         code_version=cv["video_shots"],
         kinds={"video", "parquet"},
+        check_specs=[per_video_check_spec("shots_tile_video", VIDEO_SHOTS, blocking=True,
+                                          description="shots tile [0, frame_count) with no gap or overlap, in order")],
         description=f"Shot boundaries (detector {cfg.detector!r}, curation.shots). shots/<key>.parquet.",
     )
     def video_shots(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
@@ -275,7 +271,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         version, _ = write_table(out, table, lake.settings())
         lengths = [s.end_s - s.start_s for s in shots]
         return layer_result(
-            out, version,
+            out, version, checks=[shots_check(shots, int(probe["frame_count"]))],
             detector=cfg.detector,
             num_shots=len(shots),
             mean_shot_s=round(sum(lengths) / len(lengths), 3) if lengths else 0.0,
@@ -286,28 +282,15 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                  "start_s": s.start_s, "end_s": s.end_s} for s in shots])),
         )
 
-    @per_video_check(asset=VIDEO_SHOTS, blocking=True, additional_deps=[VIDEO_PROBE],
-                     description="shots tile [0, frame_count) with no gap or overlap, in order")
-    def shots_tile_video(context, lake: LakeResource) -> AssetCheckResult:
-        from curation.schemas import table_to_shots
-
-        key = context.partition_key
-        shots = table_to_shots(_read_table(lake, "shots", key))
-        n = int(_read_json(lake, "probe", key)["frame_count"])
-        problems = tile_problems([(s.start_frame, s.end_frame) for s in shots], n)
-        problems += [f"shot {s.index}: start_s {s.start_s} >= end_s {s.end_s}"
-                     for s in shots if not s.start_s < s.end_s]
-        return AssetCheckResult(
-            passed=not problems,
-            metadata={"num_shots": len(shots), "frame_count": n, "problems": "; ".join(problems[:10]) or "none"},
-        )
-
     @per_video_asset(
         key=VIDEO_CLIPS,
         deps=[VIDEO_SHOTS, VIDEO_PROBE],
         group_name=GROUP,
         code_version=cv["video_clips"],
         kinds={"parquet"},
+        check_specs=[per_video_check_spec("clips_within_bounds", VIDEO_CLIPS, blocking=True,
+                                          description=f"every clip lasts within [{cfg.min_clip_s:g}, "
+                                                      f"{cfg.max_clip_s:g}] s and lies in one shot")],
         description=f"Clips of {cfg.min_clip_s:g}-{cfg.max_clip_s:g} s inside single shots (curation.clips). "
         "clips/<key>.parquet.",
     )
@@ -325,7 +308,7 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         version, _ = write_table(out, clips_to_table(clips), lake.settings())
         lengths = [c.end_s - c.start_s for c in clips]
         return layer_result(
-            out, version,
+            out, version, checks=[clips_check(clips, shots, cfg)],
             num_clips=len(clips),
             num_shots=len(shots),
             covered_s=round(sum(lengths), 3),
@@ -336,27 +319,14 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
                 for c in clips])),
         )
 
-    @per_video_check(asset=VIDEO_CLIPS, blocking=True, additional_deps=[VIDEO_SHOTS],
-                     description=f"every clip lasts within [{cfg.min_clip_s:g}, {cfg.max_clip_s:g}] s "
-                                 "and lies in one shot")
-    def clips_within_bounds(context, lake: LakeResource) -> AssetCheckResult:
-        from curation.schemas import table_to_clips, table_to_shots
-
-        key = context.partition_key
-        clips = table_to_clips(_read_table(lake, "clips", key))
-        shots = {s.index: s for s in table_to_shots(_read_table(lake, "shots", key))}
-        problems = clip_problems(clips, shots, cfg.min_clip_s, cfg.max_clip_s)
-        return AssetCheckResult(
-            passed=not problems,
-            metadata={"num_clips": len(clips), "problems": "; ".join(problems[:10]) or "none"},
-        )
-
     @per_video_asset(
         key=CLIP_FRAMES,
         deps=[RAW_VIDEO, VIDEO_CLIPS],
         group_name=GROUP,
         code_version=cv["clip_frames"],
         kinds={"parquet", "jpeg"},
+        check_specs=[per_video_check_spec("clip_frame_counts", CLIP_FRAMES,
+                                          description=f"{cfg.frames_per_clip} frames per clip, for every clip")],
         description=f"{cfg.frames_per_clip} JPEG frames per clip at {cfg.frame_size}px (curation.frames). "
         "clip_frames/<key>.parquet.",
     )
@@ -375,33 +345,12 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         out = lake.layer_url("clip_frames", key)
         version, nbytes = write_table(out, table, lake.settings())
         return layer_result(
-            out, version,
+            out, version, checks=[clip_frames_check(clips, table.column("clip_index").to_pylist(), cfg)],
             num_clips=len(clips),
             num_frames=table.num_rows,
             frames_per_clip=cfg.frames_per_clip,
             bytes=nbytes,
             seconds=round(secs, 3),
-        )
-
-    @per_video_check(asset=CLIP_FRAMES, additional_deps=[VIDEO_CLIPS],
-                     description=f"{cfg.frames_per_clip} frames per clip, for every clip")
-    def clip_frame_counts(context, lake: LakeResource) -> AssetCheckResult:
-        from curation.schemas import table_to_clips
-
-        key = context.partition_key
-        clips = table_to_clips(_read_table(lake, "clips", key))
-        t = _read_table(lake, "clip_frames", key, columns=["clip_index"])
-        per_clip: dict[int, int] = {}
-        for ci in t.column("clip_index").to_pylist():
-            per_clip[int(ci)] = per_clip.get(int(ci), 0) + 1
-        # a clip shorter than frames_per_clip frames contributes all its frames (curation.frames)
-        want = {c.index: min(cfg.frames_per_clip, c.end_frame - c.start_frame) for c in clips}
-        wrong = {i: per_clip.get(i, 0) for i, w in want.items() if per_clip.get(i, 0) != w}
-        extra = sorted(set(per_clip) - set(want))
-        return AssetCheckResult(
-            passed=not wrong and not extra and bool(clips),
-            metadata={"num_frames": t.num_rows, "expected": sum(want.values()),
-                      "wrong_clips": json.dumps(dict(list(wrong.items())[:10])), "unknown_clips": str(extra[:10])},
         )
 
     @per_video_asset(
@@ -410,6 +359,9 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         group_name=GROUP,
         code_version=cv["video_frames"],
         kinds={"parquet", "jpeg"},
+        check_specs=[per_video_check_spec("video_frame_count", VIDEO_FRAMES,
+                                          description=f"min({cfg.max_video_frames}, duration x {cfg.video_fps:g}) "
+                                                      "frames (at least 1)")],
         description=f"Whole-video frames at {cfg.video_fps:g} fps (at most {cfg.max_video_frames}), "
         f"{cfg.frame_size}px JPEG (curation.frames). video_frames/<key>.parquet.",
     )
@@ -427,26 +379,13 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
         out = lake.layer_url("video_frames", key)
         version, nbytes = write_table(out, table, lake.settings())
         return layer_result(
-            out, version,
+            out, version, checks=[video_frames_check(table.num_rows, _read_json(lake, "probe", key), cfg)],
             num_frames=table.num_rows,
             bytes=nbytes,
             seconds=round(secs, 3),
         )
 
-    @per_video_check(asset=VIDEO_FRAMES, additional_deps=[VIDEO_PROBE],
-                     description=f"min({cfg.max_video_frames}, duration x {cfg.video_fps:g}) frames (at least 1)")
-    def video_frame_count(context, lake: LakeResource) -> AssetCheckResult:
-        key = context.partition_key
-        probe = _read_json(lake, "probe", key)
-        dur = float(probe["duration_s"])
-        n = _read_table(lake, "video_frames", key, columns=["frame_number"]).num_rows
-        exp = min(expected_video_frames(dur, cfg), int(probe["frame_count"]))
-        # sampling at t = i / fps for i < duration*fps: allow one frame of rounding at the end
-        ok = n == exp or (exp < cfg.max_video_frames and abs(n - exp) <= 1 and n >= 1)
-        return AssetCheckResult(passed=ok, metadata={"num_frames": n, "expected": exp, "duration_s": dur})
-
-    assets_ = [raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
-    checks = [probe_is_sane, shots_tile_video, clips_within_bounds, clip_frame_counts, video_frame_count]
+    assets_ = [VIDEO_SOURCE_SPEC, raw_video, video_probe, video_shots, video_clips, clip_frames, video_frames]
 
     if cfg.write_clip_files:
 
@@ -456,6 +395,8 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             group_name=GROUP,
             code_version=cv["clip_files"],
             kinds={"video"},
+            check_specs=[per_video_check_spec("clip_files_exist", CLIP_FILES,
+                                              description="the committed index names one existing file per clip")],
             description="Every clip cut into its own MP4 (curation.clipfiles.write_clip_set): "
             "clip_files/<key>/<version>/<index>.mp4, committed by clip_files/<key>/index.json written last.",
         )
@@ -470,26 +411,16 @@ def _build_curation_defs(cfg: Optional[CurationConfig] = None) -> Definitions:
             with _video_failure(context, entry, "clip cutting"), _local_video(context, entry, lake) as path:
                 index, sha = write_clip_set(path, clips, layout.clip_files_dir(lake.storage_root, key),
                                             lake.settings(), index_extra={"partition": key})
-            return layer_result(layout.clip_files_index_path(lake.storage_root, key), sha,
+            missing = [r["clip_index"] for r in index["clips"] if not lio.exists(r["url"], lake.settings())]
+            missing += sorted({c.index for c in clips} - {r["clip_index"] for r in index["clips"]})
+            exist = AssetCheckResult(check_name="clip_files_exist", passed=not missing,
+                                     metadata={"missing": str(missing[:20]), "num_clips": len(clips)})
+            return layer_result(layout.clip_files_index_path(lake.storage_root, key), sha, checks=[exist],
                                 num_files=len(index["clips"]), set_version=index["version"])
 
-        @per_video_check(asset=CLIP_FILES, additional_deps=[VIDEO_CLIPS],
-                         description="the committed index names one existing file per clip")
-        def clip_files_exist(context, lake: LakeResource) -> AssetCheckResult:
-            from curation.schemas import table_to_clips
-
-            key = context.partition_key
-            clips = table_to_clips(_read_table(lake, "clips", key))
-            index = lio.read_json(layout.clip_files_index_path(lake.storage_root, key), lake.settings())
-            urls = {r["clip_index"]: r["url"] for r in index["clips"]}
-            missing = [c.index for c in clips if c.index not in urls or not lio.exists(urls[c.index], lake.settings())]
-            return AssetCheckResult(passed=not missing, metadata={"missing": str(missing[:20]),
-                                                                   "num_clips": len(clips)})
-
         assets_.append(clip_files)
-        checks.append(clip_files_exist)
 
-    return Definitions(assets=assets_, asset_checks=checks)
+    return Definitions(assets=assets_)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +457,66 @@ def clip_problems(clips, shots_by_index: dict, min_s: float, max_s: float) -> li
             problems.append(f"clip {c.index} [{c.start_frame}, {c.end_frame}) leaves shot {s.index} "
                             f"[{s.start_frame}, {s.end_frame})")
     return problems
+
+
+def _result(name: str, problems: list[str], **metadata) -> AssetCheckResult:
+    return AssetCheckResult(check_name=name, passed=not problems,
+                            metadata={**metadata, "problems": "; ".join(problems[:10]) or "none"})
+
+
+def probe_check(d: dict) -> AssetCheckResult:
+    """probe_is_sane: duration, fps, frame count and size positive; duration x fps ~ frame count."""
+    problems = []
+    if not d.get("duration_s", 0) > 0:
+        problems.append(f"duration_s={d.get('duration_s')}")
+    if not 0 < d.get("fps", 0) <= 1000:
+        problems.append(f"fps={d.get('fps')}")
+    if not d.get("frame_count", 0) >= 1:
+        problems.append(f"frame_count={d.get('frame_count')}")
+    if not (d.get("width", 0) > 0 and d.get("height", 0) > 0):
+        problems.append(f"size={d.get('width')}x{d.get('height')}")
+    if d.get("duration_s", 0) > 0 and d.get("fps", 0) > 0:
+        implied = d["duration_s"] * d["fps"]
+        if abs(implied - d.get("frame_count", 0)) > max(2.0, 0.02 * implied):
+            problems.append(f"duration*fps={implied:.1f} vs frame_count={d.get('frame_count')}")
+    return _result("probe_is_sane", problems)
+
+
+def shots_check(shots, frame_count: int) -> AssetCheckResult:
+    """shots_tile_video: the shots tile [0, frame_count) in order, each with start_s < end_s."""
+    problems = tile_problems([(s.start_frame, s.end_frame) for s in shots], frame_count)
+    problems += [f"shot {s.index}: start_s {s.start_s} >= end_s {s.end_s}" for s in shots if not s.start_s < s.end_s]
+    return _result("shots_tile_video", problems, num_shots=len(shots), frame_count=frame_count)
+
+
+def clips_check(clips, shots, cfg: CurationConfig) -> AssetCheckResult:
+    """clips_within_bounds: every clip within [min_clip_s, max_clip_s] and inside one shot."""
+    problems = clip_problems(clips, {s.index: s for s in shots}, cfg.min_clip_s, cfg.max_clip_s)
+    return _result("clips_within_bounds", problems, num_clips=len(clips))
+
+
+def clip_frames_check(clips, frame_clip_indices: list[int], cfg: CurationConfig) -> AssetCheckResult:
+    """clip_frame_counts: frames_per_clip frames per clip (all frames of a shorter clip), no unknown clip."""
+    per_clip: dict[int, int] = {}
+    for ci in frame_clip_indices:
+        per_clip[int(ci)] = per_clip.get(int(ci), 0) + 1
+    want = {c.index: min(cfg.frames_per_clip, c.end_frame - c.start_frame) for c in clips}
+    problems = [f"clip {i}: {per_clip.get(i, 0)} frames, expected {w}"
+                for i, w in want.items() if per_clip.get(i, 0) != w]
+    problems += [f"frames of unknown clip {i}" for i in sorted(set(per_clip) - set(want))]
+    problems += [] if clips else ["no clips"]
+    return _result("clip_frame_counts", problems, num_frames=len(frame_clip_indices), expected=sum(want.values()))
+
+
+def video_frames_check(num_frames: int, probe: dict, cfg: CurationConfig) -> AssetCheckResult:
+    """video_frame_count: min(max_video_frames, duration x fps) frames, at least 1 (one frame of rounding allowed
+    at the end: frames are sampled at t = i / fps for i < duration x fps)."""
+    expected = min(expected_video_frames(float(probe["duration_s"]), cfg), int(probe["frame_count"]))
+    ok = num_frames == expected or (expected < cfg.max_video_frames and abs(num_frames - expected) <= 1
+                                    and num_frames >= 1)
+    problems = [] if ok else [f"{num_frames} frames, expected {expected}"]
+    return _result("video_frame_count", problems, num_frames=num_frames, expected=expected,
+                   duration_s=float(probe["duration_s"]))
 
 
 defs = build_curation_defs()

@@ -7,9 +7,9 @@ Definitions work on a laptop (local folders) and against S3/MinIO (``s3://`` URL
 
 | field | env var (fallback) | default | meaning |
 |---|---|---|---|
-| `source` | `LONGVILA_SOURCE` | `<root>/data/raw` | fsspec URL of the raw videos: a local folder or `s3://bucket/prefix`; scanned recursively |
-| `storage` | `LONGVILA_STORAGE` | `<root>/data/lake` | fsspec URL where every derived artefact (layout in `longvila.layout`) and the video manifest are written |
-| `s3_endpoint_url` | `LONGVILA_S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL` | AWS | S3-compatible endpoint (MinIO, Ceph, moto) |
+| `source` | `LONGVILA_SOURCE` | `<root>/data/raw` | fsspec URL of the raw videos (folder or `s3://...`), recursive |
+| `storage` | `LONGVILA_STORAGE` | `<root>/data/lake` | fsspec URL of every derived artefact (`longvila.layout`) |
+| `s3_endpoint_url` | `LONGVILA_S3_ENDPOINT_URL`, `AWS_ENDPOINT_URL` | AWS | S3-compatible endpoint (MinIO, moto) |
 | `aws_access_key_id` | `AWS_ACCESS_KEY_ID` | boto chain | S3 key id |
 | `aws_secret_access_key` | `AWS_SECRET_ACCESS_KEY` | boto chain | S3 secret |
 | `aws_region` | `AWS_REGION`, `AWS_DEFAULT_REGION` | boto chain | S3 region |
@@ -113,12 +113,13 @@ class LakeResource(ConfigurableResource):
         return sources.read_manifest(self.settings())
 
     def video_entry(self, key: str) -> dict:
-        """Manifest entry of a present video (relpath, url, size, fingerprint, ...); InputError otherwise."""
-        return sources.video_entry(self.read_manifest(), key)
+        """Manifest entry of a present video (relpath, url, size, fingerprint, ...); InputError otherwise. The
+        manifest is parsed once per process while unchanged (`sources.shared_manifest`), not once per step."""
+        return dict(sources.video_entry(sources.shared_manifest(self.settings()), key))
 
     def present_keys(self) -> list[str]:
         """Partition keys of the videos currently present in the source (removed ones excluded)."""
-        return sources.present_keys(self.read_manifest())
+        return sources.present_keys(sources.shared_manifest(self.settings()))
 
 
 __all__ = ["LakeResource"]

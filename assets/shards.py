@@ -1,7 +1,9 @@
 """Shard mode (``LONGVILA_PARTITION_MODE=shards``): one partition per shard of videos, not per video.
 
-    curated_shard[s000001..]  (probe, shots, clips, clip frames, clip captions of every video of the shard)
-        -> stage1_dataset, stage2_dataset, stage3_dataset -> stage1..3 checkpoints
+    curated_shard[s000001..]  (probe, shots, clips, clip and whole-video frames, clip captions, summary and
+                               question-answer records of every video of the shard)
+        -> stage1_dataset .. stage4_dataset -> stage1..4 checkpoints
+        -> long_video_sft_dataset -> stage5_long_sft
 
 Shards are sealed, append-only lists of ``LONGVILA_SHARD_SIZE`` videos (default 1000; `longvila.shards`).
 ``curated_shard`` reads the source manifest once per run, then curates the shard's videos with
@@ -11,8 +13,7 @@ Inside a shard, a video whose content hash and code versions are unchanged is sk
 quarantined row, not a failed shard. The layer files are those of the per-video assets, so the stage
 datasets and their lineage tables read them unchanged.
 
-Not covered in shard mode: video summaries and QA (the long-video SFT data of stage 5) and whole-video
-frames; these still need the per-video mode.
+Not covered in shard mode: annotation sidecars (shards caption every clip with the VLM).
 """
 
 
@@ -20,6 +21,8 @@ import os
 import time
 
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     DataVersion,
@@ -62,6 +65,7 @@ def _engine() -> tuple[str, int]:
 
 def build_shard_defs() -> Definitions:
     from curation.captioning.config import CaptioningConfig
+    from curation.captioning.config import code_versions as caption_code_versions
     from curation.config import CurationConfig
     from curation.scaleout import shard_code_versions
 
@@ -70,7 +74,7 @@ def build_shard_defs() -> Definitions:
 
     @asset(key=CURATED_SHARD, partitions_def=video_shards, group_name=GROUP, code_version=code_version,
            retry_policy=TRANSIENT_RETRY, kinds={"video", "parquet"},
-           description="Curation of one shard of videos up to clip captions (curation.scaleout); per-video rows "
+           description="Curation of one shard of videos up to QA records (curation.scaleout); per-video rows "
                        "in shards/<shard>/manifest.json, layer files as the per-video assets write them.")
     def curated_shard(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         from curation.scaleout import VideoTask, run_shard, shard_version
@@ -95,7 +99,12 @@ def build_shard_defs() -> Definitions:
                       "seconds": round(time.perf_counter() - t0, 3)},
         )
 
-    return Definitions(assets=[curated_shard])
+    from assets.captions import long_video_sft_defs
+
+    captions_cv = caption_code_versions(CaptioningConfig.from_env())["long_video_sft_dataset"]
+    sft_dataset, sft_check = long_video_sft_defs([AssetDep(CURATED_SHARD, partition_mapping=AllPartitionMapping())],
+                                                 captions_cv)
+    return Definitions(assets=[curated_shard, sft_dataset], asset_checks=[sft_check])
 
 
 def shard_video_keys(lake: LakeResource) -> list[str]:

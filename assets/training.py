@@ -40,8 +40,8 @@ Kubernetes path (UNTESTED here: dagster-k8s is not installed and there is no clu
             containers: [{name: trainer, volumeMounts: [{name: ckpt, mountPath: /mnt/checkpoints}],
                           resources: {limits: {nvidia.com/gpu: 8}}}]
 
-Stage assets share the Dagster pool ``training`` (set a limit of 1 with
-``dagster instance concurrency set training 1`` so that stages never compete for the GPUs).
+Stage assets share the Dagster pool ``training``, which the project's dagster.yaml limits to one slot
+(`orchestration.instance`: pools default to 1), so stages never compete for the GPUs.
 """
 
 
@@ -70,9 +70,11 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT
+from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT, VIDEO_INSTRUCTIONS
 from assets.common import dataset_video_keys, lineage_metadata, md_table, per_video_code_versions
 from assets.curation import CLIP_FRAMES, VIDEO_FRAMES
+from assets.freshness import freshness_check
+from assets.policies import TRANSIENT_RETRY
 from assets.resources import LakeResource
 from longvila import io as lio
 from longvila import layout
@@ -189,6 +191,23 @@ def recipe_from_env() -> Recipe:
     return load_recipe(os.environ.get("LONGVILA_RECIPE", "smoke"))
 
 
+def caption_inputs() -> list[AssetKey]:
+    """The partitioned assets the caption datasets read: clip captions and clip frames per video, or the curated
+    shards in shard mode (`assets.shards`)."""
+    from assets.shards import CURATED_SHARD, shard_mode
+
+    return [CURATED_SHARD] if shard_mode() else [CLIP_CAPTIONS, CLIP_FRAMES]
+
+
+def per_video_inputs(recipe: Recipe, n: int) -> list[AssetKey]:
+    """The per-video assets whose versions tell which videos of the stage-`n` dataset moved on (freshness);
+    none for generated data, and none in shard mode, where the datasets read whole shards."""
+    if n == 5:
+        return [VIDEO_INSTRUCTIONS]
+    uses_videos = recipe.stage(n).data.kind in ("captions", "caption_and_qa")
+    return [k for k in caption_inputs() if k in (CLIP_CAPTIONS, CLIP_FRAMES)] if uses_videos else []
+
+
 def dataset_dir_for(storage: str, stage_index: int) -> str:
     if stage_index == 5:
         return layout.dataset_dir(storage, "long_video_sft")
@@ -212,20 +231,21 @@ def _dataset_dir(storage: str, n: int) -> str:
 # ----------------------------------------------------------------------------------- assets
 
 
-def _dataset_asset(recipe: Recipe, n: int, per_video_inputs: list[AssetKey]):
+def _dataset_asset(recipe: Recipe, n: int, upstream: list[AssetKey]):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
     # retrieval samples read whole-video frames and clip captions per video (in shard mode: the curated shards)
-    lake_frames = [VIDEO_FRAMES, CLIP_CAPTIONS] if CLIP_CAPTIONS in per_video_inputs else per_video_inputs
+    lake_frames = [VIDEO_FRAMES, CLIP_CAPTIONS] if CLIP_CAPTIONS in upstream else upstream
     retrieval = lake_frames if stage.data.options.retrieval_samples else []
-    dep_keys = list(dict.fromkeys((per_video_inputs if kind in caption_kinds else []) + retrieval))
+    dep_keys = list(dict.fromkeys((upstream if kind in caption_kinds else []) + retrieval))
     deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
 
     @asset(key=_dataset_key(n), deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
+           retry_policy=TRANSIENT_RETRY,
            description=f"Stage-{n} dataset ({kind}{', extra samples' if n == 5 else ''}) of recipe {recipe.name}: "
                        f"samples.parquet + manifest.json under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
@@ -237,7 +257,7 @@ def _dataset_asset(recipe: Recipe, n: int, per_video_inputs: list[AssetKey]):
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
                                            code_versions=per_video_code_versions(context), log=context.log.info)
         except InputError as e:
-            raise Failure(str(e), metadata={"videos": len(keys)}) from e
+            raise Failure(str(e), metadata={"videos": len(keys)}, allow_retries=False) from e
         inputs = manifest.get("inputs", [])
         summary = {k: v for k, v in manifest.items() if k not in ("inputs", "video_keys")}  # per-video rows: lake
         return MaterializeResult(
@@ -310,20 +330,18 @@ def _stage_asset(recipe: Recipe, n: int):
     return _st
 
 
-def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None,
-                        per_video_inputs: Optional[list[AssetKey]] = None) -> Definitions:
-    """The stage datasets and checkpoints. Caption datasets read `per_video_inputs` (default: clip captions
-    and clip frames per video; in shard mode (`assets.shards`) the curated shards)."""
-    from assets.shards import CURATED_SHARD, shard_mode
-
+def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[TrainingLauncher] = None) -> Definitions:
+    """The stage datasets and checkpoints (caption datasets read `caption_inputs()`), with the stages'
+    freshness checks (`assets.freshness`)."""
     recipe = recipe or recipe_from_env()
-    if per_video_inputs is None:
-        per_video_inputs = [CURATED_SHARD] if shard_mode() else [CLIP_CAPTIONS, CLIP_FRAMES]
-    assets_ = [_dataset_asset(recipe, n, per_video_inputs) for n in (1, 2, 3, 4)]
+    inputs = caption_inputs()
+    assets_ = [_dataset_asset(recipe, n, inputs) for n in (1, 2, 3, 4)]
     if has_extra_samples(recipe.stage(5)):
-        assets_.append(_dataset_asset(recipe, 5, per_video_inputs))
+        assets_.append(_dataset_asset(recipe, 5, inputs))
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
-    return Definitions(assets=assets_, resources={"training_launcher": launcher or TrainingLauncher()})
+    checks = [freshness_check(STAGE_KEYS[n - 1], DATASET_KEYS[n], per_video_inputs(recipe, n)) for n in (1, 2, 3, 4, 5)]
+    return Definitions(assets=assets_, asset_checks=checks,
+                       resources={"training_launcher": launcher or TrainingLauncher()})
 
 
 defs = build_training_defs()

@@ -28,15 +28,15 @@ class CurationConfig:
 
     | field | env var | default | used by | meaning |
     |---|---|---|---|---|
-    | `detector` | `LONGVILA_SHOT_DETECTOR` | `fast` | video_shots | shot detector name (one of `curation.shots.DETECTORS`) |
-    | `detector_options` | `LONGVILA_SHOT_DETECTOR_OPTIONS` (JSON object) | `{}` | video_shots | extra keyword options of the detector (e.g. a threshold) |
+    | `detector` | `LONGVILA_SHOT_DETECTOR` | `fast` | video_shots | shot detector (one of `curation.shots.DETECTORS`) |
+    | `detector_options` | `LONGVILA_SHOT_DETECTOR_OPTIONS` (JSON) | `{}` | video_shots | detector keyword options |
     | `max_clip_s` | `LONGVILA_MAX_CLIP_S` | 10.0 | video_clips | longest clip, seconds (longer shots are cut) |
-    | `min_clip_s` | `LONGVILA_MIN_CLIP_S` | 1.0 | video_clips | shortest clip, seconds (shorter pieces are dropped or merged) |
+    | `min_clip_s` | `LONGVILA_MIN_CLIP_S` | 1.0 | video_clips | shortest clip, seconds (shorter: dropped or merged) |
     | `frames_per_clip` | `LONGVILA_FRAMES_PER_CLIP` | 8 | clip_frames | frames sampled uniformly from each clip |
-    | `frame_size` | `LONGVILA_FRAME_SIZE` | 384 | clip_frames, video_frames | frames are resized to fit this square (pixels) |
+    | `frame_size` | `LONGVILA_FRAME_SIZE` | 384 | clip_frames, video_frames | frames resized to fit this square (px) |
     | `jpeg_quality` | `LONGVILA_JPEG_QUALITY` | 90 | clip_frames, video_frames | JPEG quality of stored frames |
     | `video_fps` | `LONGVILA_VIDEO_FPS` | 1.0 | video_frames | whole-video sampling rate (frames per second) |
-    | `max_video_frames` | `LONGVILA_MAX_VIDEO_FRAMES` | 256 | video_frames | cap on whole-video frames (uniform over the video beyond it) |
+    | `max_video_frames` | `LONGVILA_MAX_VIDEO_FRAMES` | 256 | video_frames | cap on whole-video frames (then uniform) |
     | `write_clip_files` | `LONGVILA_WRITE_CLIP_FILES` | false | clip_files | also cut every clip into its own MP4 |
     """
 

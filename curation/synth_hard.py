@@ -49,7 +49,8 @@ EFFECT_KIND = {
                            "wipebr", "slideleft", "slideright", "slideup", "slidedown", "smoothleft",
                            "smoothright", "smoothup", "smoothdown", "circleopen", "circleclose", "vertopen",
                            "horzopen", "diagtl", "diagbr", "coverleft", "coverdown", "revealright",
-                           "revealup", "rectcrop", "radial")},
+                           "revealup", "revealleft", "revealdown", "coverup", "rectcrop", "radial", "diagtr",
+                           "diagbl")},
 }
 
 # interesting points of the Mandelbrot set for fractal zooms (x, y)
@@ -69,6 +70,11 @@ POOLS = {
                   "yuvtestsrc=s={s}:r={r}", "pal75bars=s={s}:r={r}"],
         mandel=_MANDEL_POINTS[:4],
         effects=["fade", "dissolve", "fadeblack", "wipeleft", "wipedown", "vertopen", "circleopen"],
+        # plan "slow" only (added after the first scored run on the eval videos had shown that slow blends and
+        # slow wipes were the misses): slow blends and corner / diagonal / soft-edged wipes, none of them an
+        # effect of the eval pool (fade and dissolve are in both pools' base effects)
+        slow_effects=["fade", "dissolve", "fadeslow", "fadefast", "wipetl", "smoothdown", "diagtl", "coverup",
+                      "revealleft", "wipeleft", "circleopen"],
     ),
     "eval": dict(
         tiles=["testsrc=s={s}:r={r}", "smptehdbars=s={s}:r={r}", "yuvtestsrc=s={s}:r={r}",
@@ -403,19 +409,40 @@ def _random_mosaic_shot(rng: random.Random, frames: int, size, label: str | None
     return pan(frames, size, x, y, min(1.0, x + jx), min(1.0, y + jy), **({"label": "still"} if not label else kw))
 
 
+def _adjacent_flash(rng: random.Random, frames: int, d_in: int, d_out: int) -> tuple[Flash, ...]:
+    """One flash 1-5 frames after the incoming transition or before the outgoing one (inside the shot's own
+    frames): the case where a flash's return is hard to tell from the transition's change."""
+    length = rng.choice([1, 2, 3, 4])
+    color, alpha = rng.choice([("white", 0.85), ("white", 1.0), ("black", 0.9), ("0xFFE0A0", 0.7)])
+    gap = rng.randint(1, 5)
+    start = d_in + gap if (rng.random() < 0.5 or not d_out) else frames - d_out - gap - length
+    if not d_in + 1 <= start <= frames - d_out - length - 1:
+        return ()
+    return (Flash(start, length, color, alpha),)
+
+
+PLAN_KINDS = ("hard", "gradual", "slow")
+
+
 def random_plan(kind: str, n_shots: int, fps: int = 25, size: tuple[int, int] = (640, 360),
                 pool: str = "tune", seed: int = 0) -> tuple[list[ShotSpec], list[Join]]:
     """A random plan. ``kind="hard"``: hard cuts only, half of them between look-alike shots, flashes in about
     half the shots, many pans / zooms / fractal zooms. ``kind="gradual"``: about 60% of the joins are xfade
-    transitions of 0.4-1.6 s drawn from the pool's effects, the rest hard cuts, fewer flashes."""
-    if kind not in ("hard", "gradual"):
-        raise ValueError("kind must be 'hard' or 'gradual'")
+    transitions of 0.4-1.6 s drawn from the pool's effects, the rest hard cuts, fewer flashes.
+    ``kind="slow"`` (pools with ``slow_effects`` only): about 70% of the joins are slow transitions of
+    0.8-1.6 s, and a flash lies 1-5 frames next to a transition in about a third of the shots."""
+    if kind not in PLAN_KINDS:
+        raise ValueError(f"kind must be one of {PLAN_KINDS}")
     rng = random.Random(f"{pool}-{kind}-{seed}")
     p = POOLS[pool]
+    if kind == "slow" and "slow_effects" not in p:
+        raise ValueError(f"pool {pool!r} has no slow_effects")
+    share, effects, dur = {"gradual": (0.6, p["effects"], (0.4, 1.6)),
+                           "slow": (0.7, p.get("slow_effects"), (0.8, 1.6))}.get(kind, (0.0, None, None))
     joins: list[Join] = []
     for _ in range(n_shots - 1):
-        if kind == "gradual" and rng.random() < 0.6:
-            joins.append(Join(rng.choice(p["effects"]), int(round(rng.uniform(0.4, 1.6) * fps))))
+        if share and rng.random() < share:
+            joins.append(Join(rng.choice(effects), int(round(rng.uniform(*dur) * fps))))
         else:
             joins.append(Join())
     shots: list[ShotSpec] = []
@@ -425,7 +452,9 @@ def random_plan(kind: str, n_shots: int, fps: int = 25, size: tuple[int, int] = 
         frames = max(d_in + d_out + int(1.2 * fps), int(round(rng.uniform(2.0, 6.0) * fps)))
         look = k > 0 and rng.random() < (0.5 if kind == "hard" else 0.25)
         s = _random_shot(rng, p, frames, size, shots[-1] if shots else None, look)
-        if rng.random() < (0.5 if kind == "hard" else 0.2):
+        if kind == "slow" and rng.random() < 0.35 and (d_in or d_out):
+            s = ShotSpec(s.frames, s.source, s.filters, s.label, _adjacent_flash(rng, frames, d_in, d_out))
+        elif rng.random() < (0.5 if kind == "hard" else 0.2):
             s = ShotSpec(s.frames, s.source, s.filters, s.label, _random_flashes(rng, frames, d_in, d_out))
         shots.append(s)
     return shots, joins

@@ -56,14 +56,19 @@ def describe(h: dict | None) -> str:
             f"last heartbeat {age:.0f} s ago")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's counts; a zombie child of this process does
+    not, and is reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # not a child of this process
+        return True
 
 
 class DirLock:
@@ -186,7 +191,7 @@ class DirLock:
     def _stale(self, h: dict) -> bool:
         if time.time() - float(h.get("heartbeat", 0)) > self.ttl:
             return True
-        return h.get("host") == socket.gethostname() and not _pid_alive(int(h.get("pid", 0)))
+        return h.get("host") == socket.gethostname() and not pid_alive(int(h.get("pid", 0)))
 
     def _release_remote(self) -> None:
         if self._lost or self._etag is None:

@@ -79,23 +79,6 @@ def default_dagster_home() -> str:
     return os.environ.get("DAGSTER_HOME", str(project_root() / ".dagster"))
 
 
-def ensure_dagster_home() -> str:
-    """Point DAGSTER_HOME at the project-local folder unless the user set it, and create it."""
-    home = default_dagster_home()
-    os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
-    cfg = Path(home) / "dagster.yaml"
-    if not cfg.exists():
-        # Dagster's defaults are what we want (SQLite run/event/schedule storage under DAGSTER_HOME);
-        # an explicit file records that choice and is where a user adds Postgres, concurrency or telemetry.
-        cfg.write_text(
-            "# Dagster instance of the LongVILA stack. Empty = Dagster's defaults: SQLite storage in this folder.\n"
-            "# Production: configure run/event storage (e.g. dagster-postgres), run queue and concurrency pools\n"
-            "# here; see https://docs.dagster.io/deployment/oss/dagster-yaml\n"
-        )
-    return home
-
-
 @dataclass(frozen=True)
 class S3Options:
     endpoint_url: str | None = None

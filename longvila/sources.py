@@ -37,6 +37,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -214,6 +215,28 @@ def read_manifest(settings: Settings) -> dict:
     if not lio.exists(url, settings):
         return empty_manifest(settings.source)
     return lio.read_json(url, settings)
+
+
+_SHARED: dict[str, tuple[tuple, dict]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_manifest(settings: Settings) -> dict:
+    """The manifest for read-only lookups, parsed once per process while the file is unchanged (its size,
+    mtime/ETag and inode from one stat): every step of a run asks for its video's entry, and at 100k videos the
+    manifest is tens of MB. Callers must not modify the result (`read_manifest` gives a private copy)."""
+    url = manifest_url(settings.storage)
+    fs, path = lio.get_fs(url, settings)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return empty_manifest(settings.source)
+    identity = tuple(str(info.get(k)) for k in ("size", "mtime", "LastModified", "ETag", "ino", "created"))
+    with _SHARED_LOCK:
+        cached = _SHARED.get(url)
+        if cached is None or cached[0] != identity:
+            cached = _SHARED[url] = (identity, lio.read_json(url, settings))
+    return cached[1]
 
 
 def write_manifest(settings: Settings, manifest: dict) -> str:

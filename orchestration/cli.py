@@ -26,7 +26,7 @@ def run_dev(args) -> int:
     import os
     import shutil
 
-    from longvila.settings import ensure_dagster_home
+    from orchestration.instance import ensure_dagster_home
 
     home = ensure_dagster_home()
     exe = shutil.which("dagster") or os.path.join(os.path.dirname(sys.executable), "dagster")

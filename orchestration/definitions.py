@@ -6,17 +6,23 @@ the shared pieces:
 * resources: ``lake`` = `LakeResource.from_env()` (source/storage URLs, S3 endpoint and credentials);
 * sensors: ``new_video_sensor`` (registers videos as `videos` partitions and runs their per-video chain,
   see `orchestration.sensors`) and ``automation_sensor`` (evaluates the assets' shared automation
-  condition, `assets.policies.ON_NEW_DATA`); both are RUNNING by default;
-* executor: multiprocess by default; ``LONGVILA_EXECUTOR=in_process`` or ``k8s`` switches it
-  (`orchestration.executors`);
-* a ``curation_lineage`` job over the curation group for manual launches and backfills.
+  condition, `assets.policies.ON_NEW_DATA`, every ``LONGVILA_AUTOMATION_INTERVAL_S`` = 15 s, one run per
+  partition); both are RUNNING by default and tag their runs ``longvila/automated`` (lower priority, a
+  bounded share of the run queue: `orchestration.instance`);
+* executor: in-process by default (a video's chain runs in one process; runs run in parallel across
+  videos); ``LONGVILA_EXECUTOR=multiprocess`` or ``k8s`` switches it (`orchestration.executors`);
+* a ``curation_lineage`` job over the curation group for manual launches and backfills;
+* the ``training`` job and ``training_schedule`` (re-trains the stages whose data moved on;
+  `orchestration.schedules`).
 
 Load it with ``dagster dev -w workspace.yaml`` (or ``dagster definitions validate -w workspace.yaml``).
-DAGSTER_HOME defaults to ``<root>/.dagster`` (`longvila.settings.ensure_dagster_home`).
+DAGSTER_HOME defaults to ``<root>/.dagster``, with the project's dagster.yaml (`orchestration.instance`).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from types import ModuleType
 from typing import Optional
 
@@ -35,26 +41,35 @@ from assets import curation as curation_assets
 from assets import evaluation as evaluation_assets
 from assets import training as training_assets
 from assets.partitions import videos
-from assets.shards import build_shard_defs, shard_mode
 from assets.resources import LakeResource
-from longvila.settings import ensure_dagster_home
+from assets.shards import build_shard_defs, shard_mode
 
 from . import reports
 from .executors import executor_from_env
+from .instance import AUTOMATED_RUN_TAGS, ensure_dagster_home
+from .schedules import training_job, training_schedule
 from .sensors import build_new_shard_sensor, build_new_video_sensor
 
 # Every module here exposes `defs: dagster.Definitions`; listed explicitly, in lineage order.
 ASSET_MODULES: list[ModuleType] = [curation_assets, captions_assets, training_assets, evaluation_assets, reports]
 
-AUTOMATION_SENSOR_INTERVAL_S = 30
+AUTOMATION_SENSOR_INTERVAL_S = int(os.environ.get("LONGVILA_AUTOMATION_INTERVAL_S") or 15)
 
-automation_sensor = AutomationConditionSensorDefinition(
-    name="automation_sensor",
-    target=AssetSelection.all(),
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=AUTOMATION_SENSOR_INTERVAL_S,
-    description="Evaluates the assets' automation condition (assets.policies.ON_NEW_DATA).",
-)
+with warnings.catch_warnings():  # use_user_code_server is a beta parameter in dagster 1.13
+    warnings.filterwarnings("ignore", message=".*use_user_code_server.*")
+    automation_sensor = AutomationConditionSensorDefinition(
+        name="automation_sensor",
+        target=AssetSelection.all(),
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=AUTOMATION_SENSOR_INTERVAL_S,
+        # evaluated in the code server: the shared condition compares data versions in Python (assets.policies)
+        use_user_code_server=True,
+        # one run per partition: a backfill spanning videos would fail as a whole if one of them went wrong
+        emit_backfills=False,
+        run_tags=AUTOMATED_RUN_TAGS,
+        description="Evaluates the assets' automation condition (assets.policies.ON_NEW_DATA); its runs have "
+        "a lower priority than manual launches and a share of the run queue (orchestration/instance.py).",
+    )
 
 curation_lineage_job = define_asset_job(
     "curation_lineage",
@@ -75,28 +90,27 @@ def build_defs(
     lake: Optional[LakeResource] = None,
     executor: Optional[ExecutorDefinition] = None,
 ) -> Definitions:
-    """Merged Definitions; arguments override the defaults (tests pass an in-process executor)."""
+    """Merged Definitions; arguments override the defaults (tests pass a subset of the layers, an explicit
+    lake or executor). Jobs and schedules join only with the layers they target. In shard mode
+    (`assets.shards`), curated shards feed the caption datasets and stages 1-4; the per-video curation and
+    caption layers, whose work the shards do, are left out."""
     ensure_dagster_home()
-    if modules is None and shard_mode():
-        return _shard_defs(lake, executor)
-    layers = Definitions.merge(*[m.defs for m in (modules or ASSET_MODULES)],
-                               Definitions(resources={"lake": lake or LakeResource.from_env()}))
+    sharded = modules is None and shard_mode()
+    layer_defs = ([build_shard_defs(), Definitions(assets=[curation_assets.VIDEO_SOURCE_SPEC]),
+                   training_assets.build_training_defs(), evaluation_assets.defs, reports.defs] if sharded
+                  else [m.defs for m in (modules or ASSET_MODULES)])
+    layers = Definitions.merge(*layer_defs, Definitions(resources={"lake": lake or LakeResource.from_env()}))
+    keys = layers.resolve_asset_graph().materializable_asset_keys
+    has_curation, has_training = curation_assets.RAW_VIDEO in keys, training_assets.STAGE_KEYS[0] in keys
+    new_video = ([build_new_shard_sensor()] if sharded
+                 else [build_new_video_sensor(per_video_chain(layers))] if has_curation else [])
     shared = Definitions(
-        sensors=[build_new_video_sensor(per_video_chain(layers)), automation_sensor],
-        jobs=[curation_lineage_job],
+        sensors=[automation_sensor, *new_video],
+        jobs=[job for job, present in ((curation_lineage_job, has_curation), (training_job, has_training)) if present],
+        schedules=[training_schedule] if has_training else [],
         executor=executor or executor_from_env(),
     )
     return Definitions.merge(layers, shared)
-
-
-def _shard_defs(lake: Optional[LakeResource], executor: Optional[ExecutorDefinition]) -> Definitions:
-    """Shard mode (`assets.shards`): curated shards feed the caption datasets and stages 1-4; the per-video
-    curation and caption layers, whose work the shards do, are left out."""
-    return Definitions.merge(
-        build_shard_defs(), training_assets.build_training_defs(), evaluation_assets.defs, reports.defs,
-        Definitions(resources={"lake": lake or LakeResource.from_env()}, sensors=[build_new_shard_sensor(),
-                                                                                automation_sensor],
-                    executor=executor or executor_from_env()))
 
 
 defs = build_defs()

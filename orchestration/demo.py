@@ -282,7 +282,8 @@ def run_demo(
     log_level: str = "CRITICAL",
 ) -> int:
     """The `longvila demo` command; `modules` restricts the asset modules (tests). Returns the exit code."""
-    from longvila.settings import default_source, ensure_dagster_home, project_root
+    from longvila.settings import default_source, project_root
+    from orchestration.instance import ensure_dagster_home
 
     if source:
         os.environ["LONGVILA_SOURCE"] = source

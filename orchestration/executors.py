@@ -1,10 +1,13 @@
 """Executor choice: configuration, not code.
 
-| `LONGVILA_EXECUTOR` | executor | use |
-|---|---|---|
-| `multiprocess` (default) | `dagster.multiprocess_executor`, at most `LONGVILA_MAX_CONCURRENT` steps at once (default: number of CPUs) | `dagster dev`, a single machine |
-| `in_process` | `dagster.in_process_executor` | tests, debugging, tiny machines |
-| `k8s` | `dagster_k8s.k8s_job_executor` (one Kubernetes Job per step) | a cluster; needs `pip install "dagster-k8s==0.29.*"` |
+``LONGVILA_EXECUTOR`` selects:
+
+* ``in_process`` (default): `dagster.in_process_executor`, every step of a run in the run's process. For
+  per-video chains: no process start-up per step; parallelism comes from runs in parallel across videos.
+* ``multiprocess``: `dagster.multiprocess_executor`, at most ``LONGVILA_MAX_CONCURRENT`` steps at once
+  (default: number of CPUs). For one big run with independent heavy steps.
+* ``k8s``: `dagster_k8s.k8s_job_executor` (one Kubernetes Job per step), on a cluster; needs
+  ``pip install "dagster-k8s==0.29.*"``.
 
 `dagster_k8s` is imported only when `k8s` is asked for. An equivalent configuration for a
 Kubernetes deployment, written as run config in the Dagster UI launchpad or in code:
@@ -57,8 +60,8 @@ def k8s_executor(config: dict | None = None) -> ExecutorDefinition:
 
 
 def executor_from_env(name: str | None = None) -> ExecutorDefinition:
-    """The executor selected by `name` or LONGVILA_EXECUTOR (default multiprocess)."""
-    name = (name or os.environ.get("LONGVILA_EXECUTOR") or "multiprocess").strip().lower().replace("-", "_")
+    """The executor selected by `name` or LONGVILA_EXECUTOR (default in_process)."""
+    name = (name or os.environ.get("LONGVILA_EXECUTOR") or "in_process").strip().lower().replace("-", "_")
     if name == "multiprocess":
         max_c = int(os.environ.get("LONGVILA_MAX_CONCURRENT") or (os.cpu_count() or 1))
         return multiprocess_executor.configured({"max_concurrent": max_c}, name="multiprocess")

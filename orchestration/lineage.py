@@ -174,23 +174,6 @@ def _lineage_table(node: dict, unresolved: list[str], video: Optional[str] = Non
     return table.filter(pc.equal(table.column("video_key"), video))
 
 
-def _versions_as_of(instance, asset: str, before: int, page: int = 5000) -> dict[str, Optional[str]]:
-    """{partition: data version} of the newest materialisation of each partition of `asset` before `before`
-    (paged, newest first: ~partitions / page queries)."""
-    from dagster import AssetRecordsFilter
-
-    latest: dict[str, Optional[str]] = {}
-    cursor = None
-    while True:
-        res = instance.fetch_materializations(AssetRecordsFilter(asset_key=_key(asset), before_storage_id=before),
-                                              limit=page, cursor=cursor)
-        for r in res.records:
-            latest.setdefault(r.asset_materialization.partition, _tags(r).get(DATA_VERSION_TAG))
-        if not res.has_more:
-            return latest
-        cursor = res.cursor
-
-
 def _differences(node: dict, asset: str, recorded: dict, actual: dict, source: str) -> list[str]:
     bad = [k for k, v in recorded.items() if actual.get(k) != v]
     out = [f"{node['asset']}: {asset}[{k}] recorded {str(recorded[k])[:12]}, {source} has {str(actual.get(k))[:12]}"
@@ -203,12 +186,13 @@ def _differences(node: dict, asset: str, recorded: dict, actual: dict, source: s
 def _shard_rows(instance, node: dict, problems: list[str]) -> dict[str, dict]:
     """Shard mode: {video: row} of the shard manifests, each manifest checked against curated_shard's data
     version as of the dataset (the shards' event-log records)."""
+    from assets.common import versions_as_of
     from curation.scaleout import read_shard_manifest, shard_version
 
     # the table is <storage>/datasets/<name>/lineage.parquet (longvila.layout.dataset_dir)
     storage = str(node["_metadata"]["lineage_table"]).rsplit("/datasets/", 1)[0]
     rows: dict[str, dict] = {}
-    for shard, version in sorted(_versions_as_of(instance, SHARD_ASSET, node["storage_id"]).items()):
+    for shard, version in sorted(versions_as_of(instance, _key(SHARD_ASSET), node["storage_id"]).items()):
         manifest = read_shard_manifest(storage, shard)
         if shard_version(manifest) != version:
             problems.append(f"{node['asset']}: shards/{shard}/manifest.json is not the one {SHARD_ASSET}[{shard}] "
@@ -221,6 +205,7 @@ def verify_table(instance, node: dict, table) -> list[str]:
     """Rows of `table` whose recorded versions are not what the event log holds as of the dataset's event:
     for each column asset (and raw_video), the newest materialisation of the partition before it. In shard
     mode (the dataset read ``curated_shard``), the rows of the shard manifests that the event log vouches for."""
+    from assets.common import versions_as_of
     from longvila.lineage_table import KEY, RAW
 
     keys = table.column(KEY).to_pylist()
@@ -230,7 +215,7 @@ def verify_table(instance, node: dict, table) -> list[str]:
         asset = RAW_VIDEO if col == RAW else col
         recorded = dict(zip(keys, table.column(col).to_pylist()))
         if shard_rows is None:
-            actual, source = _versions_as_of(instance, asset, node["storage_id"]), "event log"
+            actual, source = versions_as_of(instance, _key(asset), node["storage_id"]), "event log"
         else:
             field = (lambda r: r.get("raw_sha256")) if col == RAW else (lambda r, c=col: r.get("outputs", {}).get(c))
             actual, source = {k: field(r) for k, r in shard_rows.items()}, "shard manifests"
@@ -418,7 +403,7 @@ def register(subparsers) -> None:
 def run_cli(args) -> int:
     from dagster import DagsterInstance
 
-    from longvila.settings import ensure_dagster_home
+    from orchestration.instance import ensure_dagster_home
 
     ensure_dagster_home()
     instance = DagsterInstance.get()

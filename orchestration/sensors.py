@@ -1,7 +1,8 @@
 """The new-video sensor: the Dagster edge of the source scan in `longvila.sources`.
 
-Every tick (default every 30 s) the sensor scans the source against the state in its cursor (fingerprint
-and generation of each present video; see `longvila.sources` for listing, identity and removal rules).
+Every tick (every ``LONGVILA_SENSOR_INTERVAL_S`` = 10 s) the sensor scans the source against the state in its
+cursor (fingerprint and generation of each present video; see `longvila.sources` for listing, identity and
+removal rules).
 The scan never reads file contents, so a tick costs one listing whatever the file sizes. For each change:
 
 * a new video: its partition is added and one run materialises its whole per-video chain (curation and
@@ -11,6 +12,10 @@ The scan never reads file contents, so a tick costs one listing whatever the fil
   touched file re-captions nothing;
 * a removed video: marked removed in the manifest and logged; its partition and history stay, so no
   run or backfill of another video is affected.
+
+Whenever the manifest changes, the tick also reports a materialisation of the external asset
+``video_source`` whose metadata lists the removed videos (when and why) and the rejected files: what
+the UI shows about videos that are gone.
 
 Run keys (`longvila.sources.run_key`) hold the key, a digest of the fingerprint and the change's
 generation: every detected change runs once, and content that goes A -> B -> A runs three times.
@@ -31,7 +36,9 @@ from typing import Callable, Optional, Sequence
 
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     DefaultSensorStatus,
+    MetadataValue,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -40,14 +47,17 @@ from dagster import (
     sensor,
 )
 
-from assets.curation import RAW_VIDEO
+from assets.common import md_table
+from assets.curation import RAW_VIDEO, VIDEO_SOURCE
 from assets.partitions import videos
 from assets.resources import LakeResource
 from longvila import sources
 from longvila.errors import InputError
 from orchestration.bulk import PARTITION_ADD_CHUNK, add_partitions, chunks
 
-SENSOR_INTERVAL_S = 30
+from .instance import AUTOMATED_RUN_TAGS
+
+SENSOR_INTERVAL_S = int(os.environ.get("LONGVILA_SENSOR_INTERVAL_S") or 10)
 MAX_NEW_PER_TICK = 25
 
 
@@ -73,8 +83,26 @@ def _log_scan(context: SensorEvaluationContext, res: sources.ScanResult, old: di
     context.log.info(f"scan of {res.manifest['source']}: {res.summary()}")
 
 
-def _scan(context: SensorEvaluationContext, lake: LakeResource) -> sources.ScanResult | SkipReason:
-    """The scan of one tick (bounded), logged; the manifest is written if it changed."""
+def source_report(res: sources.ScanResult, manifest_url: str) -> AssetMaterialization:
+    """The `video_source` materialisation for a scan: counts, removed videos, rejected files."""
+    removed = sources.removed_videos(res.manifest)
+    rejected = [{"file": rel, "reason": why} for rel, why in res.manifest["rejected"].items()]
+    return AssetMaterialization(asset_key=VIDEO_SOURCE, metadata={
+        "source": res.manifest["source"],
+        "manifest": MetadataValue.path(manifest_url),
+        "present": len(sources.present_keys(res.manifest)),
+        "removed": len(removed),
+        "rejected": len(rejected),
+        "this_scan": res.summary(),
+        "removed_videos": MetadataValue.md(md_table(removed, limit=50, width=120)),
+        "rejected_files": MetadataValue.md(md_table(rejected, limit=50, width=120)),
+    })
+
+
+def _scan(context: SensorEvaluationContext,
+          lake: LakeResource) -> tuple[sources.ScanResult, list[AssetMaterialization]] | SkipReason:
+    """The scan of one tick (bounded), logged; if the manifest changed it is written and reported as a
+    `video_source` materialisation (returned with the scan)."""
     settings = lake.settings()
     lake_manifest = sources.read_manifest(settings)
     previous = sources.previous_state(context.cursor, lake_manifest, settings)
@@ -83,27 +111,28 @@ def _scan(context: SensorEvaluationContext, lake: LakeResource) -> sources.ScanR
     except InputError as e:
         return SkipReason(str(e))
     _log_scan(context, res, lake_manifest)
+    events = []
     if _manifest_changed(res.manifest, lake_manifest):
-        sources.write_manifest(settings, res.manifest)
-    return res
+        events.append(source_report(res, sources.write_manifest(settings, res.manifest)))
+    return res, events
 
 
 def evaluate_new_videos(context: SensorEvaluationContext, lake: LakeResource,
                         chain: Sequence[AssetKey]) -> SensorResult | SkipReason:
     """One tick: scan, write the manifest if it changed, request runs for new and changed videos."""
-    res = _scan(context, lake)
-    if isinstance(res, SkipReason):
-        return res
-    settings = lake.settings()
+    scanned = _scan(context, lake)
+    if isinstance(scanned, SkipReason):
+        return scanned
+    res, events = scanned
     entries = res.manifest["videos"]
     run_requests = [
-        RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k,
+        RunRequest(run_key=sources.run_key(k, entries[k]), partition_key=k, tags=AUTOMATED_RUN_TAGS,
                    asset_selection=list(chain) if k in res.new else [RAW_VIDEO])
         for k in res.to_run
     ]
     adds = [videos.build_add_request(part) for part in chunks(res.to_run, PARTITION_ADD_CHUNK)]
-    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
-                        cursor=sources.encode_cursor(res.manifest, settings))
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds, asset_events=events,
+                        cursor=sources.encode_cursor(res.manifest, lake.settings()))
 
 
 def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) -> SensorResult | SkipReason:
@@ -112,9 +141,10 @@ def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) ->
     from assets.shards import CURATED_SHARD, shard_size, video_shards
     from longvila import shards
 
-    res = _scan(context, lake)
-    if isinstance(res, SkipReason):
-        return res
+    scanned = _scan(context, lake)
+    if isinstance(scanned, SkipReason):
+        return scanned
+    res, events = scanned
     settings = lake.settings()
     added = shards.assign(lake.storage_root, res.new, shard_size(), settings)
     index = shards.read_index(lake.storage_root, settings)
@@ -125,11 +155,11 @@ def evaluate_new_shards(context: SensorEvaluationContext, lake: LakeResource) ->
     run_requests = [
         RunRequest(run_key=f"{shard}:" + hashlib.sha1("".join(sources.run_key(k, entries[k]) for k in sorted(keys))
                                                       .encode()).hexdigest()[:16],
-                   partition_key=shard, asset_selection=[CURATED_SHARD])
+                   partition_key=shard, asset_selection=[CURATED_SHARD], tags=AUTOMATED_RUN_TAGS)
         for shard, keys in sorted(touched.items())
     ]
     adds = [video_shards.build_add_request(sorted(added))] if added else []
-    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds,
+    return SensorResult(run_requests=run_requests, dynamic_partitions_requests=adds, asset_events=events,
                         cursor=sources.encode_cursor(res.manifest, settings))
 
 

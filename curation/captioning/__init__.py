@@ -20,8 +20,10 @@ from importlib import import_module
 # (e.g. from the Dagster definitions) does not pull in torch / transformers.
 _EXPORTS = {
     "QUESTION_TYPES": "annotate", "TimedCaption": "annotate", "VideoAnnotator": "annotate",
-    "captions_from_table": "annotate", "instruction_records": "annotate", "read_jsonl": "annotate", "to_jsonl": "annotate",
-    "CAPTIONS_SCHEMA": "captioner", "CaptionResult": "captioner", "ClipCaptioner": "captioner", "ClipInput": "captioner",
+    "captions_from_table": "annotate", "instruction_records": "annotate", "read_jsonl": "annotate",
+    "to_jsonl": "annotate",
+    "CAPTIONS_SCHEMA": "captioner", "CaptionResult": "captioner", "ClipCaptioner": "captioner",
+    "ClipInput": "captioner",
     "caption_video": "captioner", "clip_inputs": "captioner", "results_to_table": "captioner",
     "CaptioningConfig": "config", "ModelSettings": "config", "code_versions": "config", "make_annotator": "config",
     "make_backend": "config", "make_captioner": "config",

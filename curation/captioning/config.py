@@ -3,12 +3,13 @@
 | variable | default | meaning |
 |---|---|---|
 | LONGVILA_CAPTION_BACKEND | `local` | `local` (transformers) or `openai` (OpenAI-compatible HTTP server) |
-| LONGVILA_CAPTION_MODEL | `smoke` | VLM: local path or hub id (local), or the served model name (openai); `smoke` = the tiny random model of `smoke_models` |
+| LONGVILA_CAPTION_MODEL | `smoke` | VLM: local path or hub id (local), or the served model name (openai); `smoke`: |
+| | | the tiny random model of `smoke_models` |
 | LONGVILA_CAPTION_ENDPOINT | unset | base URL for `openai`, e.g. `http://127.0.0.1:8000/v1` |
 | LONGVILA_LLM_BACKEND | `local` | as above, for summaries and question-answer pairs |
 | LONGVILA_LLM_MODEL | `smoke` | causal LM: local path / hub id, or served model name |
 | LONGVILA_LLM_ENDPOINT | unset | base URL for `openai` |
-| LONGVILA_CAPTION_API_KEY_ENV | `OPENAI_API_KEY` | name of the variable holding the API key (the key itself is never stored) |
+| LONGVILA_CAPTION_API_KEY_ENV | `OPENAI_API_KEY` | the variable holding the API key (the key itself is never stored) |
 | LONGVILA_CAPTION_BATCH_SIZE | 8 | clips / prompts per `generate` call (local) |
 | LONGVILA_CAPTION_CONCURRENCY | 4 | parallel HTTP requests (openai) |
 | LONGVILA_CAPTION_TIMEOUT_S | 120 | HTTP read timeout per request |
@@ -19,11 +20,11 @@
 | LONGVILA_SUMMARY_MAX_NEW_TOKENS | 256 | summary reply length |
 | LONGVILA_QA_MAX_NEW_TOKENS | 1024 | question-answer reply length |
 | LONGVILA_LLM_MAX_ATTEMPTS | 3 | attempts per structured reply before the video is recorded as failed |
-| LONGVILA_CAPTION_PROMPT / LONGVILA_SUMMARY_PROMPT / LONGVILA_QA_PROMPT | `v1` | prompt versions in `curation/prompts/` |
+| LONGVILA_CAPTION_PROMPT / LONGVILA_SUMMARY_PROMPT / LONGVILA_QA_PROMPT | `v1` | prompt versions (curation/prompts) |
 | LONGVILA_PROMPTS_DIR | `curation/prompts` | folder of the prompt files |
 | LONGVILA_MODELS_DIR | `<root>/data/models` | where the smoke models are built (cached) |
 | LONGVILA_CAPTION_DEVICE | `cpu` | torch device for local models |
-| LONGVILA_CAPTION_TORCH_THREADS | unset | torch CPU threads while generating (unset: 1 for the smoke models, torch's default otherwise) |
+| LONGVILA_CAPTION_TORCH_THREADS | unset | torch CPU threads for generation (unset: 1 for smoke models, else torch's) |
 
 The model ids, prompt tags (version + content hash) and the decoding parameters make up the code
 versions (`code_versions`), so changing a model or editing a prompt marks exactly the affected
@@ -97,7 +98,8 @@ class CaptioningConfig:
             torch_threads=_env("LONGVILA_CAPTION_TORCH_THREADS", None, int),
         )
         return cls(
-            vlm=ModelSettings(backend=_env("LONGVILA_CAPTION_BACKEND", "local"), model=_env("LONGVILA_CAPTION_MODEL", SMOKE),
+            vlm=ModelSettings(backend=_env("LONGVILA_CAPTION_BACKEND", "local"),
+                              model=_env("LONGVILA_CAPTION_MODEL", SMOKE),
                               endpoint=_env("LONGVILA_CAPTION_ENDPOINT", None), **common),
             llm=ModelSettings(backend=_env("LONGVILA_LLM_BACKEND", "local"), model=_env("LONGVILA_LLM_MODEL", SMOKE),
                               endpoint=_env("LONGVILA_LLM_ENDPOINT", None), **common),
@@ -140,7 +142,8 @@ def code_versions(cfg: CaptioningConfig) -> dict[str, str]:
     vlm, llm = model_id(cfg.vlm, "vlm"), model_id(cfg.llm, "llm")
     dec = f"lang={cfg.language}:attempts={cfg.max_attempts}"
     return {
-        "clip_captions": f"{CODE_VERSION}:{cap.tag}:{vlm}:tok={cfg.caption_max_new_tokens}:chars={cfg.caption_max_chars}:lang={cfg.language}",
+        "clip_captions": f"{CODE_VERSION}:{cap.tag}:{vlm}:tok={cfg.caption_max_new_tokens}"
+                         f":chars={cfg.caption_max_chars}:lang={cfg.language}",
         "video_summary": f"{CODE_VERSION}:{summ.tag}:{llm}:tok={cfg.summary_max_new_tokens}:{dec}",
         "video_instructions": f"{CODE_VERSION}:{qa.tag}:{llm}:tok={cfg.qa_max_new_tokens}:{dec}",
         "long_video_sft_dataset": f"{CODE_VERSION}:sft-jsonl-v2",  # v2: manifest key content_hash (was sha256)

@@ -65,7 +65,8 @@ def build_long_video_sft(storage: str, keys: Sequence[str], settings=None,
             counts[r.get("question_type", "?")] = counts.get(r.get("question_type", "?"), 0) + 1
             if r.get("question_type") in qtypes:
                 qtypes[r["question_type"]] += 1
-        videos[key] = {"data_version": hashlib.sha256(data).hexdigest(), "num_records": len(recs), "question_types": counts}
+        videos[key] = {"data_version": hashlib.sha256(data).hexdigest(), "num_records": len(recs),
+                       "question_types": counts}
         lineage.add(key, raw_sha256(storage, key, settings), {"video_instructions": videos[key]["data_version"]})
         records.extend(recs)
     body = to_jsonl(records).encode("utf-8")

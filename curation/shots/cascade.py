@@ -1,9 +1,9 @@
-"""The default ``fast`` detector: a cascade of cheap cues over 48x27 frames, verified where they fire.
+"""The default ``fast`` detector: a cascade of cheap cues over tiny frames, verified where they fire.
 
-Input: frames decoded once at 48x27 RGB (`curation.shots.decode`). Per frame (vectorised over chunks):
-the picture is averaged to 24x13, each RGB channel standardised (mean 0, std 1 with a floor), so that a
-global brightness or contrast change (a flash overlay, a fade) changes little; frames whose luma hardly
-varies are *blank* (black, white or flat).
+Input: frames decoded once at 48x28 I420 (`curation.shots.decode`; 48x27 RGB works too). Per frame
+(vectorised over chunks): the picture becomes RGB at 24x14, each channel standardised (mean 0, std 1 with a
+floor), so that a global brightness or contrast change (a flash overlay, a fade) changes little; frames whose
+luma hardly varies are *blank* (black, white or flat).
 
 1. **Hard cuts.** ``d[t]``, a motion-tolerant difference of frames ``t-1`` and ``t`` (each pixel against
    the 3x3 range around it in the previous frame, so a shift of up to 2 px at 48x27 costs nothing), is
@@ -20,12 +20,25 @@ varies are *blank* (black, white or flat).
    towards the blank run. A blank run whose two sides match is a flash.
 3. **Gradual transitions** (dissolves, wipes): with flash frames replaced by their neighbours, the same
    motion-tolerant difference between frames ``t-k`` and ``t+k`` for lags ``k`` of about 0.24, 0.48 and
-   0.8 s is compared with its values at ``t-2k`` and ``t+2k`` (inside the neighbouring shots): a ratio
-   above ``gradual_ratio`` against the quieter side (and ``busy_ratio`` against the busier side), with no
-   cut or fade nearby, is a transition. Its span is where the frames' progress from the frame ``k`` before
-   to the frame ``k`` after (the share of the distance already covered) goes from 15% to 85%; the boundary
-   is where it passes 50%. It is a ``wipe`` when its blocks switch at clearly different times, else a
-   ``dissolve``.
+   0.8 s is compared with its values at ``t-2k`` and ``t+2k`` (inside the neighbouring shots). A candidate
+   is a run where it exceeds ``gradual_ratio`` times the quieter side (*strong*), or ``blend_ratio`` times
+   it and at least ``blend_min`` (*weak*: still shots around a faint change), with no cut or fade nearby,
+   and the change holds when the reference frames move outwards. Its span is where the frames' progress
+   from the frame ``k`` before to the frame ``k`` after (the share of the distance already covered) goes
+   from 15% to 85%; the boundary is where it passes 50%. One of three cues must confirm it:
+
+   * *concentrated change* (strong candidates): the plain frame-to-frame change inside the span exceeds
+     ``calm_ratio`` times the change just outside (a drifting or panning shot changes at the same pace);
+   * *motion-compensated concentration* (strong candidates): the block-matched change over 3 frames, in
+     median, is at least ``motion_floor`` inside the span and ``motion_ratio`` times the busier side just
+     outside it: a wipe or dissolve between two moving shots, where plain differences are busy everywhere;
+   * *blend* (any candidate): every frame between the two references fits ``u * A + v * B + w`` (luma and
+     colour separately, least squares over the pixels) within ``blend_residual`` of the references'
+     difference, with a progress ``v / (u + v)`` that falls back by at most ``blend_backtrack``: a
+     dissolve or fade through any colour, even a slow or faint one.
+
+   Spans found at two lags that overlap become one transition. It is a ``wipe`` when its blocks switch at
+   clearly different times, else a ``dissolve``.
 
 Long videos are analysed in overlapping segments (`analyze_stream`), so memory stays bounded.
 """
@@ -39,6 +52,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .decode import i420_to_rgb, split_i420
 from .records import Boundary
 
 SD_FLOOR = 6.0  # grey levels: below this a channel's standardised values are damped rather than amplified
@@ -63,6 +77,12 @@ class Params:
     gradual_min: float = 0.15
     wipe_spread: float = 0.3
     calm_ratio: float = 1.5
+    motion_ratio: float = 1.3
+    motion_floor: float = 0.04
+    blend_residual: float = 0.15
+    blend_backtrack: float = 0.3
+    blend_ratio: float = 10.0
+    blend_min: float = 0.06
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,11 +91,12 @@ class Params:
 
 @dataclass
 class Frames:
-    """Standardised 24x13 pictures ``z`` (n, 3, 13, 24) float32 (channels first), luma mean and std (n,),
-    and the blank mask (luma std below ``blank_sd``)."""
+    """Standardised pictures ``z`` (n, 3, 14, 24) float32 (channels first; 13 rows from 48x27 RGB), luma
+    mean and std (n,), and the blank mask (luma std below ``blank_sd``)."""
 
     z: np.ndarray
-    zc: np.ndarray  # z averaged to 12x6: the cheap pictures most cues use
+    zc: np.ndarray  # z averaged to 12x7: the cheap pictures most cues use
+    raw: np.ndarray  # the RGB pictures before standardising, like z: blends are linear in them
     sd: np.ndarray
     mean: np.ndarray
     blank: np.ndarray
@@ -84,28 +105,37 @@ class Frames:
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def prepare(rgb: np.ndarray, blank_sd: float) -> Frames:
-    """Features of uint8 frames ``(n, h, w, 3)`` (48x27 from the decoder; any size works)."""
-    n, h, w, _ = rgb.shape
-    h2, w2 = h // 2, w // 2
-    v = rgb[:, :2 * h2, :2 * w2].reshape(n, h2, 2, w2, 2, 3)
-    s = v[:, :, 0, :, 0].astype(np.uint16)
-    s += v[:, :, 1, :, 0]
-    s += v[:, :, 0, :, 1]
-    s += v[:, :, 1, :, 1]  # 2x2 sums, (n, h/2, w/2, 3)
-    x = np.ascontiguousarray(s.transpose(0, 3, 1, 2), dtype=np.float32)
-    x *= 0.25  # 2x2 area average, channels first
+def _halve(planes: np.ndarray) -> np.ndarray:
+    """2x2 area averages of uint8 ``(n, ..., h, w)`` pictures (float32, ``(n, ..., h/2, w/2)``)."""
+    h2, w2 = planes.shape[-2] // 2, planes.shape[-1] // 2
+    rows = planes[..., 0:2 * h2:2, :2 * w2].astype(np.uint16)
+    rows += planes[..., 1:2 * h2:2, :2 * w2]
+    x = (rows[..., 0::2] + rows[..., 1::2]).astype(np.float32)
+    x *= 0.25
+    return x
+
+
+def prepare(frames: np.ndarray, blank_sd: float) -> Frames:
+    """Features of uint8 frames: RGB ``(n, h, w, 3)`` or I420 ``(n, 3h/2, w)`` (`decode.split_i420`; the
+    ``fast`` detector decodes 48x28 I420). Both become RGB at half the luma resolution (24x14 from 48x28)."""
+    if frames.ndim == 3:
+        y, u, v = split_i420(frames)
+        x = i420_to_rgb(_halve(y), u, v)
+    else:
+        x = _halve(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))  # channels first
+    n = len(x)
+    raw = x.copy()
     flat = x.reshape(n, 3, -1)
     mean = flat.mean(axis=2)
     sd = np.sqrt(np.maximum(np.einsum("ncp,ncp->nc", flat, flat) / flat.shape[2] - mean * mean, 0.0))
+    luma = np.einsum("c,ncp->np", _LUMA, flat)
+    lmean = luma.mean(axis=1)
+    lsd = np.sqrt(np.maximum(np.einsum("np,np->n", luma, luma) / luma.shape[1] - lmean * lmean, 0.0))
     scale = 1.0 / np.maximum(sd, SD_FLOOR)
     # standardise each channel, but keep some of its level: flat frames of two hues must still differ
     x *= scale[:, :, None, None]
     x += ((COLOUR_WEIGHT / 128.0 - scale) * mean)[:, :, None, None]
-    luma = (s.reshape(n, -1, 3) @ (0.25 * _LUMA)).astype(np.float32)  # (n, pixels)
-    lmean = luma.mean(axis=1)
-    lsd = np.sqrt(np.maximum(np.einsum("np,np->n", luma, luma) / luma.shape[1] - lmean * lmean, 0.0))
-    return Frames(z=x, zc=_coarse(x), sd=lsd, mean=lmean, blank=lsd < blank_sd)
+    return Frames(z=x, zc=_coarse(x), raw=raw, sd=lsd, mean=lmean, blank=lsd < blank_sd)
 
 
 def tolerant_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -144,8 +174,11 @@ def matched_diff(a: np.ndarray, b: np.ndarray, radius: int = 2, block: int = 3) 
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             ai = a[:, :, radius + dy:radius + dy + nby * block, radius + dx:radius + dx + nbx * block]
-            d = np.abs(bi - ai).sum(axis=1).reshape(n, nby, block, nbx, block).sum(axis=(2, 4))
-            best = d if best is None else np.minimum(best, d)
+            d = np.abs(bi - ai)
+            d = d[:, 0] + d[:, 1] + d[:, 2]  # (n, nby * block, nbx * block)
+            rows = sum(d[:, i::block] for i in range(block))
+            blocks = sum(rows[:, :, i::block] for i in range(block))
+            best = blocks if best is None else np.minimum(best, blocks, out=best)
     return best.reshape(n, -1).mean(axis=1) / (3 * block * block)
 
 
@@ -161,12 +194,11 @@ def _side_medians(x: np.ndarray, w: int, gap: int = 1) -> tuple[np.ndarray, np.n
     return np.nan_to_num(left, nan=np.inf), np.nan_to_num(right, nan=np.inf)
 
 
-def _ratio_test(x: np.ndarray, left: np.ndarray, right: np.ndarray, ratio: float, busy: float,
-                floor: float, eps: float = 0.01) -> np.ndarray:
+def _sides(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The quieter and the busier of two baselines per position (an infinite one, past the video's end,
+    takes the other's value)."""
     lo, hi = np.minimum(left, right), np.maximum(left, right)
-    lo = np.where(np.isinf(lo), hi, lo)
-    hi = np.where(np.isinf(hi), lo, hi)
-    return (x >= ratio * lo + eps) & (x >= busy * hi + eps) & (x >= floor)
+    return np.where(np.isinf(lo), hi, lo), np.where(np.isinf(hi), lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,19 +208,22 @@ def _ratio_test(x: np.ndarray, left: np.ndarray, right: np.ndarray, ratio: float
 def _burst(f: Frames, b: int, p: Params) -> tuple[int, int] | None:
     """The frames of a flash or brief insert starting or ending at `b` — the picture comes back within
     `burst_frames` frames about as closely as the shot's own motion predicts (block matching, so a pan
-    does not hide the return) — or None for a real change."""
-    n, z = len(f.z), f.z
-    for ref, sign in ((b - 1, 1), (b, -1)):  # forward from the frame before, backward from the frame after
+    does not hide the return) — or None for a real change. The return is looked for forwards from the
+    frame before `b`, then backwards from frame `b`; one block-matching call computes both."""
+    n = len(f.z)
+    pairs_a, pairs_b, sides = [b - 1], [b], []  # pair 0: the jump
+    for ref, sign in ((b - 1, 1), (b, -1)):
         others = [ref + sign * g for g in range(2, p.burst_frames + 2) if 0 <= ref + sign * g < n]
-        if not others:
-            continue
-        gaps = np.abs(np.array(others) - ref)
-        own = [min(max(ref - sign * g, 0), n - 1) for g in gaps]  # same gap inside the reference's own shot
+        own = [min(max(2 * ref - o, 0), n - 1) for o in others]  # the same gap inside the own shot
+        sides.append((sign, others, len(pairs_a)))
+        pairs_a += [ref] * len(others) + own  # the returns, then the shot's own change over the same gaps
+        pairs_b += others + [ref] * len(others)
+    d = matched_diff(f.z[pairs_a], f.z[pairs_b])
+    jump = d[0]
+    for sign, others, at in sides:
         k = len(others)
-        # one call: the jump, the returns, and the shot's own change over the same gaps
-        d = matched_diff(z[[b - 1] + [ref] * k + own], z[[b] + others + [ref] * k])
-        jump, back, e = d[0], d[1:k + 1], d[k + 1:]
-        hit = np.flatnonzero((back < 0.6 * jump) & (back < p.burst_slack * e + 0.02))
+        back, own_change = d[at:at + k], d[at + k:at + 2 * k]
+        hit = np.flatnonzero((back < 0.6 * jump) & (back < p.burst_slack * own_change + 0.02 + 0.1 * jump))
         if hit.size:
             other = others[int(hit[0])]
             return (b, other) if sign > 0 else (other + 1, b)
@@ -202,7 +237,8 @@ def hard_cuts(f: Frames, p: Params) -> tuple[list[int], list[tuple[int, int]]]:
     if n > 1:
         d[1:] = tolerant_diff(f.z[:-1], f.z[1:])
     left, right = _side_medians(d, p.window)
-    cand = np.flatnonzero(_ratio_test(d, left, right, p.cut_ratio, p.busy_ratio, p.cut_min))
+    quiet, busy = _sides(left, right)
+    cand = np.flatnonzero((d >= p.cut_ratio * quiet + 0.01) & (d >= p.busy_ratio * busy + 0.01) & (d >= p.cut_min))
     cuts, bursts = [], []
     for b in cand[np.argsort(-d[cand], kind="stable")]:
         if any(abs(b - c) < p.min_shot_frames for c in cuts):
@@ -298,7 +334,7 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
     """Dissolves and wipes away from the `taken` spans (cuts and fades); `ignore` spans are flashes."""
     n = len(f.z)
     keep = _repaired(n, ignore)
-    z, zc = f.z[keep], f.zc[keep]
+    z, zc, raw = f.z[keep], f.zc[keep], f.raw[keep]
     found: list[Boundary] = []
     step = np.zeros(n, np.float32)  # frame-to-frame change of the coarse pictures
     step[1:] = np.abs(zc[1:] - zc[:-1]).reshape(n - 1, -1).mean(axis=1)
@@ -310,18 +346,97 @@ def gradual(f: Frames, p: Params, fps: float, taken: list[tuple[int, int]],
         left, right = np.full(n, np.inf), np.full(n, np.inf)
         left[2 * k:], right[:n - 2 * k] = w[:n - 2 * k], w[2 * k:]
         left[:3 * k], right[n - 3 * k:] = np.inf, np.inf  # those baselines straddle the video's ends
-        hit = _ratio_test(w, left, right, p.gradual_ratio, p.busy_ratio, p.gradual_min)
-        for lo, hi in _runs(hit):
+        quiet, busy = _sides(left, right)
+        strong = (w >= p.gradual_ratio * quiet + 0.01) & (w >= p.gradual_min)
+        weak = (w >= p.blend_ratio * quiet + 0.01) & (w >= p.blend_min)  # still shots around: only a blend counts
+        busy_ok = w >= p.busy_ratio * busy + 0.01
+        for lo, hi in _runs(strong | weak):
             c = lo + int(np.argmax(w[lo:hi]))
             a, b = c - k, c + k
-            if any(s - k - 2 <= c <= e + k + 2 for s, e in taken) or any(
-                    x.span()[0] - k <= c <= x.span()[1] + k for x in found):
+            if _near(c, taken, k + 2) or _near(c, [x.span() for x in found], k) or not _persists(zc, a, b, w[c]):
                 continue
-            if _persists(zc, a, b, w[c]):
-                x, core = _localise(z, a, b, p)
-                if _concentrated(step, core, k, p):
-                    found.append(x)
+            x, core = _localise(z, a, b, p)
+            if _near(x.frame, taken, 2) or any(x.start <= s <= x.end for s, _ in taken):
+                continue  # the localised change is a cut's or a fade's
+            cues = strong[lo:hi].any() and (busy_ok[lo:hi].any() and _concentrated(step, core, k, p)
+                                             or _motion_concentrated(z, core, x.span(), p))
+            if cues or _blends(raw, a, b, p):
+                found = _merged(found, x)
     return found
+
+
+def _near(frame: int, spans: list[tuple[int, int]], reach: int) -> bool:
+    return any(s - reach <= frame <= e + reach for s, e in spans)
+
+
+def _merged(found: list[Boundary], x: Boundary) -> list[Boundary]:
+    """`found` with `x` added; spans that overlap (found at different lags) become one transition: the
+    union of the spans, the boundary between the two, a wipe if either looked like one."""
+    same = [y for y in found if x.start <= y.end + 2 and y.start <= x.end + 2]
+    if not same:
+        return found + [x]
+    y = same[0]
+    kind = "wipe" if "wipe" in (x.kind, y.kind) else x.kind
+    both = Boundary((x.frame + y.frame) // 2, kind, min(x.start, y.start), max(x.end, y.end))
+    return [b for b in found if b is not y] + [both]
+
+
+_TO_YCC = np.array([[0.299, 0.587, 0.114], [-0.299, -0.587, 0.886], [0.701, -0.587, -0.114]], np.float32)
+
+
+def blend_fit(raw: np.ndarray, a: int, b: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """How well each frame in [lo, hi] is a blend of frames a and b: its luma, and separately its two colour
+    differences, fitted as ``u * A + v * B + w`` (least squares over the pixels; a dissolve, a fade through
+    black, white or grey, a fade through greys all fit). Returns each frame's mean absolute residual relative
+    to the absolute difference of A and B, and its luma progress ``v / (u + v)``."""
+    x = np.einsum("ck,nkhw->nchw", _TO_YCC, raw[lo:hi + 1]).reshape(hi - lo + 1, 3, -1)
+    res = np.zeros(len(x), np.float32)
+    prog = None
+    for ch in ((0,), (1, 2)):
+        g = x[:, list(ch)].reshape(len(x), -1)
+        m = np.stack([g[a - lo], g[b - lo], np.ones_like(g[0])], axis=1)
+        coef = g @ np.linalg.pinv(m).T
+        res += np.abs(g - coef @ m.T).sum(axis=1)
+        if prog is None:
+            prog = coef[:, 1] / np.maximum(np.abs(coef[:, 0] + coef[:, 1]), 1e-3)
+    cross = np.abs(x[b - lo] - x[a - lo]).sum()
+    return res / max(cross, 1e-6), prog
+
+
+def _blends(raw: np.ndarray, a: int, b: int, p: Params) -> bool:
+    """A dissolve or fade: the frames between a and b are blends of the two (`blend_fit`) whose progress
+    goes one way (it falls back by at most ``blend_backtrack`` in all), and starts at a and ends at b: the
+    frames up to ``(b - a) / 2`` outside stay near progress 0 before and 1 after (within ``blend_backtrack``;
+    a smoothly changing picture, such as a moving gradient, keeps changing along the same line outside)."""
+    m = (b - a) // 2
+    lo, hi = max(0, a - m), min(len(raw) - 1, b + m)
+    residual, prog = blend_fit(raw, a, b, lo, hi)
+    inside = prog[a - lo:b - lo + 1]
+    outside = max(np.abs(prog[:a - lo]).max(initial=0.0), np.abs(prog[b - lo + 1:] - 1).max(initial=0.0))
+    return (float(residual[a - lo:b - lo + 1].mean()) <= p.blend_residual and outside <= p.blend_backtrack
+            and float(np.maximum(-np.diff(inside), 0).sum()) <= p.blend_backtrack)
+
+
+def _motion_concentrated(z: np.ndarray, core: tuple[int, int], span: tuple[int, int], p: Params,
+                         lag: int = 3, reach: int = 12) -> bool:
+    """A wipe or dissolve between moving shots: the block-matched change over `lag` frames (motion
+    compensated, so a pan costs little) is, in median, at least ``motion_floor`` inside the core and
+    ``motion_ratio`` times its median over up to `reach` frames just outside the span on the busier side."""
+    n = len(z)
+    s, e = core
+    lo, hi = span
+    m = max(lag + 4, min(e - s, reach))
+    inside = np.arange(max(s + lag, lag), min(e + 1, n))
+    if inside.size == 0:
+        inside = np.array([min(max(e, lag), n - 1)])
+    left = np.arange(max(lag, lo - m), max(lag, lo + 1))
+    right = np.arange(min(n, hi + lag), min(n, hi + lag + m))
+    idx = np.concatenate([inside, left, right])
+    d = matched_diff(z[idx - lag], z[idx])
+    din = float(np.median(d[:len(inside)]))
+    sides = [float(np.median(x)) for x in (d[len(inside):len(inside) + len(left)], d[len(inside) + len(left):])
+             if x.size]
+    return din >= p.motion_floor and din >= p.motion_ratio * max(sides, default=0.0) + 0.01
 
 
 def _concentrated(step: np.ndarray, span: tuple[int, int], k: int, p: Params) -> bool:
@@ -335,8 +450,12 @@ def _concentrated(step: np.ndarray, span: tuple[int, int], k: int, p: Params) ->
 
 
 def _coarse(z: np.ndarray) -> np.ndarray:
-    n, c, h, w = z.shape
-    return z[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+    """2x2 averages of float pictures ``(n, c, h, w)``."""
+    h2, w2 = z.shape[2] // 2, z.shape[3] // 2
+    rows = z[:, :, 0:2 * h2:2, :2 * w2] + z[:, :, 1:2 * h2:2, :2 * w2]
+    x = rows[..., 0::2] + rows[..., 1::2]
+    x *= 0.25
+    return x
 
 
 def _persists(z: np.ndarray, a: int, b: int, wide: float) -> bool:
@@ -381,9 +500,9 @@ def _span(prog: np.ndarray, a: int, tail: float) -> tuple[int, int, int]:
 # driver
 
 
-def analyze(rgb: np.ndarray, fps: float, p: Params) -> list[Boundary]:
-    """All boundaries of one array of frames (uint8 ``(n, h, w, 3)``), sorted by frame."""
-    f = prepare(rgb, p.blank_sd)
+def analyze(frames: np.ndarray, fps: float, p: Params) -> list[Boundary]:
+    """All boundaries of one array of frames (uint8 RGB or I420, see `prepare`), sorted by frame."""
+    f = prepare(frames, p.blank_sd)
     cuts, bursts = hard_cuts(f, p)
     fade_bs, blank_flashes = fades(f, p)
     cuts = [c for c in cuts if not any(x.span()[0] - 1 <= c <= x.span()[1] + 1 for x in fade_bs)]

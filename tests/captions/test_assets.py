@@ -39,8 +39,10 @@ def curated_lake(tmp_path_factory):
         clips = make_clips(detect_shots(path), probe.fps, max_clip_s=2.0, min_clip_s=0.5)
         lio.write_json(layer_path(storage, "probe", key), probe.to_dict())
         lio.write_parquet(clips_to_table(clips), layer_path(storage, "clips", key))
-        lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32), layer_path(storage, "clip_frames", key))
-        lio.write_parquet(sample_video_frames(path, fps=1.0, max_frames=8, size=32), layer_path(storage, "video_frames", key))
+        lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32),
+                          layer_path(storage, "clip_frames", key))
+        lio.write_parquet(sample_video_frames(path, fps=1.0, max_frames=8, size=32),
+                          layer_path(storage, "video_frames", key))
     return {"storage": storage, "keys": keys, "root": root}
 
 
@@ -62,7 +64,8 @@ def _materialize(defs, instance, storage, partition=None, caption_models=None, s
     from assets.resources import LakeResource
 
     assets = [a for a in defs.assets if (LONG_VIDEO_SFT in a.keys) == (partition is None)]
-    checks = [c for c in defs.asset_checks if any(k.asset_key in {ak for a in assets for ak in a.keys} for k in c.check_keys)]
+    keys = {ak for a in assets for ak in a.keys}
+    checks = [c for c in defs.asset_checks if any(k.asset_key in keys for k in c.check_keys)]
     resources = {"lake": LakeResource(storage=storage)}
     if caption_models is not None:
         resources["caption_models"] = caption_models
@@ -93,7 +96,8 @@ def test_caption_assets_end_to_end(curated_lake, smoke_paths):
         evals = {e.check_name: e for e in res.get_asset_check_evaluations()}
         assert evals["every_clip_captioned"].passed and evals["no_empty_captions"].passed
         assert evals["timestamps_in_bounds"].passed
-        assert {"no_duplicate_captions", "question_types_covered", "summary_is_valid", "instructions_generated"} <= set(evals)
+        assert {"no_duplicate_captions", "question_types_covered", "summary_is_valid",
+                "instructions_generated"} <= set(evals)
         # the coverage check reports which of the seven types are absent
         absent = evals["question_types_covered"].metadata["absent"].value
         assert evals["question_types_covered"].passed == (absent == "none")
@@ -153,7 +157,8 @@ def _check_prompt_edit_staleness(smoke_paths, instance, keys, storage):
                 assert rep.stale_assets(key) == ({"video_instructions"} if edited else set())
 
 
-def test_unreachable_captioning_server_fails_the_partition_and_writes_nothing(curated_lake, smoke_paths, tmp_path, unused_port):
+def test_unreachable_captioning_server_fails_the_partition_and_writes_nothing(curated_lake, smoke_paths, tmp_path,
+                                                                              unused_port):
     from dagster import DagsterInstance
 
     from assets.captions import CaptionModelsResource
@@ -218,7 +223,8 @@ def test_clip_captions_through_openai_compatible_server(curated_lake, smoke_path
     defs, _ = _defs(smoke_paths)
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("videos", [key])
-    models = CaptionModelsResource(vlm_backend="openai", vlm_model="smoke-vlm", vlm_endpoint=server.base_url, concurrency=3)
+    models = CaptionModelsResource(vlm_backend="openai", vlm_model="smoke-vlm", vlm_endpoint=server.base_url,
+                                   concurrency=3)
     res = _materialize(defs, instance, storage, partition=key, caption_models=models,
                        selection=AssetSelection.assets(CLIP_CAPTIONS) | AssetSelection.checks_for_assets(CLIP_CAPTIONS))
     assert res.success
@@ -263,7 +269,8 @@ def test_caption_assets_and_dataset_on_s3(curated_lake, smoke_paths, moto_endpoi
     per_video = [a for a in defs.assets if a.partitions_def is not None]
     assert len(per_video) == 3
     res = materialize(per_video, partition_key=key, instance=instance,
-                      resources={"lake": lake, "caption_models": defs.resources["caption_models"]}, raise_on_error=False)
+                      resources={"lake": lake, "caption_models": defs.resources["caption_models"]},
+                      raise_on_error=False)
     assert res.success, [e.message for e in res.all_events if e.is_failure]
     res = materialize([a for a in defs.assets if "long_video_sft_dataset" in a.key.to_user_string()], instance=instance,
                       resources={"lake": lake}, raise_on_error=False)
@@ -302,7 +309,8 @@ def test_invalid_llm_replies_become_the_videos_failure_record(curated_lake, smok
     evals = {e.check_name: e.passed for e in res.get_asset_check_evaluations()}
     assert evals["every_clip_captioned"] and not evals["summary_is_valid"] and not evals["instructions_generated"]
     summary = lio.read_json(layer_path(storage, "summaries", key))
-    assert summary["ok"] is False and summary["attempts"] == 3 and "unparseable JSON" in summary["error"] and key in summary["error"]
+    assert summary["ok"] is False and summary["attempts"] == 3
+    assert "unparseable JSON" in summary["error"] and key in summary["error"]
     report = lio.read_json(instructions_report_path(storage, key))
     assert report["ok"] is False and report["num_records"] == 0
     assert lio.read_bytes(layer_path(storage, "instructions", key)) == b""

@@ -21,17 +21,20 @@ def _http(srv, model, **kw):
     return OpenAIChatBackend(srv.base_url, model, api_key_env=None, backoff_s=0.02, backoff_max_s=0.05, **kw)
 
 
-CAPS = [TimedCaption(i, 10.0 * i, 10.0 * i + 10, f"A person walks in room {i} and picks up a red cup.") for i in range(3)]
+CAPS = [TimedCaption(i, 10.0 * i, 10.0 * i + 10, f"A person walks in room {i} and picks up a red cup.")
+        for i in range(3)]
 
 
 def test_local_captions_table_and_empty_clip(vlm, frames):
     cap = ClipCaptioner(vlm, max_new_tokens=8)
-    clips = [ClipInput(0, 0.0, 5.0, frames(3)), ClipInput(1, 5.0, 9.5, []), ClipInput(2, 9.5, 14.0, frames(2, (0, 0, 200)))]
+    clips = [ClipInput(0, 0.0, 5.0, frames(3)), ClipInput(1, 5.0, 9.5, []),
+             ClipInput(2, 9.5, 14.0, frames(2, (0, 0, 200)))]
     res = cap.caption_clips(clips)
     assert [r.clip_index for r in res] == [0, 1, 2]
     assert res[1].ok is False and res[1].error_kind == EMPTY_INPUT and "no frames" in res[1].error
     for r in (res[0], res[2]):
-        assert r.ok and r.caption and r.tokens > 0 and r.model == "smoke-vlm" and r.prompt_version.startswith("clip_caption.v1-")
+        assert r.ok and r.caption and r.tokens > 0 and r.model == "smoke-vlm"
+        assert r.prompt_version.startswith("clip_caption.v1-")
     table = results_to_table(res)
     assert table.schema == CAPTIONS_SCHEMA and table.num_rows == 3
     assert [c.clip_index for c in captions_from_table(table)] == [0, 2]
@@ -46,7 +49,8 @@ def test_wrong_language_caption_is_rejected(srv, frames):
 
 def test_over_long_caption_is_truncated_and_flagged(srv, frames):
     srv.fault("reply", text="A red car drives down a long road " * 20, count=-1)
-    res = ClipCaptioner(_http(srv, "smoke-vlm"), max_new_tokens=8, max_chars=60).caption_clips([ClipInput(0, 0, 5, frames(2))])[0]
+    captioner = ClipCaptioner(_http(srv, "smoke-vlm"), max_new_tokens=8, max_chars=60)
+    res = captioner.caption_clips([ClipInput(0, 0, 5, frames(2))])[0]
     assert res.ok and "truncated" in res.flags and len(res.caption) <= 60 and not res.caption.endswith(" ")
 
 

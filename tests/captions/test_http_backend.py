@@ -24,8 +24,11 @@ def _text_req(text="Hello", **kw):
 
 def test_images_as_data_urls_and_concurrency(srv, frames):
     b = _backend(srv, "smoke-vlm", concurrency=4)
-    reqs = [ChatRequest(messages=[{"role": "user", "content": [{"type": "image", "image": f} for f in frames(2, (30 * i, 0, 0))]
-                                   + [{"type": "text", "text": "Describe."}]}], max_new_tokens=6) for i in range(6)]
+    def content(i):
+        images = [{"type": "image", "image": f} for f in frames(2, (30 * i, 0, 0))]
+        return images + [{"type": "text", "text": "Describe."}]
+
+    reqs = [ChatRequest(messages=[{"role": "user", "content": content(i)}], max_new_tokens=6) for i in range(6)]
     body = b.payload(reqs[0])
     assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     reps = b.chat(reqs)
@@ -102,7 +105,8 @@ def test_server_rejects_malformed_requests(srv):
 def test_undecodable_image_is_a_client_error_not_retried(srv, frames):
     b = _backend(srv, "smoke-vlm", concurrency=2)
     good = ChatRequest(messages=[{"role": "user", "content": [{"type": "image", "image": frames(1)[0]},
-                                                              {"type": "text", "text": "Describe."}]}], max_new_tokens=4)
+                                                              {"type": "text", "text": "Describe."}]}],
+                       max_new_tokens=4)
     bad = ChatRequest(messages=[{"role": "user", "content": [{"type": "image", "image": b"\xff\xd8 broken"},
                                                              {"type": "text", "text": "Describe."}]}], max_new_tokens=4)
     r_good, r_bad = b.chat([good, bad])

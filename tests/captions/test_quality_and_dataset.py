@@ -78,7 +78,8 @@ def _rec(key, i, qt):
 
 def test_sft_dataset_manifest_failures_and_missing(tmp_path):
     storage = str(tmp_path / "lake")
-    lio.write_text(layer_path(storage, "instructions", "a-00000001"), to_jsonl([_rec("a", 0, "OCR"), _rec("a", 1, "Action")]))
+    lio.write_text(layer_path(storage, "instructions", "a-00000001"),
+                   to_jsonl([_rec("a", 0, "OCR"), _rec("a", 1, "Action")]))
     lio.write_text(layer_path(storage, "instructions", "b-00000002"), "")
     lio.write_json(instructions_report_path(storage, "b-00000002"), {"ok": False, "error": "b: no valid reply"})
     m = build_long_video_sft(storage, ["b-00000002", "a-00000001", "c-00000003"])

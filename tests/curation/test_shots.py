@@ -80,7 +80,7 @@ def test_single_shot_video(corpus):
 
 def test_code_version_names_algorithm_and_parameters():
     v = code_version("fast")
-    assert v.startswith("shots-fast-v2:") and "cut_ratio=2.5" in v and "gradual=True" in v
+    assert v.startswith("shots-fast-v3:") and "cut_ratio=2.5" in v and "gradual=True" in v
     assert "device" not in v  # where TransNetV2 runs does not change the result
     assert code_version("fast", cut_ratio=3.0) != v
     assert code_version("fast", cut_ratio=2.5) == v

@@ -191,3 +191,33 @@ def test_clip_files_layer_when_enabled(tmp_path, small_video_cache):
     assert len(index["clips"]) == 2
     for rec in index["clips"]:
         assert Path(rec["url"]).is_file() and rec["frames"] == 30
+
+
+def test_project_instance_config(tmp_path, monkeypatch):
+    """The dagster.yaml the project writes: queued runs with a share for automation, priorities, the training
+    pool at one slot, run monitoring, the warm-process launcher; a user's own file is kept."""
+    from dagster import DagsterInstance
+
+    from orchestration.instance import AUTOMATED_TAG, ensure_dagster_home
+    from orchestration.launcher import WarmRunLauncher
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    home = ensure_dagster_home()
+    inst = DagsterInstance.from_config(home)
+    queue = inst.get_concurrency_config().run_queue_config
+    cpus = os.cpu_count() or 1
+    assert queue.max_concurrent_runs == cpus + 1
+    assert [(t["key"], t["value"], t["limit"]) for t in queue.tag_concurrency_limits] == [(AUTOMATED_TAG, "true", cpus)]
+    assert inst.get_concurrency_config().pool_config.default_pool_limit == 1
+    # the stages share the `training` pool, which therefore has one slot: one stage on the GPUs at a time
+    from assets.training import STAGE_KEYS, build_training_defs
+
+    assert {a.op.pool for a in build_training_defs().assets if a.key in STAGE_KEYS} == {"training"}
+    inst.event_log_storage.initialize_concurrency_limit_to_default("training")
+    assert inst.event_log_storage.get_concurrency_info("training").slot_count == 1
+    assert inst.run_monitoring_enabled and isinstance(inst.run_launcher, WarmRunLauncher)
+    inst.dispose()
+    own = Path(home) / "dagster.yaml"
+    own.write_text("telemetry:\n  enabled: false\n")
+    ensure_dagster_home()
+    assert own.read_text() == "telemetry:\n  enabled: false\n"

@@ -73,6 +73,13 @@ def test_new_changed_touched_removed(tmp_path, source, small_video_cache, helper
     assert lake.present_keys() == [ka]
     with pytest.raises(Exception, match="removed from the source"):
         lake.video_entry(kb)
+    # the UI's listing: a materialisation of the external asset video_source, reported by the tick
+    (report,) = r5.asset_events
+    md = report.metadata
+    assert report.asset_key.to_user_string() == "video_source" and md["removed"].value == 1
+    assert kb in md["removed_videos"].value and "nested/deeper/B clip.MOV" in md["removed_videos"].value
+    assert entry["removed_at"] in md["removed_videos"].value and md["present"].value == 1
+    assert not r4.asset_events or r4.asset_events[0].metadata["removed"].value == 0
 
     # back again: same key, a raw_video run (its hash decides what else re-runs)
     shutil.copyfile(small_video_cache[1], source / "nested" / "deeper" / "B clip.MOV")

@@ -1,5 +1,6 @@
-"""Fixtures of the scale tests: a Dagster instance on SQLite and on PostgreSQL (`deploy/dagster-postgres.yaml`
-against a throwaway server started here, one fresh database per test)."""
+"""Fixtures of the scale tests: the project's Dagster instance (`orchestration.instance.instance_yaml`) on SQLite and
+on PostgreSQL (plus `deploy/dagster-postgres.yaml`, against a throwaway server started here, one fresh database
+per test)."""
 
 from __future__ import annotations
 
@@ -43,16 +44,19 @@ def backend(request) -> str:
 
 @pytest.fixture
 def dagster_home(backend, tmp_path, monkeypatch, request) -> Path:
-    """DAGSTER_HOME with the instance configuration of `backend` (sqlite: Dagster's defaults)."""
+    """DAGSTER_HOME with the project's instance configuration on `backend` (sqlite: Dagster's default storage;
+    postgres: the storage section of deploy/dagster-postgres.yaml appended, as README "Scaling out" says)."""
+    from orchestration.instance import instance_yaml
+
     home = tmp_path / "dagster_home"
     home.mkdir()
+    config = instance_yaml()
     if backend == "postgres":
         pg = request.getfixturevalue("pg_server")
         for k, v in {**pg.dagster_env(), "DAGSTER_PG_DB": _fresh_database(pg)}.items():
             monkeypatch.setenv(k, v)
-        shutil.copy(POSTGRES_YAML, home / "dagster.yaml")
-    else:
-        (home / "dagster.yaml").write_text("# SQLite storage (Dagster's defaults)\n")
+        config += POSTGRES_YAML.read_text()
+    (home / "dagster.yaml").write_text(config)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
 

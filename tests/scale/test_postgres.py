@@ -13,6 +13,9 @@ def test_instance_uses_the_configured_storage(instance, backend):
                                            instance.schedule_storage)}
     prefix = "Postgres" if backend == "postgres" else "Sqlite"
     assert all(name.startswith(prefix) for name in storages), storages
+    # the project's run queue and pool limits hold on either storage (orchestration.instance)
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
 
 
 def test_materialisations_and_tags_round_trip(instance):

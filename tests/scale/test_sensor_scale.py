@@ -72,3 +72,33 @@ def test_old_state_files_are_pruned(tmp_path):
     files = list((tmp_path / "lake" / "manifest" / "scan-state").iterdir())
     assert len(files) == sources.STATE_KEEP
     assert f"{json.loads(cursor)['state']}.json" in {f.name for f in files}
+
+
+def test_steps_parse_the_manifest_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    """Every per-video step looks up its video's entry; the manifest (tens of MB at 100k videos) is parsed once
+    per process while its file is unchanged, and again after a scan rewrites it. Entries are private copies."""
+    from longvila import io as lio
+    from longvila import sources
+
+    src, lake_dir = tmp_path / "raw", tmp_path / "lake"
+    src.mkdir()
+    for i in range(3):
+        (src / f"v{i}.mp4").write_bytes(b"x" * (i + 1))
+    lake = LakeResource(source=str(src), storage=str(lake_dir))
+    with DagsterInstance.ephemeral() as inst:
+        _tick(inst, lake, None)
+    parses = []
+    real = lio.read_json
+    monkeypatch.setattr(lio, "read_json", lambda url, settings=None: parses.append(url) or real(url, settings))
+    key = partition_key_for("v0.mp4")
+    for _ in range(5):
+        entry = lake.video_entry(key)
+        entry["url"] = "changed by a caller"
+    assert len(parses) == 1 and lake.video_entry(key)["url"].endswith("v0.mp4")
+    assert len(lake.present_keys()) == 3 and len(parses) == 1
+    (src / "v3.mp4").write_bytes(b"new")
+    with DagsterInstance.ephemeral() as inst:
+        _tick(inst, lake, None)  # reads and rewrites the manifest
+    parses.clear()
+    assert len(lake.present_keys()) == 4 and len(parses) == 1
+    assert sources.shared_manifest(lake.settings()) is sources.shared_manifest(lake.settings())

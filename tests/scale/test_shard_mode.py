@@ -1,6 +1,6 @@
 """Shard mode through Dagster: the sensor appends videos to sealed shards, curated_shard curates a shard
-(a bad video is a quarantined row, the shard succeeds), the stage-1 dataset and the lineage audit read the
-shards' videos, and a changed video re-runs only its own shard."""
+(a bad video is a quarantined row, the shard succeeds), the stage-1 dataset, the stage-5 long-video SFT
+dataset and the lineage audit read the shards' videos, and a changed video re-runs only its own shard."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context, in_process_executor
 
+import orchestration.definitions  # noqa: F401  (the module's own `defs` is built in the default mode, not this test's)
 from longvila.keys import partition_key_for
 
 SMALL = dict(fps=25, size=(160, 96))
@@ -36,6 +37,10 @@ def test_shard_mode_end_to_end(tmp_path, monkeypatch, tmp_path_factory):
 
     lake = LakeResource(source=str(src), storage=str(tmp_path / "lake"))
     defs = build_defs(lake=lake, executor=in_process_executor)
+    graph = defs.resolve_asset_graph()
+    assert AssetKey("curated_shard") in graph.get(AssetKey("stage1_dataset")).parent_keys
+    every = graph.get_all_asset_keys()
+    assert AssetKey("raw_video") not in every and AssetKey("video_source") in every
     with DagsterInstance.ephemeral() as inst:
         def tick(cursor):
             res = evaluate_new_shards(build_sensor_context(instance=inst, cursor=cursor, resources={"lake": lake}),
@@ -58,6 +63,13 @@ def test_shard_mode_end_to_end(tmp_path, monkeypatch, tmp_path_factory):
         assert sorted(v["video_key"] for v in rep["raw_videos"]) == sorted(partition_key_for(f"v{i}.mp4")
                                                                             for i in range(3))
         assert {u["how"] for n in rep["nodes"] for u in n["upstream"]} == {"lineage-table"}
+        # stage 5's long-video SFT data from the shards' summaries and QA records
+        outcome = run_batch(defs, inst, [AssetKey("long_video_sft_dataset")], None, "long_video_sft")
+        assert outcome.success, outcome.failures
+        sft = inst.get_latest_materialization_event(AssetKey("long_video_sft_dataset")).asset_materialization
+        assert sft.metadata["num_videos"].value == 3 and sft.metadata["num_records"].value >= 3
+        assert sorted(v["video_key"] for v in lineage(inst, "long_video_sft_dataset")["raw_videos"]) == sorted(
+            partition_key_for(f"v{i}.mp4") for i in range(3))
         # --verify: the rows against the shard manifests, the manifests against curated_shard's data versions
         assert lineage(inst, "stage1_dataset", verify=True)["unresolved"] == []
         import json

@@ -74,7 +74,8 @@ def standin_assets(source: Path):
                       "frame_index_in_clip": pa.array([r[1] for r in rows], pa.int32()),
                       "frame_number": pa.array([r[2] for r in rows], pa.int64()),
                       "pts_s": [r[2] / 25 for r in rows], "width": pa.array([32] * len(rows), pa.int32()),
-                      "height": pa.array([32] * len(rows), pa.int32()), "jpeg": pa.array([r[3] for r in rows], pa.binary())})
+                      "height": pa.array([32] * len(rows), pa.int32()),
+                      "jpeg": pa.array([r[3] for r in rows], pa.binary())})
         url = layout.layer_path(lake.storage_root, "clip_frames", k)
         lio.write_parquet(t, url)
         return MaterializeResult(data_version=DataVersion(lio.sha256_file(url)))
@@ -149,11 +150,13 @@ def graph(tmp_path_factory):
 
     launcher = TrainingLauncher(max_steps=2, num_threads=1)
     tdefs = build_training_defs(launcher=launcher)
-    tdefs = Definitions(assets=[*tdefs.assets, training_lineage_report], resources=tdefs.resources)
+    tdefs = Definitions(assets=[*tdefs.assets, training_lineage_report], asset_checks=tdefs.asset_checks,
+                        resources=tdefs.resources)
     standins = standin_assets(source)
-    defs = Definitions(assets=[*standins, *tdefs.assets], resources={"lake": lake, "training_launcher": launcher},
-                       executor=in_process_executor)
-    inst = DagsterInstance.ephemeral()
+    defs = Definitions(assets=[*standins, *tdefs.assets], asset_checks=tdefs.asset_checks,
+                       resources={"lake": lake, "training_launcher": launcher}, executor=in_process_executor)
+    (root / "dagster_home").mkdir()
+    inst = DagsterInstance.local_temp(str(root / "dagster_home"))  # persistent: schedules evaluate against it
     inst.add_dynamic_partitions("videos", KEYS)
     part = [a for a in standins if a.partitions_def is not None]
     resources = {"lake": lake}
@@ -161,10 +164,11 @@ def graph(tmp_path_factory):
         assert materialize(part, partition_key=k, instance=inst, resources=resources).success
     g = defs.resolve_asset_graph()
     unpart = [k for k in g.toposorted_asset_keys if not g.get(k).is_partitioned]
-    res = materialize([*standins, *tdefs.assets], selection=unpart, instance=inst,
+    res = materialize([*standins, *tdefs.assets, *tdefs.asset_checks], selection=unpart, instance=inst,
                       resources={"lake": lake, "training_launcher": launcher}, raise_on_error=False)
     assert res.success, [e.event_specific_data for e in res.all_events if e.is_failure]
-    return {"defs": defs, "instance": inst, "lake": lake, "source": source, "root": root, "resources": resources}
+    return {"defs": defs, "instance": inst, "lake": lake, "source": source, "root": root, "resources": resources,
+            "all": [*standins, *tdefs.assets, *tdefs.asset_checks], "launcher": launcher}
 
 
 def _latest(inst, key):
@@ -198,7 +202,7 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
 
     lines = training_summary(inst)
     # one line per stage, then the lineage audit of the stage-5 checkpoint (what `make demo` prints)
-    assert all("final loss" in l and "tokens/s" in l for l in lines[:5])
+    assert all("final loss" in line and "tokens/s" in line for line in lines[:5])
     audit = "\n".join(lines[5:])
     assert "# Lineage of `stage5_long_sft`" in audit and "## Raw videos" in audit and "## Stage checkpoints" in audit
     assert _latest(inst, "stage5_long_sft").tags["dagster/data_version"] in audit
@@ -242,9 +246,6 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     rep4 = lineage(inst, "stage4_dataset")
     assert rep4["raw_videos"] == []
     # the CLI: exit 0 yes / 1 no with a sentence
-    import orchestration.lineage as L
-
-    orig = L.DagsterInstance if hasattr(L, "DagsterInstance") else None
     import dagster
 
     old_get = dagster.DagsterInstance.get
@@ -309,7 +310,8 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
         view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                               instance=inst, asset_graph=g)
         r = CachingStaleStatusResolver(instance=inst, asset_graph=g, loading_context=view)
-        return {k.to_user_string(): r.get_status(k, None) for k in g.toposorted_asset_keys if not g.get(k).is_partitioned}
+        return {k.to_user_string(): r.get_status(k, None) for k in g.toposorted_asset_keys
+                if not g.get(k).is_partitioned}
 
     st = status()
     direct = {k for k, v in st.items() if v == StaleStatus.STALE}
@@ -323,6 +325,50 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
     assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_dataset", *STAGES,
                      "training_lineage_report"}
     assert st["stage4_dataset"] == StaleStatus.FRESH
+
+
+def _freshness(graph, stage: str):
+    """Run the stage's trained_on_current_data check alone; its evaluation."""
+    from dagster import AssetCheckKey, AssetSelection
+
+    key = AssetCheckKey(AssetKey(stage), "trained_on_current_data")
+    res = materialize(graph["all"], selection=AssetSelection.checks(key), instance=graph["instance"],
+                      resources={"lake": graph["lake"], "training_launcher": graph["launcher"]})
+    (ev,) = res.get_asset_check_evaluations()
+    return ev
+
+
+@pytest.mark.slow
+def test_checkpoints_show_when_their_data_moved_on_and_the_schedule_retrains_them(graph):
+    """A new video: stage 1-3 and 5 checkpoints turn WARN with the count, the passkey stage does not, and
+    the training schedule re-trains from stage 1 (later stages start from its checkpoint)."""
+    from dagster import build_schedule_context
+
+    from orchestration.definitions import defs as project_defs
+    from orchestration.schedules import training_schedule
+
+    inst, source = graph["instance"], graph["source"]
+    before = {st: _freshness(graph, st) for st in ("stage1_alignment", "stage4_context_extension")}
+    assert before["stage4_context_extension"].passed  # passkey data: no video involved
+    new = "gamma-0000000c"
+    (source / f"{new}.bin").write_bytes(b"a new video" * 9)
+    inst.add_dynamic_partitions("videos", [new])
+    part = [a for a in standin_assets(source) if a.partitions_def is not None]
+    assert materialize(part, partition_key=new, instance=inst, resources=graph["resources"]).success
+    for stage in ("stage1_alignment", "stage3_short_sft", "stage5_long_sft"):
+        ev = _freshness(graph, stage)
+        md = {k: v.value for k, v in ev.metadata.items()}
+        assert not ev.passed and ev.severity.value == "WARN" and md["new_videos"] == 1, (stage, md)
+        assert new in md["examples"] and "1 new" in ev.description
+    assert _freshness(graph, "stage4_context_extension").passed
+    # the nightly schedule (on by default for the smoke recipe) re-trains stage 1 and every later stage
+    with build_schedule_context(instance=inst, resources={"lake": graph["lake"]}) as ctx:
+        (req,) = training_schedule.evaluate_tick(ctx).run_requests
+    assert {k.to_user_string() for k in req.asset_selection} == {*STAGES, "stage1_dataset", "stage2_dataset",
+                                                                 "stage3_dataset", "stage4_dataset",
+                                                                 "long_video_sft_dataset"}
+    assert req.tags["longvila/automated"] == "true" and req.tags["dagster/priority"] == "-1"
+    assert project_defs.resolve_job_def("training").tags["dagster/max_runtime"] == "1800"
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.harness import processes_mentioning
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -24,20 +26,6 @@ r = materialize(a, resources={{"lake": LakeResource(storage={storage!r}), "train
                 instance=DagsterInstance.ephemeral(), raise_on_error=False)
 sys.exit(0 if r.success else 3)
 """
-
-
-def _processes_mentioning(needle: str) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd:
-            out.append(int(d.name))
-    return out
 
 
 @pytest.mark.slow
@@ -55,22 +43,22 @@ def test_sigterm_to_launcher_kills_every_rank_and_next_run_resumes(tmp_path, sta
     # quiet machine (a step of the smoke model takes ~20 ms); older checkpoints are pruned, so wait for any
     steps, every = 400, 10
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)], cwd=REPO,
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen([sys.executable, "-c", SCRIPT.format(steps=steps, every=every, storage=storage)],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage_dir = Path(storage) / "checkpoints" / "stage1_alignment"
     deadline = time.time() + 240
     while not any(stage_dir.glob("runs/*/checkpoints/step-*")):
         assert launcher.poll() is None, "launcher ended before the first checkpoint"
         assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.1)
-    ranks = [p for p in _processes_mentioning(storage) if p != launcher.pid]
+    ranks = [p for p in processes_mentioning(storage) if p != launcher.pid]
     assert len(ranks) >= 3  # torchrun + 2 ranks
     launcher.send_signal(signal.SIGTERM)
     launcher.wait(timeout=60)
     deadline = time.time() + 60
-    while _processes_mentioning(storage) and time.time() < deadline:
+    while processes_mentioning(storage) and time.time() < deadline:
         time.sleep(0.2)
-    assert _processes_mentioning(storage) == [], "a torchrun rank survived the cancelled run"
+    assert processes_mentioning(storage) == [], "a torchrun rank survived the cancelled run"
     assert not (Path(storage) / "checkpoints" / "stage1_alignment" / "final").exists()
 
     # the next run resumes from the newest valid checkpoint and finishes

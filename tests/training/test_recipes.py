@@ -54,7 +54,8 @@ def _base():
     (lambda d: d["stages"]["stage4_context_extension"].update(
         phases=[{"max_length": 128, "rope_theta": 2e5}, {"max_length": 64, "rope_theta": 1e6}]), "must raise both"),
     (lambda d: d["stages"]["stage1_alignment"].update(data={"kind": "external"}), "needs at least one path"),
-    (lambda d: d["stages"]["stage1_alignment"].update(trainable=["mm_projector"], lora={"r": 8}), "`llm` must be trainable"),
+    (lambda d: d["stages"]["stage1_alignment"].update(trainable=["mm_projector"], lora={"r": 8}),
+     "`llm` must be trainable"),
 ])
 def test_invalid_recipes_name_field_and_reason(mutate, needle):
     d = _base()

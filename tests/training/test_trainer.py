@@ -25,7 +25,7 @@ def test_torchrun_smoke_command_world2_matches_single_process(tmp_path, run_trai
     # the issue-3 smoke command (plus where to write)
     run_train(["--profile", "smoke", "--ulysses-degree", "2", "--max-steps", "3",
                "--output-dir", str(tmp_path / "sp2"), "--metrics-out", str(tmp_path / "sp2.jsonl")], nproc=2)
-    recs = [json.loads(l) for l in (tmp_path / "sp2.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (tmp_path / "sp2.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(r["tokens"] > 0 and r["seconds"] > 0 and r["peak_memory_mb"] > 0 for r in recs)
     run_train(["--profile", "smoke", "--max-steps", "3", "--output-dir", str(tmp_path / "sp1"),
@@ -105,8 +105,8 @@ def test_gradient_checkpointing_and_grad_accum_keep_losses(tmp_path, stage_datas
 
     def run(name, **kw):
         m = tmp_path / f"{name}.jsonl"
-        train(TrainArgs(recipe="smoke", stage="3", data=[stage_datasets[3]], max_steps=2, output_dir=str(tmp_path / name),
-                        metrics_out=str(m), export=False, checkpoint_every=0, **kw))
+        train(TrainArgs(recipe="smoke", stage="3", data=[stage_datasets[3]], max_steps=2,
+                        output_dir=str(tmp_path / name), metrics_out=str(m), export=False, checkpoint_every=0, **kw))
         return [r["loss"] for r in read_metrics(m)]
 
     ref = run("ref", micro_batch_size=2, grad_accum=1)

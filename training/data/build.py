@@ -2,10 +2,10 @@
 
 | stage | kind | source |
 |---|---|---|
-| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of every curated video: one caption sample per captioned clip |
-| 3 short SFT | `caption_and_qa` | caption samples + short QA samples (what happens in a clip; temporal order of two adjacent clips) |
+| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of every curated video: a caption sample per clip |
+| 3 short SFT | `caption_and_qa` | caption samples + short QA (what happens in a clip; order of two adjacent clips) |
 | any | `external` | Parquet / webdataset shards named by path or URL (copied into the dataset as records) |
-| 4 context extension | `passkey` | locally generated long-text passkey-retrieval set (rendered to each phase's length at training time) |
+| 4 context extension | `passkey` | generated long-text passkey set (rendered to each phase's length when training) |
 | 5 long SFT | `long_video_sft` | the curated long-video SFT dataset (read by the trainer directly) |
 
 For stage 5 this module builds only the extra samples of its `data.options` (retrieval, passkey),

@@ -85,10 +85,10 @@ class SmokeBatchSource:
             seg: list[int] = []
             for j in range(self.pack):
                 conv, frames = self._sample(rng)
-                i, l = p.encode_conversation(conv, len(frames), source=f"smoke batch {index}")
-                ids += i
-                lab += l
-                seg += [j] * len(i)
+                tokens, labels = p.encode_conversation(conv, len(frames), source=f"smoke batch {index}")
+                ids += tokens
+                lab += labels
+                seg += [j] * len(tokens)
                 pix.append(p.preprocess_frames(frames))
                 counts.append(len(frames))
             rows_ids.append(ids)
