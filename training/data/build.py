@@ -2,7 +2,7 @@
 
 | stage | kind | source |
 |---|---|---|
-| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of every curated video: a caption sample per clip |
+| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of the curated videos: a caption per clip |
 | 3 short SFT | `caption_and_qa` | caption samples + short QA (what happens in a clip; order of two adjacent clips) |
 | any | `external` | Parquet / webdataset shards named by path or URL (copied into the dataset as records) |
 | 4 context extension | `passkey` | generated long-text passkey set (rendered to each phase's length when training) |
