@@ -12,14 +12,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def annotated_lake(tmp_path_factory):
-    from curation.clips import make_clips
     from curation.demo_corpus import make_demo_corpus
-    from curation.frames import sample_clip_frames
-    from curation.probe import probe_video
-    from curation.schemas import clips_to_table
-    from curation.shots import detect_shots
     from longvila import io as lio
-    from longvila.layout import layer_path
+
+    from .conftest import curate_layers
 
     root = tmp_path_factory.mktemp("annotated")
     raw, storage = root / "raw", str(root / "lake")
@@ -33,13 +29,7 @@ def annotated_lake(tmp_path_factory):
 
     keys = {n: partition_key_for(f"{n}.mp4") for n in ("lesson_01", "bad_sidecar", "no_sidecar")}
     for name, key in keys.items():
-        path = str(raw / f"{name}.mp4")
-        probe = probe_video(path)
-        clips = make_clips(detect_shots(path), probe.fps, max_clip_s=10.0, min_clip_s=1.0)
-        lio.write_json(layer_path(storage, "probe", key), probe.to_dict())
-        lio.write_parquet(clips_to_table(clips), layer_path(storage, "clips", key))
-        lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32),
-                          layer_path(storage, "clip_frames", key))
+        curate_layers(storage, key, str(raw / f"{name}.mp4"), max_clip_s=10.0, min_clip_s=1.0)
     manifest = {"version": 1, "source": str(raw), "videos": {
         k: {"relpath": f"{n}.mp4", "url": str(raw / f"{n}.mp4"), "status": "present"} for n, k in keys.items()},
         "rejected": {}}
