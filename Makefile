@@ -65,6 +65,7 @@ bench: setup
 	$(PY) bench/scale.py
 	$(PY) bench/faults.py
 	$(PY) bench/long_context.py
+	$(PY) bench/curriculum.py
 
 dev: setup
 	$(VENV)/bin/longvila dev

@@ -132,6 +132,39 @@ def _read(lake: LakeResource, layer: str, key: str, context, what: str, parquet:
         raise failure(context, what, f"missing input {url} (materialise {layer} first)") from None
 
 
+def _annotation_sidecar(lake: LakeResource, key: str, context):
+    """The video's validated annotation sidecar (`curation.captioning.sidecar`), or None. Raises InputError
+    naming the sidecar when it is bad (the partition fails; see the sidecar module for the policy)."""
+    from curation.captioning.sidecar import find_sidecar, load_sidecar
+
+    try:
+        video = lake.video_entry(key)["url"]
+    except InputError:
+        return None  # not in the source manifest (materialised without a scan): no source to look beside
+    url = find_sidecar(video, lake.settings())
+    if url is None:
+        return None
+    duration = float(_read(lake, "probe", key, context, "clip captions", parquet=False)["duration_s"])
+    return load_sidecar(url, duration, lake.settings())
+
+
+def _caption_source_metadata(table, sidecar) -> dict:
+    """Lineage of the captions: how many came from the annotation sidecar and how many from the VLM."""
+    from curation.captioning.captioner import caption_sources
+
+    sources = caption_sources(table)
+    models = sorted({m for m, s in zip(table.column("model").to_pylist(), sources) if s == "model"})
+    prompts = sorted({p for p, s in zip(table.column("prompt_version").to_pylist(), sources) if s == "model"})
+    return {
+        "num_from_annotation": sources.count("annotation"),
+        "num_from_model": sources.count("model"),
+        "annotation_file": MetadataValue.path(sidecar.url) if sidecar else "none",
+        "annotation_sha256": sidecar.sha256 if sidecar else "",
+        "model": ", ".join(models) or "none",
+        "prompt_version": ", ".join(prompts) or "none",
+    }
+
+
 def _instructions_report_url(lake: LakeResource, key: str) -> str:
     from curation.captioning.dataset import instructions_report_path
 
@@ -203,11 +236,12 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
 
     @per_video_asset(
         key=CLIP_CAPTIONS,
-        deps=[VIDEO_CLIPS, CLIP_FRAMES],
+        deps=[VIDEO_CLIPS, CLIP_FRAMES, VIDEO_PROBE],
         group_name=GROUP,
         code_version=cv["clip_captions"],
         kinds={"parquet"},
-        description="One VLM caption per clip (curation.captioning.captioner). captions/<key>.parquet.",
+        description="One caption per clip: the video's annotation sidecar where it covers the clip "
+        "(curation.captioning.sidecar), else the VLM (curation.captioning.captioner). captions/<key>.parquet.",
     )
     def clip_captions(context: AssetExecutionContext, lake: LakeResource,
                       caption_models: CaptionModelsResource) -> MaterializeResult:
@@ -220,8 +254,8 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
         run_cfg = caption_models.config(cfg)
         t0 = time.perf_counter()
         with input_failure(context, "clip captions"):
-            captioner = make_captioner(run_cfg)
-            table = caption_video(captioner, clips, frames)
+            sidecar = _annotation_sidecar(lake, key, context)
+            table = caption_video(lambda: make_captioner(run_cfg), clips, frames, sidecar)
         secs = time.perf_counter() - t0
         d = table.to_pydict()
         for kind, retryable in ((CONFIG_ERROR, False), (UNAVAILABLE, True)):
@@ -244,12 +278,12 @@ def _build_caption_defs(cfg: Optional[CaptioningConfig] = None) -> Definitions:
             seconds=round(secs, 3),
             clips_per_s=round(len(clips) / secs, 3) if secs > 0 else 0.0,
             tokens_per_s=round(tokens / secs, 1) if secs > 0 else 0.0,
-            model=captioner.backend.model_id,
-            prompt_version=captioner.prompt.tag,
+            **_caption_source_metadata(table, sidecar),
             failures=MetadataValue.md(md_table(failed) if failed else "none"),
             preview=MetadataValue.md(md_table([
-                {"clip": ci, "span_s": f"{s:.1f}-{e:.1f}", "ok": ok, "caption": c}
-                for ci, s, e, ok, c in zip(d["clip_index"], d["start_s"], d["end_s"], d["ok"], d["caption"])])),
+                {"clip": ci, "span_s": f"{s:.1f}-{e:.1f}", "ok": ok, "source": src, "caption": c}
+                for ci, s, e, ok, src, c in zip(d["clip_index"], d["start_s"], d["end_s"], d["ok"], d["source"],
+                                                d["caption"])])),
         )
 
     @per_video_check(asset=CLIP_CAPTIONS, additional_deps=[VIDEO_CLIPS],

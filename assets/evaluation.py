@@ -6,6 +6,11 @@ For each evaluated stage (default: stage 5 only; ``LONGVILA_EVAL_STAGES=stage3,s
                      ├─> videomme_stage5       VideoMME-format multiple choice, per duration / subtitles
                      └─> caption_score_stage5  LLM-judge caption score + ROUGE-L / n-gram F1 / BLEU
 
+V-NIAH has a heatmap asset for every stage (``LONGVILA_NIAH_STAGES``, default all five), so the UI
+shows retrieval appear across the curriculum, and the context extension has its passkey benchmark
+(``LONGVILA_PASSKEY_STAGES``, default stage3,stage4): ``passkey_stageN`` scores retrieval of a key
+hidden in long text at 1x and 4x the pre-extension context (stage 3's max length in the recipe).
+
 Each asset resolves the stage's checkpoint (the upstream materialisation's ``checkpoint_path``
 metadata, else ``longvila.layout.checkpoint_dir(storage, <stage asset>)``), runs the `evaluation`
 library and writes its outputs to ``<storage>/eval/<benchmark>/<stage asset>/`` (results.json,
@@ -14,7 +19,10 @@ materialisations), a markdown table, and for V-NIAH the heatmap embedded in mark
 PNG (the UI renders data-URI images in markdown) plus its path.
 
 Inputs in smoke runs (settings in the ``eval_settings`` resource, `EvalSettings`):
-* V-NIAH haystack: the first video of the lake's ``video_frames`` layer, else a synthetic video;
+* V-NIAH haystack: ``niah_haystack_video`` of the lake's ``video_frames`` layer, by default the video
+  with the most frames free of annotated on-screen text (`evaluation.niah.pick_lake_haystack`), else a
+  synthetic video; needles: the built-in digit set rendered with ``niah_seed`` (held out: the stage-5
+  retrieval samples use the recipe's ``needle_seed``), or a user's set (``niah_needles_dir``);
 * VideoMME: the question file / video folder given in the settings, else a fixture generated under
   ``<storage>/eval/fixtures/videomme`` (`evaluation.fixtures`);
 * captions: references from the lake's ``summaries`` layer (the captioning pipeline's video
@@ -78,11 +86,21 @@ HEADLINE = {"niah": "accuracy", "videomme": "accuracy", "caption_score": "simila
 class EvalSettings(ConfigurableResource):
     """Benchmark settings (resource key ``eval_settings``)."""
 
-    niah_frame_counts: list[int] = Field(default=[4, 8, 16], description="V-NIAH frame counts (needle included)")
+    niah_frame_counts: list[int] = Field(default=[1, 8, 16, 32], description="V-NIAH frame counts (needle "
+                                         "included); 32 = 4x the smoke recipe's stage-5 training frames")
     niah_depths: list[float] = Field(default=[0.0, 25.0, 50.0, 75.0, 100.0], description="needle depths in %")
-    niah_needles: int = Field(default=2, description="needles per grid cell (word / number alternating)")
+    niah_needles: int = Field(default=10, description="needles per grid cell (0 = all of niah_needles_dir)")
+    niah_needle_set: str = Field(default="digits", description="built-in needles: digits | text")
+    niah_needles_dir: Optional[str] = Field(default=None, description="a user's needle set (Parquet or folder in "
+                                            "the public V-NIAH layout: image, question, answer)")
+    niah_seed: int = Field(default=1, description="render seed of the built-in needles (training uses another)")
+    niah_haystack_video: Optional[str] = Field(default=None, description="partition key of the haystack video; "
+                                               "default: the one with the most text-free video_frames")
     niah_fps: float = Field(default=1.0, description="haystack sampling rate")
-    niah_frame_size: int = Field(default=128, description="side of the square haystack / needle frames")
+    niah_frame_size: int = Field(default=64, description="side of the square haystack / needle frames")
+    passkey_lengths: Optional[list[int]] = Field(default=None, description="passkey context lengths in tokens; "
+                                                 "default: 1x and 4x stage 3's max length in the recipe")
+    passkey_samples: int = Field(default=4, description="passkey samples per (length, depth) cell")
     niah_nproc: int = Field(default=1, description=">1: run V-NIAH with MM-SP sharded prefill under torchrun")
     videomme_questions: Optional[str] = Field(default=None, description="question file; unset: generated fixture")
     videomme_videos: Optional[str] = Field(default=None, description="video folder for the question file")
@@ -102,7 +120,16 @@ class EvalSettings(ConfigurableResource):
         from evaluation.niah import NiahConfig
 
         return NiahConfig(frame_counts=list(self.niah_frame_counts), depths=list(self.niah_depths),
-                          num_needles=self.niah_needles, fps=self.niah_fps, frame_size=self.niah_frame_size)
+                          num_needles=self.niah_needles, fps=self.niah_fps, frame_size=self.niah_frame_size,
+                          seed=self.niah_seed, needle_set=self.niah_needle_set, needles_dir=self.niah_needles_dir)
+
+    def passkey_config(self):
+        from evaluation.passkey import PasskeyConfig
+
+        recipe = _recipe()
+        base = recipe.stage(3).max_length
+        return PasskeyConfig(lengths=list(self.passkey_lengths or [base, 4 * base]),
+                             samples_per_cell=self.passkey_samples, digits=recipe.stage(4).data.options.passkey_digits)
 
     def code_version(self, benchmark: str) -> str:
         fields = self.model_dump() if hasattr(self, "model_dump") else {}
@@ -110,13 +137,29 @@ class EvalSettings(ConfigurableResource):
         return f"{EVAL_CODE_VERSION}-{benchmark}-{h}"
 
 
-def eval_stages() -> list[str]:
-    raw = os.environ.get("LONGVILA_EVAL_STAGES", "stage5")
+def eval_stages(var: str = "LONGVILA_EVAL_STAGES", default: str = "stage5") -> list[str]:
+    raw = os.environ.get(var, default)
     stages = [s.strip() for s in raw.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGE_ASSETS]
     if bad:
-        raise ValueError(f"LONGVILA_EVAL_STAGES names unknown stages {bad}; known: {sorted(STAGE_ASSETS)}")
+        raise ValueError(f"{var} names unknown stages {bad}; known: {sorted(STAGE_ASSETS)}")
     return stages
+
+
+def niah_stages() -> list[str]:
+    """Stages with a V-NIAH heatmap asset (``LONGVILA_NIAH_STAGES``, default all five)."""
+    return eval_stages("LONGVILA_NIAH_STAGES", ",".join(STAGE_ASSETS))
+
+
+def passkey_stages() -> list[str]:
+    """Stages with a passkey asset (``LONGVILA_PASSKEY_STAGES``, default stage3,stage4)."""
+    return eval_stages("LONGVILA_PASSKEY_STAGES", "stage3,stage4")
+
+
+def _recipe():
+    from training.recipes import load_recipe
+
+    return load_recipe(os.environ.get("LONGVILA_RECIPE", "smoke"))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -136,19 +179,19 @@ def resolve_checkpoint(context: AssetExecutionContext, lake: Any, stage_asset: s
                                                 f"{', '.join(candidates)})")
 
 
-def _first_layer_file(lake: Any, layer: str) -> Optional[str]:
-    root = lio.join(lake.storage_root, layer)
-    fs, p = lio.get_fs(root, lake.settings())
-    try:
-        names = sorted(n for n in fs.ls(p, detail=False) if not Path(n).name.startswith("."))
-    except FileNotFoundError:
-        return None
-    if not names:
-        return None
-    if lio.is_remote(root):
-        proto = root.split("://", 1)[0]
-        return f"{proto}://{names[0]}"
-    return names[0]
+def _niah_haystack(lake: Any, settings: EvalSettings) -> tuple[Optional[str], Optional[str]]:
+    """(video_frames file, its clip captions or None) of the V-NIAH haystack video; (None, None) when the
+    lake has no video_frames (then a synthetic haystack is made)."""
+    from evaluation.niah import pick_lake_haystack
+
+    key = settings.niah_haystack_video or pick_lake_haystack(lake.storage_root, lake.settings())
+    if key is None:
+        return None, None
+    frames = layout.layer_path(lake.storage_root, "video_frames", key)
+    if not lio.exists(frames, lake.settings()):
+        raise Failure(description=f"eval_settings.niah_haystack_video {key!r}: {frames} does not exist")
+    captions = layout.layer_path(lake.storage_root, "captions", key)
+    return frames, captions if lio.exists(captions, lake.settings()) else None
 
 
 def _results_version(out_dir: str, settings) -> str:
@@ -268,8 +311,11 @@ def regression_result(prev: Optional[float], cur: Optional[float], tolerance: fl
 
 
 # ------------------------------------------------------------------------------------ factory
-def build_stage_benchmarks(stage: str) -> tuple[list, list]:
-    """niah_<stage>, videomme_<stage>, caption_score_<stage> and their checks."""
+BENCHMARKS = ("niah", "videomme", "caption_score")
+
+
+def build_stage_benchmarks(stage: str, benchmarks: tuple[str, ...] = BENCHMARKS) -> tuple[list, list]:
+    """niah_<stage>, videomme_<stage>, caption_score_<stage> (those named in `benchmarks`) and their checks."""
     stage_asset = STAGE_ASSETS[stage]
     upstream = AssetKey(stage_asset)
     niah_key, vm_key, cap_key = (AssetKey(f"niah_{stage}"), AssetKey(f"videomme_{stage}"),
@@ -289,15 +335,16 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
         ckpt = resolve_checkpoint(context, lake, stage_asset)
         out = layout.eval_dir(lake.storage_root, "niah", stage_asset)
         cfg = eval_settings.niah_config()
-        frames_parquet = _first_layer_file(lake, "video_frames")
+        frames_parquet, captions_parquet = _niah_haystack(lake, eval_settings)
         t0 = time.perf_counter()
         with input_failure(context, "V-NIAH"):
             if eval_settings.niah_nproc > 1:
                 res = run_niah_sharded(ckpt, out, cfg, nproc=eval_settings.niah_nproc,
-                                       frames_parquet=frames_parquet)
+                                       frames_parquet=frames_parquet, captions_parquet=captions_parquet)
             else:
                 res = run_niah_benchmark(ckpt, out, cfg, frames_parquet=frames_parquet,
-                                         progress=progress(context), title=f"V-NIAH {stage_asset}")
+                                         progress=progress(context), title=f"V-NIAH {stage_asset}",
+                                         captions_parquet=captions_parquet)
         secs = time.perf_counter() - t0
         png = heatmap_png(res, title=f"V-NIAH {stage_asset}")
         expected = len(build_grid(cfg.frame_counts, cfg.depths, cfg.num_needles))
@@ -306,6 +353,7 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
             "samples": len(res.records),
             "scoring": res.method,
             "haystack": str(res.config.get("haystack_source", "")),
+            "needles": cfg.needles_dir or f"built-in {cfg.needle_set}, seed {cfg.seed}",
             "haystack_repeated": bool(res.haystack_repeated),
             "checkpoint_path": MetadataValue.path(ckpt),
             "grid": MetadataValue.md(res.to_markdown()),
@@ -415,10 +463,10 @@ def build_stage_benchmarks(stage: str) -> tuple[list, list]:
                 metadata={"invalid": s["invalid_judgements"], "judged_scores": total})],
         )
 
-    checks = []
-    for bench, key in (("niah", niah_key), ("videomme", vm_key), ("caption_score", cap_key)):
-        checks.append(_regression_check(key, HEADLINE[bench]))
-    return [niah_asset, videomme_asset, caption_asset], checks
+    made = {"niah": (niah_asset, niah_key), "videomme": (videomme_asset, vm_key),
+            "caption_score": (caption_asset, cap_key)}
+    return ([made[b][0] for b in benchmarks],
+            [_regression_check(made[b][1], HEADLINE[b]) for b in benchmarks])
 
 
 def _regression_check(key: AssetKey, metric: str):
@@ -432,13 +480,48 @@ def _regression_check(key: AssetKey, metric: str):
     return _check
 
 
+def build_passkey_asset(stage: str):
+    """passkey_<stage>: passkey retrieval at 1x and 4x the pre-extension context (`evaluation.passkey`)."""
+    stage_asset = STAGE_ASSETS[stage]
+    key = AssetKey(f"passkey_{stage}")
+
+    @asset(name=key.path[0], group_name=GROUP, deps=[AssetKey(stage_asset)],
+           code_version=EVAL_CODE_VERSION + "-passkey",
+           description=f"Passkey retrieval in long text of the {stage_asset} checkpoint at 1x and 4x the "
+                       "pre-extension context (stage 3's max length), the test of the context extension.",
+           kinds={"python", "pytorch"})
+    def passkey_asset(context: AssetExecutionContext, lake: LakeResource, eval_settings: EvalSettings):
+        from evaluation.passkey import run_passkey, write_passkey_outputs
+        from training.model import load_checkpoint
+
+        ckpt = resolve_checkpoint(context, lake, stage_asset)
+        out = layout.eval_dir(lake.storage_root, "passkey", stage_asset)
+        t0 = time.perf_counter()
+        model, processor = load_checkpoint(ckpt)
+        res = run_passkey(model, processor, eval_settings.passkey_config(), progress=progress(context))
+        write_passkey_outputs(res, out)
+        md: dict[str, Any] = {"accuracy": float(res.accuracy), "samples": len(res.records),
+                              "checkpoint_path": MetadataValue.path(ckpt), "table": MetadataValue.md(res.to_markdown()),
+                              "results_path": MetadataValue.path(lio.join(out, "results.json")),
+                              "rope_theta": float(model.config.text_config.rope_parameters.get("rope_theta", 0.0)),
+                              "seconds": round(time.perf_counter() - t0, 3)}
+        for n, acc in res.accuracy_by_length().items():
+            md[f"accuracy_{n}_tokens"] = float(acc)
+        return MaterializeResult(metadata=md, data_version=DataVersion(_results_version(out, lake.settings())))
+
+    return passkey_asset
+
+
 def build_evaluation_defs(stages: Optional[list[str]] = None, settings: Optional[EvalSettings] = None) -> Definitions:
-    """Definitions for the benchmark assets of `stages` (default `eval_stages()`); binds only
-    ``eval_settings`` (``lake`` is bound by `orchestration.definitions`)."""
+    """Definitions for the benchmark assets of `stages` (default `eval_stages()`), the V-NIAH assets of
+    `niah_stages()` and the passkey assets of `passkey_stages()`; binds only ``eval_settings`` (``lake``
+    is bound by `orchestration.definitions`)."""
+    full = stages or eval_stages()
     assets_, checks = [], []
-    for st in stages or eval_stages():
-        a, c = build_stage_benchmarks(st)
-        assets_ += a
+    for st in STAGE_ASSETS:
+        benches = BENCHMARKS if st in full else ("niah",) if st in niah_stages() else ()
+        a, c = build_stage_benchmarks(st, benches)
+        assets_ += a + ([build_passkey_asset(st)] if st in passkey_stages() else [])
         checks += c
     return Definitions(assets=assets_, asset_checks=checks,
                        resources={"eval_settings": settings or EvalSettings()})

@@ -5,6 +5,8 @@
     clip_captions, clip_frames (all videos) ─> stage3_dataset ─> stage3_short_sft    (after stage 2)
     (generated passkey set)                 ─> stage4_dataset ─> stage4_context_extension (after 3)
     long_video_sft_dataset                                    ─> stage5_long_sft     (after 4)
+    video_frames, clip_captions (all videos) ─> stage5_dataset ─┘ (only when the recipe's stage-5
+        data.options add samples: V-NIAH-style retrieval, passkey; trained together with the SFT set)
 
 (`training_lineage_report`, the markdown audit of stage 5, is defined with the audit in `orchestration.lineage`.)
 
@@ -70,7 +72,7 @@ from pydantic import Field
 
 from assets.captions import CLIP_CAPTIONS, LONG_VIDEO_SFT, VIDEO_INSTRUCTIONS
 from assets.common import dataset_video_keys, lineage_metadata, md_table, per_video_code_versions
-from assets.curation import CLIP_FRAMES
+from assets.curation import CLIP_FRAMES, VIDEO_FRAMES
 from assets.freshness import freshness_check
 from assets.policies import TRANSIENT_RETRY
 from assets.resources import LakeResource
@@ -86,6 +88,7 @@ GROUP = "training"
 STAGE_KEYS = [AssetKey(n) for n in STAGE_NAMES]
 DATASET_KEYS = {1: AssetKey("stage1_dataset"), 2: AssetKey("stage2_dataset"), 3: AssetKey("stage3_dataset"),
                 4: AssetKey("stage4_dataset"), 5: LONG_VIDEO_SFT}
+STAGE5_EXTRA = AssetKey("stage5_dataset")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -211,6 +214,20 @@ def dataset_dir_for(storage: str, stage_index: int) -> str:
     return layout.dataset_dir(storage, f"stage{stage_index}_dataset")
 
 
+def has_extra_samples(stage) -> bool:
+    """Stage 5 trains on the long-video SFT set plus a built dataset of the samples its options add."""
+    opts = stage.data.options
+    return stage.data.kind == "long_video_sft" and bool(opts.retrieval_samples or opts.passkey_samples)
+
+
+def _dataset_key(n: int) -> AssetKey:
+    return STAGE5_EXTRA if n == 5 else DATASET_KEYS[n]
+
+
+def _dataset_dir(storage: str, n: int) -> str:
+    return layout.dataset_dir(storage, "stage5_dataset") if n == 5 else dataset_dir_for(storage, n)
+
+
 # ----------------------------------------------------------------------------------- assets
 
 
@@ -218,21 +235,24 @@ def _dataset_asset(recipe: Recipe, n: int, upstream: list[AssetKey]):
     stage = recipe.stage(n)
     kind = stage.data.kind
     caption_kinds = ("captions", "caption_and_qa")
-    deps = ([AssetDep(k, partition_mapping=AllPartitionMapping()) for k in upstream]
-            if kind in caption_kinds else [])
+    # retrieval samples read whole-video frames and clip captions per video (in shard mode: the curated shards)
+    lake_frames = [VIDEO_FRAMES, CLIP_CAPTIONS] if CLIP_CAPTIONS in upstream else upstream
+    retrieval = lake_frames if stage.data.options.retrieval_samples else []
+    dep_keys = list(dict.fromkeys((upstream if kind in caption_kinds else []) + retrieval))
+    deps = [AssetDep(k, partition_mapping=AllPartitionMapping()) for k in dep_keys]
     data_fp = json.dumps({"data": stage.data.__dict__, "frames": stage.num_frames, "seed": recipe.seed},
                          sort_keys=True, default=str)
     cv = f"{BUILD_VERSION}:{hashlib.sha256(data_fp.encode()).hexdigest()[:12]}"
 
-    @asset(key=DATASET_KEYS[n], deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
+    @asset(key=_dataset_key(n), deps=deps, group_name=GROUP, code_version=cv, kinds={"parquet"},
            retry_policy=TRANSIENT_RETRY,
-           description=f"Stage-{n} dataset ({kind}) of recipe {recipe.name}: samples.parquet + manifest.json "
-                       f"under datasets/stage{n}_dataset/.")
+           description=f"Stage-{n} dataset ({kind}{', extra samples' if n == 5 else ''}) of recipe {recipe.name}: "
+                       f"samples.parquet + manifest.json under datasets/stage{n}_dataset/.")
     def _ds(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
         storage = lake.storage_root
-        keys = dataset_video_keys(context.instance, lake) if kind in caption_kinds else []
+        keys = dataset_video_keys(context.instance, lake) if dep_keys else []
         t0 = time.perf_counter()
-        out = dataset_dir_for(storage, n)
+        out = _dataset_dir(storage, n)
         try:
             manifest = build_stage_dataset(out, stage, storage=storage, video_keys=keys, seed=recipe.seed,
                                            code_versions=per_video_code_versions(context), log=context.log.info)
@@ -259,7 +279,8 @@ def _dataset_asset(recipe: Recipe, n: int, upstream: list[AssetKey]):
 
 def _stage_asset(recipe: Recipe, n: int):
     stage = recipe.stage(n)
-    deps = [DATASET_KEYS[n]] + ([STAGE_KEYS[n - 2]] if n > 1 else [])
+    extra = n == 5 and has_extra_samples(stage)
+    deps = [DATASET_KEYS[n]] + ([STAGE5_EXTRA] if extra else []) + ([STAGE_KEYS[n - 2]] if n > 1 else [])
 
     @asset(key=STAGE_KEYS[n - 1], deps=deps, group_name=GROUP, pool="training",
            code_version=f"{TRAINER_VERSION}:{recipe.name}:{recipe.stage_fingerprint(n)}", kinds={"pytorch"},
@@ -275,7 +296,8 @@ def _stage_asset(recipe: Recipe, n: int):
         data_dir = dataset_dir_for(storage, n)
         if not lio.exists(lio.join(data_dir, "manifest.json")):
             raise Failure(f"{data_dir}: stage-{n} dataset not materialised")
-        args = ["--recipe", recipe.source or recipe.name, "--stage", stage.name, "--data", data_dir,
+        data_dirs = [data_dir] + ([_dataset_dir(storage, n)] if extra else [])
+        args = ["--recipe", recipe.source or recipe.name, "--stage", stage.name, "--data", *data_dirs,
                 "--output-dir", out_dir, "--metrics-out", layout.join(out_dir, "metrics.jsonl"),
                 "--seed", str(recipe.seed), "--resume"]
         if n > 1:
@@ -301,6 +323,8 @@ def _stage_asset(recipe: Recipe, n: int):
                                                  "rope_theta": ([p.rope_theta for p in stage.phases]
                                                                 or stage.rope_theta)})
         md["dataset"] = MetadataValue.path(data_dir)
+        if extra:
+            md["extra_dataset"] = MetadataValue.path(data_dirs[1])
         return MaterializeResult(metadata=md, data_version=res.data_version)
 
     return _st
@@ -312,6 +336,8 @@ def build_training_defs(recipe: Optional[Recipe] = None, launcher: Optional[Trai
     recipe = recipe or recipe_from_env()
     inputs = caption_inputs()
     assets_ = [_dataset_asset(recipe, n, inputs) for n in (1, 2, 3, 4)]
+    if has_extra_samples(recipe.stage(5)):
+        assets_.append(_dataset_asset(recipe, 5, inputs))
     assets_ += [_stage_asset(recipe, n) for n in (1, 2, 3, 4, 5)]
     checks = [freshness_check(STAGE_KEYS[n - 1], DATASET_KEYS[n], per_video_inputs(recipe, n)) for n in (1, 2, 3, 4, 5)]
     return Definitions(assets=assets_, asset_checks=checks,

@@ -47,7 +47,8 @@ def make_lake(root: Path, n_videos: int = 4) -> str:
         key = f"bench{v}-{v:08x}"
         caps = [f"A {words[(v + c) % 15]} {words[(v * 3 + c) % 15]} moves across the {words[(c * 7) % 15]}. "
                 f"Then a {words[(v + 2 * c) % 15]} appears near the {words[(v + 5) % 15]}." for c in range(6)]
-        lio.write_parquet(pa.table({"clip_index": pa.array(range(6), pa.int32()), "caption": caps}),
+        lio.write_parquet(pa.table({"clip_index": pa.array(range(6), pa.int32()), "caption": caps,
+                                    "source": ["annotation"] * 6}),
                           layout.layer_path(storage, "captions", key))
         rows = []
         for c in range(6):

@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 # Distinct-looking lavfi sources. `{s}` is replaced by the size (WxH), `{r}` by the frame rate.
-# Some move (testsrc2, zoneplate, gradients), the others are still; hues differ between entries.
+# Some move (testsrc2, zoneplate, gradients), the others are still; hues differ between entries. The
+# gradients get a fixed seed (ffmpeg picks random gradient points by default): same corpus on every run.
 SOURCES: list[str] = [
     "testsrc2=s={s}:r={r}",
     "smptebars=s={s}:r={r}",
@@ -29,13 +30,13 @@ SOURCES: list[str] = [
     "color=c=0x2040D0:s={s}:r={r}",
     "testsrc2=s={s}:r={r},hue=h=150:s=1.3,negate",
     "pal75bars=s={s}:r={r}",
-    "gradients=s={s}:r={r}:c0=0x10A040:c1=0xF0E060:speed=0.02",
+    "gradients=s={s}:r={r}:c0=0x10A040:c1=0xF0E060:speed=0.02:seed=1",
     "color=c=0x20A0A0:s={s}:r={r}",
     "smptehdbars=s={s}:r={r},negate",
     "colorchart=r={r},scale={s}",
     "color=c=0xE0A000:s={s}:r={r}",
     "yuvtestsrc=s={s}:r={r}",
-    "gradients=s={s}:r={r}:c0=0x800080:c1=0x00C0FF:speed=0.03:type=radial",
+    "gradients=s={s}:r={r}:c0=0x800080:c1=0x00C0FF:speed=0.03:type=radial:seed=2",
     "color=c=0x303030:s={s}:r={r}",
 ]
 

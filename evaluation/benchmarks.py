@@ -19,7 +19,7 @@ from longvila.progress import ProgressFn
 
 from .caption_score import (CaptionItem, CaptionScoreResult, evaluate_captions, make_judge,
                             write_caption_outputs)
-from .niah import (NiahConfig, NiahResult, haystack_from_frames_parquet, load_haystack,
+from .niah import (NiahConfig, NiahResult, haystack_from_frames_parquet, load_haystack, read_needle_set,
                    read_niah_results, run_niah, synthetic_haystack, write_niah_outputs)
 from .videomme import (VideoMMEResult, evaluate_videomme, load_questions, sample_uniform_frames,
                        write_videomme_outputs)
@@ -34,15 +34,16 @@ __all__ = [
 
 
 def get_haystack(config: NiahConfig, video: str | None = None, frames_parquet: str | None = None,
-                 workdir: str | None = None) -> tuple[list, str]:
+                 workdir: str | None = None, captions_parquet: str | None = None) -> tuple[list, str]:
     """Haystack frames and a description of their source: a video file, a `video_frames` layer
-    file, or (neither given) a synthetic video made with curation.synth under `workdir`."""
+    file (without the frames of clips that `captions_parquet` annotates with on-screen text), or
+    (neither given) a synthetic video made with curation.synth under `workdir`."""
     need = max(config.frame_counts)
     if video:
         return load_haystack(video, fps=config.fps, max_frames=need, size=config.frame_size), f"video:{video}"
     if frames_parquet:
-        return haystack_from_frames_parquet(frames_parquet, max_frames=need, size=config.frame_size), \
-            f"video_frames:{frames_parquet}"
+        return haystack_from_frames_parquet(frames_parquet, max_frames=need, size=config.frame_size,
+                                            captions_url=captions_parquet), f"video_frames:{frames_parquet}"
     wd = workdir or tempfile.mkdtemp(prefix="niah-")
     path = str(Path(wd) / "haystack.mp4")
     return synthetic_haystack(path, duration_s=max(need, 4), frame_size=config.frame_size, fps=config.fps), \
@@ -51,12 +52,13 @@ def get_haystack(config: NiahConfig, video: str | None = None, frames_parquet: s
 
 def run_niah_benchmark(checkpoint: str, out_dir: str, config: NiahConfig | None = None,
                        video: str | None = None, frames_parquet: str | None = None,
-                       progress: ProgressFn | None = None, title: str | None = None) -> NiahResult:
+                       progress: ProgressFn | None = None, title: str | None = None,
+                       captions_parquet: str | None = None) -> NiahResult:
     from .runner import load_runner
 
     cfg = (config or NiahConfig()).validate()
     with tempfile.TemporaryDirectory(prefix="niah-") as wd:
-        haystack, source = get_haystack(cfg, video, frames_parquet, wd)
+        haystack, source = get_haystack(cfg, video, frames_parquet, wd, captions_parquet)
         runner = load_runner(checkpoint)
         result = run_niah(runner, haystack, cfg, progress=progress)
     result.config["haystack_source"] = source
@@ -68,18 +70,20 @@ def run_niah_benchmark(checkpoint: str, out_dir: str, config: NiahConfig | None 
 def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = None,
                      nproc: int = 2, ulysses: int | None = None, ring: int = 1,
                      video: str | None = None, frames_parquet: str | None = None, timeout_s: float = 1800.0,
-                     extra_env: dict | None = None) -> NiahResult:
+                     extra_env: dict | None = None, captions_parquet: str | None = None) -> NiahResult:
     """Launch `torchrun --nproc-per-node nproc -m evaluation.sharded` (gloo on CPU, nccl on GPU) and
     read back the results rank 0 wrote. `ulysses * ring` must equal nproc (one SP group)."""
     cfg = (config or NiahConfig()).validate()
     ulysses = ulysses or max(1, nproc // ring)
     if ulysses * ring != nproc:
         raise ValueError(f"ulysses ({ulysses}) x ring ({ring}) must equal nproc ({nproc})")
-    # fail fast, here, on a bad haystack (names the file) rather than in every rank
+    # fail fast, here, on a bad haystack or needle set (names the file) rather than in every rank
+    if cfg.needles_dir:
+        read_needle_set(cfg.needles_dir, cfg.num_needles)
     if video is not None:
         load_haystack(video, fps=cfg.fps, max_frames=1, size=cfg.frame_size)
     elif frames_parquet is not None:
-        haystack_from_frames_parquet(frames_parquet, max_frames=1, size=cfg.frame_size)
+        haystack_from_frames_parquet(frames_parquet, max_frames=1, size=cfg.frame_size, captions_url=captions_parquet)
     with tempfile.TemporaryDirectory(prefix="niah-sp-") as wd:
         if video is None and frames_parquet is None:
             video = str(Path(wd) / "haystack.mp4")
@@ -93,7 +97,9 @@ def run_niah_sharded(checkpoint: str, out_dir: str, config: NiahConfig | None = 
             "--frame-counts", ",".join(map(str, cfg.frame_counts)),
             "--depths", ",".join(f"{d:g}" for d in cfg.depths),
             "--needles", str(cfg.num_needles), "--fps", str(cfg.fps), "--frame-size", str(cfg.frame_size),
-            "--seed", str(cfg.seed), "--ulysses", str(ulysses), "--ring", str(ring),
+            "--seed", str(cfg.seed), "--ulysses", str(ulysses), "--ring", str(ring), "--needle-set", cfg.needle_set,
+            *(["--needles-dir", str(cfg.needles_dir)] if cfg.needles_dir else []),
+            *(["--captions-parquet", str(captions_parquet)] if captions_parquet and frames_parquet else []),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(extra_env or {})}
         # own process group: on a timeout or an interrupt the whole torchrun tree is ended, no orphan ranks

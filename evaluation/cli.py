@@ -4,6 +4,7 @@ Examples::
 
     longvila eval niah --checkpoint data/lake/checkpoints/stage5_long_sft --frame-counts 8,16,32
     longvila eval niah --checkpoint CKPT --nproc 2            # MM-SP sharded prefill under torchrun
+    longvila eval niah --checkpoint CKPT --needles-dir v_niah_needles/   # a user's needle set
     longvila eval videomme --checkpoint CKPT --make-fixture /tmp/vmme   # generate a fixture and run it
     longvila eval videomme --checkpoint CKPT --questions videomme/test.parquet --videos videos/ --subtitles subtitle/
     longvila eval caption --checkpoint CKPT --references refs.jsonl --judge local:PATH_TO_LLM
@@ -62,12 +63,19 @@ def register(subparsers) -> None:
     _common(n)
     n.add_argument("--video", default=None, help="haystack video (default: a synthetic one)")
     n.add_argument("--frames-parquet", default=None, help="haystack from a video_frames layer file")
+    n.add_argument("--captions-parquet", default=None,
+                   help="the haystack video's clip captions: frames annotated with on-screen text are left out")
     n.add_argument("--frame-counts", type=_ints, default=[8, 16, 32])
     n.add_argument("--depths", type=_floats, default=[0, 25, 50, 75, 100])
     n.add_argument("--needles", type=int, default=2)
     n.add_argument("--fps", type=float, default=1.0)
     n.add_argument("--frame-size", type=int, default=384)
-    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--seed", type=int, default=0, help="needle render seed (built-in sets)")
+    n.add_argument("--needle-set", choices=["digits", "text"], default="digits",
+                   help="built-in needles: digits (readable by the smoke model) or words and numbers")
+    n.add_argument("--needles-dir", default=None,
+                   help="a needle set in the public V-NIAH layout: Parquet (image, question, answer) or a "
+                        "folder of images with metadata.jsonl; replaces the built-in set")
     n.add_argument("--nproc", type=int, default=1, help=">1: MM-SP sharded prefill under torchrun")
     n.add_argument("--ulysses", type=int, default=None, help="Ulysses degree (default nproc / ring)")
     n.add_argument("--ring", type=int, default=1, help="ring degree")
@@ -112,15 +120,18 @@ def cmd_niah(args: argparse.Namespace) -> int:
     from .niah import NiahConfig
 
     cfg = NiahConfig(frame_counts=args.frame_counts, depths=args.depths, num_needles=args.needles,
-                     fps=args.fps, frame_size=args.frame_size, seed=args.seed)
+                     fps=args.fps, frame_size=args.frame_size, seed=args.seed, needle_set=args.needle_set,
+                     needles_dir=args.needles_dir)
     out = _out(args, "niah")
     try:
         if args.nproc > 1:
             res = run_niah_sharded(args.checkpoint, out, cfg, nproc=args.nproc, ulysses=args.ulysses,
-                                   ring=args.ring, video=args.video, frames_parquet=args.frames_parquet)
+                                   ring=args.ring, video=args.video, frames_parquet=args.frames_parquet,
+                                   captions_parquet=args.captions_parquet)
         else:
             res = run_niah_benchmark(args.checkpoint, out, cfg, video=args.video,
-                                     frames_parquet=args.frames_parquet, progress=_progress(args))
+                                     frames_parquet=args.frames_parquet, progress=_progress(args),
+                                     captions_parquet=args.captions_parquet)
     except InputError as exc:
         print(f"error: {exc}")
         return 2

@@ -1,7 +1,18 @@
 """V-NIAH: video needle-in-a-haystack (after LongVA / LongVILA).
 
 A haystack is a sequence of frames from any video, sampled at 1 fps by default. A needle is an image
-(in smoke: a frame rendered with PIL showing a word or a number) with a question and its answer.
+with a question and its answer, from a needle set (`load_needles`):
+
+* `needle_set="digits"` (default): the built-in renderer, a digit drawn large on a varied background
+  (`curation.glyphs`, the renderer of the demo corpus and of the stage-5 retrieval samples, readable
+  by the smoke model at its 32x32 frames), question "Which number appears in the video?"; the render
+  `seed` decides the images, so a seed other than the training one gives held-out needles;
+* `needle_set="text"`: words and numbers in black on a light background (`default_needles`);
+* `needles_dir`: a user's set in the layout of the public V-NIAH needle set (LongVA's
+  `lmms-lab/v_niah_needles`): a Parquet file, or a folder of Parquet files, with columns `image`
+  (bytes, or a struct with `bytes`), `question` and `answer`; or a folder of images with a
+  `metadata.jsonl` / `needles.jsonl` / `needles.json` listing `{"file_name", "question", "answer"}`.
+  `num_needles` takes the first N of the set (0: all).
 For each frame count N of the grid and each depth d (0-100 %), the sample is N frames: the first N-1
 haystack frames with the needle inserted at index `needle_position(N, d) = round(d/100 * (N-1))`,
 so depth 0 is the first frame and depth 100 the last. The model is asked the needle's question and
@@ -24,12 +35,14 @@ PNG (matplotlib, Agg backend; red = miss, green = hit, as in LongVA's figure).
 from __future__ import annotations
 
 import io
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from longvila import io as lio
+from longvila import layout
 from longvila.errors import InputError
 from longvila.progress import ProgressFn, Throttled
 
@@ -42,10 +55,15 @@ __all__ = [
     "NiahResult",
     "render_needle",
     "default_needles",
+    "digit_needles",
+    "read_needle_set",
+    "load_needles",
     "needle_position",
     "build_grid",
     "assemble_frames",
     "load_haystack",
+    "haystack_from_frames_parquet",
+    "pick_lake_haystack",
     "synthetic_haystack",
     "niah_prompt",
     "score_sample",
@@ -125,6 +143,25 @@ def default_needles(n: int = 2, size: tuple[int, int] = (384, 384), seed: int = 
     return needles
 
 
+NEEDLE_SETS = ("digits", "text")
+
+
+DIGIT_QUESTION = "Which number appears in the video?"
+
+
+def digit_needles(n: int, size: int = 64, seed: int = 0) -> list[Needle]:
+    """`n` built-in needles: the digits 0-9 in a seed-shuffled order (repeating), each rendered by
+    `curation.glyphs.glyph_image` with its own seed-derived background and jitter."""
+    from curation.glyphs import DIGITS, glyph_image
+
+    if n < 1:
+        raise ValueError("need at least one needle")
+    order = list(DIGITS)
+    random.Random(seed).shuffle(order)
+    return [Needle(image=glyph_image(order[i % 10], size, seed * 100003 + i), question=DIGIT_QUESTION,
+                   answer=order[i % 10], kind="number", id=f"digit-{seed}-{i}") for i in range(n)]
+
+
 @dataclass
 class NiahConfig:
     """The V-NIAH grid. Depths are percentages 0..100; frame counts include the needle frame."""
@@ -136,6 +173,8 @@ class NiahConfig:
     frame_size: int = 384
     seed: int = 0
     max_new_tokens: int = 8  # generation budget for free-form answerers
+    needle_set: str = "digits"  # built-in set: "digits" | "text" (ignored when needles_dir is given)
+    needles_dir: str | None = None  # a user's needle set (module docstring)
 
     def validate(self) -> "NiahConfig":
         if not self.frame_counts or any(int(n) < 1 for n in self.frame_counts):
@@ -144,6 +183,10 @@ class NiahConfig:
             raise ValueError(f"depths must lie in [0, 100]: {self.depths}")
         if self.fps <= 0:
             raise ValueError("fps must be positive")
+        if self.needle_set not in NEEDLE_SETS:
+            raise ValueError(f"needle_set must be one of {NEEDLE_SETS}, got {self.needle_set!r}")
+        if self.num_needles < (0 if self.needles_dir else 1):
+            raise ValueError(f"num_needles must be >= 1 (0 = all of a needles_dir), got {self.num_needles}")
         self.frame_counts = sorted({int(n) for n in self.frame_counts})
         self.depths = sorted({float(d) for d in self.depths})
         return self
@@ -212,20 +255,58 @@ def load_haystack(video: str, fps: float = 1.0, max_frames: int = 64, size: int 
     return _resize_frames(frames, size)
 
 
-def haystack_from_frames_parquet(url: str, max_frames: int = 64, size: int = 384) -> list:
-    """Haystack frames from a `video_frames` layer file of the lake (JPEG frames in Parquet)."""
+def _read_table(url: str, what: str):
+    try:
+        return lio.read_parquet(url)
+    except FileNotFoundError as exc:
+        raise InputError(str(url), f"{what} file does not exist") from exc
+    except Exception as exc:  # corrupt or not parquet
+        raise InputError(str(url), f"cannot read {what}: {exc}") from exc
+
+
+def haystack_from_frames_parquet(url: str, max_frames: int = 64, size: int = 384,
+                                 captions_url: str | None = None) -> list:
+    """Haystack frames from a `video_frames` layer file of the lake (JPEG frames in Parquet). With the
+    video's clip captions (`captions_url`), frames of clips annotated with on-screen text are left out
+    (`curation.captioning.captioner.text_free_indices`)."""
+    from curation.captioning.captioner import text_free_indices
     from curation.frames import decode_jpeg_frames
 
-    try:
-        table = lio.read_parquet(url)
-    except FileNotFoundError as exc:
-        raise InputError(str(url), "video_frames file does not exist") from exc
-    except Exception as exc:  # corrupt or not parquet
-        raise InputError(str(url), f"cannot read video frames: {exc}") from exc
-    frames = decode_jpeg_frames(table)[:max_frames]
+    table = _read_table(url, "video_frames")
+    if captions_url:
+        keep = text_free_indices(_read_table(captions_url, "clip captions"), table.column("pts_s").to_pylist())
+        table = table.take(keep)
+    frames = decode_jpeg_frames(table.slice(0, max_frames))
     if not frames:
-        raise InputError(str(url), "video_frames file holds no frames")
+        raise InputError(str(url), "video_frames file holds no (text-free) frames")
     return _resize_frames(frames, size)
+
+
+def pick_lake_haystack(storage: str, settings=None) -> str | None:
+    """Partition key of the lake video with the most text-free `video_frames` (the longest haystack that
+    holds no readable text; a V-NIAH haystack shorter than the grid's frame counts is repeated)."""
+    from curation.captioning.captioner import text_free_indices
+
+    fs, root = lio.get_fs(lio.join(storage, "video_frames"), settings)
+    try:
+        names = sorted(n.rsplit("/", 1)[-1] for n in fs.ls(root, detail=False) if n.endswith(".parquet"))
+    except FileNotFoundError:
+        return None
+    from longvila.keys import is_valid_key
+
+    best, best_n = None, 0
+    for name in names:
+        key = name[: -len(".parquet")]
+        if not is_valid_key(key):  # a temporary or foreign file, not a video partition's frames
+            continue
+        pts = lio.read_parquet(layout.layer_path(storage, "video_frames", key), settings, columns=["pts_s"]).column(
+            "pts_s").to_pylist()
+        cap = layout.layer_path(storage, "captions", key)
+        caps = lio.read_parquet(cap, settings) if lio.exists(cap, settings) else None
+        n = len(text_free_indices(caps, pts))
+        if n > best_n:
+            best, best_n = key, n
+    return best
 
 
 def synthetic_haystack(path: str, duration_s: int = 32, size: int = 128, frame_size: int = 384,
@@ -334,13 +415,98 @@ class NiahResult:
                    haystack_repeated=s.get("haystack_repeated", False), method=s.get("method", ""))
 
 
+_METADATA_FILES = ("metadata.jsonl", "needles.jsonl", "needles.json")
+
+
+def _needle_rows_from_folder(folder: str) -> list[tuple[dict, str]]:
+    """(row, where) pairs of a needle folder's listing, or of its Parquet files."""
+    for name in _METADATA_FILES:
+        url = lio.join(folder, name)
+        if lio.exists(url):
+            text = lio.read_bytes(url).decode("utf-8")
+            try:
+                rows = json.loads(text) if name.endswith(".json") else [
+                    json.loads(line) for line in text.splitlines() if line.strip()]
+            except ValueError as exc:
+                raise InputError(url, f"not valid JSON: {exc}") from None
+            if not isinstance(rows, list):
+                raise InputError(url, "expected a list of {file_name, question, answer}")
+            return [(r, f"{url} entry {i}") for i, r in enumerate(rows)]
+    fs, root = lio.get_fs(folder)
+    shards = sorted(f for f in fs.find(root) if f.endswith(".parquet")) if fs.exists(root) else []
+    if not shards:
+        raise InputError(folder, f"no needle set: neither {' / '.join(_METADATA_FILES)} nor *.parquet files")
+    proto = folder.split("://", 1)[0] + "://" if lio.is_remote(folder) else ""
+    return [row for shard in shards for row in _needle_rows_from_parquet(proto + shard)]
+
+
+def _needle_rows_from_parquet(url: str) -> list[tuple[dict, str]]:
+    try:
+        table = lio.read_parquet(url)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many types for a bad file
+        raise InputError(url, f"cannot read the needle Parquet file: {exc}") from None
+    return [(r, f"{url} row {i}") for i, r in enumerate(table.to_pylist())]
+
+
+def _needle_image(row: dict, where: str, folder: str | None):
+    from training.data.records import iter_jpeg_images
+
+    img = row.get("image")
+    if isinstance(img, dict):  # Hugging Face datasets' Image feature: {"bytes", "path"}
+        img = img.get("bytes") or img.get("path")
+    if img is None:
+        img = row.get("file_name") or row.get("path")
+    if isinstance(img, str):
+        if folder is None:
+            raise InputError(where, f"image {img!r} is a path but the set is not a folder")
+        img = lio.read_bytes(lio.join(folder, img)) if lio.exists(lio.join(folder, img)) else None
+    if not isinstance(img, (bytes, bytearray)):
+        raise InputError(where, "no image (expected `image` bytes or a `file_name` in the folder)")
+    return next(iter_jpeg_images([bytes(img)], where))  # any PIL-readable format, despite the name
+
+
+def read_needle_set(path: str, limit: int = 0) -> list[Needle]:
+    """A user's needle set (Parquet file, folder of Parquet files, or image folder with a listing; see
+    the module docstring). InputError names the file and row of anything unusable."""
+    is_parquet = str(path).endswith(".parquet")
+    if is_parquet and not lio.exists(path):
+        raise InputError(str(path), "needle set does not exist")
+    rows = _needle_rows_from_parquet(path) if is_parquet else _needle_rows_from_folder(path)
+    rows = rows[:limit] if limit > 0 else rows
+    needles = []
+    for i, (row, where) in enumerate(rows):
+        q, a = row.get("question"), row.get("answer")
+        if not isinstance(q, str) or not q.strip() or not isinstance(a, (str, int)) or not str(a).strip():
+            raise InputError(where, "needs a non-empty `question` and `answer`")
+        image = _needle_image(row, where, None if is_parquet else path)
+        needles.append(Needle(image=image, question=q.strip(), answer=str(a).strip(), kind="custom",
+                              id=str(row.get("id") or f"needle-{i}")))
+    if not needles:
+        raise InputError(str(path), "the needle set is empty")
+    return needles
+
+
+def load_needles(cfg: NiahConfig) -> list[Needle]:
+    """The needles of a V-NIAH run: the user's set (`needles_dir`) or the built-in `needle_set`,
+    resized to `frame_size` squares."""
+    if cfg.needles_dir:
+        needles = read_needle_set(cfg.needles_dir, cfg.num_needles)
+    elif cfg.needle_set == "digits":
+        needles = digit_needles(cfg.num_needles, size=cfg.frame_size, seed=cfg.seed)
+    else:
+        needles = default_needles(cfg.num_needles, size=(cfg.frame_size, cfg.frame_size), seed=cfg.seed)
+    for n in needles:
+        n.image = _resize_frames([n.image], cfg.frame_size)[0]
+    return needles
+
+
 def run_niah(model: Any, haystack: Sequence[Any], config: NiahConfig | None = None,
              needles: list[Needle] | None = None, progress: ProgressFn | None = None) -> NiahResult:
     """Evaluate `model` on the whole grid. `haystack` is a list of PIL frames."""
     cfg = (config or NiahConfig()).validate()
     if not haystack:
         raise InputError("haystack", "V-NIAH needs at least one haystack frame")
-    needles = needles or default_needles(cfg.num_needles, size=(cfg.frame_size, cfg.frame_size), seed=cfg.seed)
+    needles = needles or load_needles(cfg)
     samples = build_grid(cfg.frame_counts, cfg.depths, len(needles))
     tick = Throttled(progress)
     records = []

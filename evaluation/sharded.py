@@ -132,9 +132,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frame-counts", default="8,16,32")
     p.add_argument("--depths", default="0,25,50,75,100")
     p.add_argument("--needles", type=int, default=2)
+    p.add_argument("--captions-parquet", default=None, help="the haystack video's clip captions: frames of "
+                   "clips annotated with on-screen text are left out of the haystack")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--frame-size", type=int, default=384)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--needle-set", default="digits", help="built-in needle set: digits | text")
+    p.add_argument("--needles-dir", default=None, help="a user's needle set (evaluation.niah: Parquet or folder)")
     p.add_argument("--ulysses", type=int, default=None)
     p.add_argument("--ring", type=int, default=1)
     p.add_argument("--mode", default="auto", help="MM-SP attention mode (training.sp.attention.MODES)")
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = NiahConfig(frame_counts=[int(x) for x in args.frame_counts.split(",")],
                          depths=[float(x) for x in args.depths.split(",")], num_needles=args.needles,
-                         fps=args.fps, frame_size=args.frame_size, seed=args.seed).validate()
+                         fps=args.fps, frame_size=args.frame_size, seed=args.seed, needle_set=args.needle_set,
+                         needles_dir=args.needles_dir).validate()
         model, processor = load_checkpoint(args.checkpoint, device=device)
         runner = ShardedRunner(model, processor, groups, mode=args.mode, device=device)
         if args.video:
@@ -179,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             from .niah import haystack_from_frames_parquet
 
             haystack = haystack_from_frames_parquet(args.frames_parquet, max_frames=max(cfg.frame_counts),
-                                                    size=cfg.frame_size)
+                                                    size=cfg.frame_size, captions_url=args.captions_parquet)
             source = f"video_frames:{args.frames_parquet}"
         if args.dump_logits:
-            from .niah import assemble_frames, build_grid, default_needles, niah_prompt
+            from .niah import assemble_frames, build_grid, load_needles, niah_prompt
 
-            needles = default_needles(cfg.num_needles, size=(cfg.frame_size, cfg.frame_size), seed=cfg.seed)
+            needles = load_needles(cfg)
             s = build_grid(cfg.frame_counts, cfg.depths, len(needles))[-1]
             frames = assemble_frames(haystack, needles[s.needle].image, s)
             logits = runner.target_logits(frames, niah_prompt(needles[s.needle].question), needles[s.needle].answer)

@@ -14,7 +14,12 @@ CLIP_CAPTIONS (``captions/<key>.parquet``, one row per clip of ``clips/<key>.par
 | flags | list<string> | non-fatal notes, e.g. "truncated" (over `max_chars`, cut at a word boundary) |
 | tokens | int32 | generated tokens |
 | model | string | model id (local path / hub id, or name@endpoint) |
-| prompt_version | string | prompt tag, e.g. clip_caption.v1-1a2b3c4d |
+| prompt_version | string | prompt tag, e.g. clip_caption.v1-1a2b3c4d ("" for annotations) |
+| source | string | "model" (the VLM wrote it) or "annotation" (a human segment caption from the video's sidecar) |
+| on_screen_text | string, null | text shown in the clip, when the annotation says (`curation.captioning.sidecar`) |
+
+For an annotated row `model` names the sidecar and its content hash (`annotation:v01.json@<sha256[:16]>`).
+Tables written before `source` existed read as all-"model" (`caption_sources`).
 
 Stages 1-3 of training read (frames from clip_frames, caption) pairs from rows with ok = true.
 """
@@ -22,12 +27,13 @@ Stages 1-3 of training read (frames from clip_frames, caption) pairs from rows w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import pyarrow as pa
 
 from .prompts import Prompt, load_prompt
 from .quality import enforce_length, language_problem
+from .sidecar import ANNOTATION, MIN_COVERAGE, MODEL, Sidecar, match_clips
 from .types import EMPTY_INPUT, REJECTED, ChatBackend, ChatRequest
 
 CAPTIONS_SCHEMA = pa.schema([
@@ -42,6 +48,8 @@ CAPTIONS_SCHEMA = pa.schema([
     pa.field("tokens", pa.int32(), nullable=False),
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_version", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("on_screen_text", pa.string(), nullable=True),
 ])
 
 
@@ -69,6 +77,8 @@ class CaptionResult:
     model: str = ""
     prompt_version: str = ""
     error_kind: str | None = None
+    source: str = MODEL
+    on_screen_text: str | None = None
 
     def row(self) -> dict:
         return {n: getattr(self, n) for n in CAPTIONS_SCHEMA.names}
@@ -161,6 +171,54 @@ def results_to_table(results: Sequence[CaptionResult]) -> pa.Table:
     return pa.Table.from_pylist([r.row() for r in results], schema=CAPTIONS_SCHEMA)
 
 
-def caption_video(captioner: ClipCaptioner, clips, frames_table: pa.Table | None) -> pa.Table:
-    """The CLIP_CAPTIONS table of one video."""
-    return results_to_table(captioner.caption_clips(clip_inputs(clips, frames_table)))
+def annotation_result(clip: ClipInput, segment, sidecar: Sidecar) -> CaptionResult:
+    """The caption row of a clip covered by a sidecar segment (kept as written: no length or language rule)."""
+    return CaptionResult(clip.clip_index, clip.start_s, clip.end_s, len(clip.frames), segment.caption, True, None,
+                         [], 0, sidecar.tag, "", source=ANNOTATION, on_screen_text=segment.text)
+
+
+def caption_video(captioner: ClipCaptioner | Callable[[], ClipCaptioner], clips, frames_table: pa.Table | None,
+                  sidecar: Sidecar | None = None) -> pa.Table:
+    """The CLIP_CAPTIONS table of one video. Clips covered by a `sidecar` segment take its caption; the
+    others are captioned by the VLM. `captioner` may be a factory, called only if some clip needs it."""
+    inputs = clip_inputs(clips, frames_table)
+    matched = match_clips(sidecar.segments, [(c.start_s, c.end_s) for c in inputs]) if sidecar else [None] * len(inputs)
+    todo = [c for c, m in zip(inputs, matched) if m is None]
+    if todo and not isinstance(captioner, ClipCaptioner):
+        captioner = captioner()
+    by_model = iter(captioner.caption_clips(todo) if todo else [])
+    return results_to_table([annotation_result(c, m, sidecar) if m is not None else next(by_model)
+                             for c, m in zip(inputs, matched)])
+
+
+def text_free_spans(table: pa.Table | None) -> list[tuple[float, float]] | None:
+    """Spans known to show no on-screen text, or None when the video has no on-screen-text annotation at
+    all (then nothing is known to show text). A V-NIAH haystack frame must lie in one of these spans, or a
+    readable text in it could answer the needle's question.
+
+    A clip's annotation is the segment covering at least `MIN_COVERAGE` of it (`match_clips`), so up to
+    the rest may belong to a neighbouring segment, at either end; the part of a text-free annotated clip
+    that its segment surely covers is the clip without (1 - MIN_COVERAGE) of its length at each end.
+    Clips captioned by the model (no segment covers enough: they may straddle a text shot) are left out."""
+    if table is None or "on_screen_text" not in table.column_names:
+        return None
+    d = table.select(["start_s", "end_s", "on_screen_text"]).to_pydict()
+    if not any(d["on_screen_text"]):
+        return None
+    margin = 1.0 - MIN_COVERAGE
+    return [(s + margin * (e - s), e - margin * (e - s))
+            for s, e, t, src in zip(d["start_s"], d["end_s"], d["on_screen_text"], caption_sources(table))
+            if not t and src == ANNOTATION]
+
+
+def text_free_indices(table: pa.Table | None, pts_s: Sequence[float]) -> list[int]:
+    """Indices of the frames (presentation times `pts_s`) that `text_free_spans` allows."""
+    spans = text_free_spans(table)
+    return [i for i, t in enumerate(pts_s) if spans is None or any(s <= t < e for s, e in spans)]
+
+
+def caption_sources(table: pa.Table) -> list[str]:
+    """Per row: "annotation" or "model" (tables from before the `source` column are all "model")."""
+    if "source" in table.column_names:
+        return [str(v) for v in table.column("source").to_pylist()]
+    return [MODEL] * table.num_rows

@@ -140,3 +140,23 @@ def schema_of():
 @pytest.fixture
 def unused_port():
     return free_port()
+
+
+def curate_layers(storage: str, key: str, path: str, max_clip_s: float, min_clip_s: float):
+    """The probe, clips and clip-frame layers of one video (2 frames per clip at 32 px), as the curation assets
+    write them; returns the probe."""
+    from curation.clips import make_clips
+    from curation.frames import sample_clip_frames
+    from curation.probe import probe_video
+    from curation.schemas import clips_to_table
+    from curation.shots import detect_shots
+    from longvila import io as lio
+    from longvila.layout import layer_path
+
+    probe = probe_video(path)
+    clips = make_clips(detect_shots(path), probe.fps, max_clip_s=max_clip_s, min_clip_s=min_clip_s)
+    lio.write_json(layer_path(storage, "probe", key), probe.to_dict())
+    lio.write_parquet(clips_to_table(clips), layer_path(storage, "clips", key))
+    lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32),
+                      layer_path(storage, "clip_frames", key))
+    return probe

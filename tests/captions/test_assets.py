@@ -13,14 +13,12 @@ pytestmark = pytest.mark.slow
 def curated_lake(tmp_path_factory):
     """Two short synthetic videos run through probe -> shots -> clips -> clip/video frames."""
     from curation import synth
-    from curation.clips import make_clips
-    from curation.frames import sample_clip_frames, sample_video_frames
-    from curation.probe import probe_video
-    from curation.schemas import clips_to_table
-    from curation.shots import detect_shots
+    from curation.frames import sample_video_frames
     from longvila import io as lio
     from longvila.keys import partition_key_for
     from longvila.layout import layer_path
+
+    from .conftest import curate_layers
 
     root = tmp_path_factory.mktemp("lake")
     raw, storage = root / "raw", str(root / "lake")
@@ -35,12 +33,7 @@ def curated_lake(tmp_path_factory):
         synth.make_synthetic_video(path, shots, fps=10, size=(96, 64))
         key = partition_key_for(name)
         keys[key] = path
-        probe = probe_video(path)
-        clips = make_clips(detect_shots(path), probe.fps, max_clip_s=2.0, min_clip_s=0.5)
-        lio.write_json(layer_path(storage, "probe", key), probe.to_dict())
-        lio.write_parquet(clips_to_table(clips), layer_path(storage, "clips", key))
-        lio.write_parquet(sample_clip_frames(path, clips, frames_per_clip=2, size=32),
-                          layer_path(storage, "clip_frames", key))
+        curate_layers(storage, key, path, max_clip_s=2.0, min_clip_s=0.5)
         lio.write_parquet(sample_video_frames(path, fps=1.0, max_frames=8, size=32),
                           layer_path(storage, "video_frames", key))
     return {"storage": storage, "keys": keys, "root": root}

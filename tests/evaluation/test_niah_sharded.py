@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from evaluation.benchmarks import _free_port, run_niah_sharded
-from evaluation.niah import (NiahConfig, assemble_frames, build_grid, default_needles, load_haystack, niah_prompt,
+from evaluation.niah import (NiahConfig, assemble_frames, build_grid, load_haystack, load_needles, niah_prompt,
                              run_niah)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -62,7 +62,7 @@ def test_world2_matches_world1(smoke_checkpoint, smoke_runner, haystack_video, t
 
     # the logits rows themselves agree (largest sample of the grid), and so does free greedy decoding
     dumped = torch.load(dump)
-    needles = default_needles(cfg.num_needles, size=(cfg.frame_size, cfg.frame_size), seed=cfg.seed)
+    needles = load_needles(cfg)
     s = build_grid(cfg.frame_counts, cfg.depths, len(needles))[-1]
     frames = assemble_frames(hay, needles[s.needle].image, s)
     prompt = niah_prompt(needles[s.needle].question)

@@ -39,6 +39,7 @@ def write_curated_video(storage: str, key: str, n_clips: int = 3, frames_per_cli
     lio.write_parquet(pa.table({
         "clip_index": pa.array(list(range(n_clips)), pa.int32()),
         "caption": [caps[i % len(caps)] for i in range(n_clips)],
+        "source": ["annotation"] * n_clips,  # stand-ins for human captions (the smoke recipe trains on those)
     }), layout.layer_path(storage, "captions", key))
     rows = {"clip_index": [], "frame_index_in_clip": [], "frame_number": [], "pts_s": [], "width": [], "height": [],
             "jpeg": []}
@@ -60,6 +61,27 @@ def write_curated_video(storage: str, key: str, n_clips: int = 3, frames_per_cli
         "height": pa.array(rows["height"], pa.int32()),
         "jpeg": pa.array(rows["jpeg"], pa.binary()),
     }), layout.layer_path(storage, "clip_frames", key))
+
+
+def write_annotated_video(storage: str, key: str) -> None:
+    """A video whose clips 0 and 2 show the digits 4 and 9 (annotated on-screen text), clip 1 a pattern,
+    with its clip frames, clip captions (schema of curation.captioning.captioner) and video frames."""
+    from longvila import io as lio
+    from longvila import layout
+
+    write_curated_video(storage, key, n_clips=3, frames_per_clip=4)
+    lio.write_parquet(pa.table({
+        "clip_index": pa.array([0, 1, 2], pa.int32()),
+        "start_s": [0.0, 2.0, 4.0], "end_s": [2.0, 4.0, 6.0],
+        "caption": ["The number 4 on red.", "A test pattern.", "The number 9 on blue."],
+        "ok": [True, True, True], "source": ["annotation"] * 3,
+        "on_screen_text": ["4", None, "9"],
+    }), layout.layer_path(storage, "captions", key))
+    lio.write_parquet(pa.table({
+        "frame_number": pa.array(range(6), pa.int64()), "pts_s": [0.5, 1.5, 2.75, 3.25, 4.5, 5.5],
+        "width": pa.array([32] * 6, pa.int32()), "height": pa.array([32] * 6, pa.int32()),
+        "jpeg": pa.array([jpeg((30 * i, 0, 0)) for i in range(6)], pa.binary()),
+    }), layout.layer_path(storage, "video_frames", key))
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
+from training.recipes import load_recipe
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -97,7 +99,9 @@ def standin_assets(source: Path):
                 f"A cat jumps onto the {colour} table."]
         url = layout.layer_path(lake.storage_root, "captions", k)
         lio.write_parquet(pa.table({"clip_index": pa.array([0, 1, 2], pa.int32()), "caption": caps,
-                                    "ok": [True, True, True]}), url)
+                                    "ok": [True, True, True], "source": ["annotation"] * 3,
+                                    "start_s": [0.0, 2.0, 4.0], "end_s": [2.0, 4.0, 6.4],
+                                    "on_screen_text": [str(_seed(k)[1] % 10), None, None]}), url)
         return MaterializeResult(data_version=DataVersion(lio.sha256_file(url)))
 
     @asset(key="video_instructions", partitions_def=videos, deps=["clip_captions", "video_frames"],
@@ -188,8 +192,9 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
         assert (ckpt.parent.parent / "final").resolve() == ckpt.resolve()
         assert m.tags["dagster/data_version"] == sha256_tree(ckpt) == md["checkpoint_sha256"].value
         # the trainer records the verified version of the dataset it read (issue 12: stage 5 had [null])
-        dataset = DATASET_ASSETS[i]
-        assert md["dataset_versions"].value == [_latest(inst, dataset).tags["dagster/data_version"]]
+        # (stage 5 of the smoke recipe also reads its extra samples: the retrieval dataset)
+        datasets = [DATASET_ASSETS[i]] + (["stage5_dataset"] if st == "stage5_long_sft" else [])
+        assert md["dataset_versions"].value == [_latest(inst, d).tags["dagster/data_version"] for d in datasets]
         if i:  # each stage starts from the previous stage's checkpoint
             assert md["init_from_sha256"].value == _latest(inst, STAGES[i - 1]).tags["dagster/data_version"]
     assert _latest(inst, "stage5_long_sft").metadata["sp_degree"].value == 2
@@ -204,7 +209,7 @@ def test_stage_assets_report_metadata_and_checkpoint_hash(graph):
     assert _latest(inst, "stage1_dataset").metadata["num_samples"].value == 6
     # stage-4 export has the extended RoPE base and no LoRA leftovers
     cfg = json.loads((Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "config.json").read_text())
-    assert cfg["text_config"]["rope_parameters"]["rope_theta"] == 80000
+    assert cfg["text_config"]["rope_parameters"]["rope_theta"] == load_recipe("smoke").stage(4).phases[-1].rope_theta
     st = (Path(_latest(inst, STAGES[3]).metadata["checkpoint"].value) / "model.safetensors").read_bytes()[:20000]
     assert b"lora_" not in st
 
@@ -222,7 +227,7 @@ def test_lineage_walks_to_raw_videos(graph, capsys):
     assert [c["asset"] for c in rep["checkpoints"]] == STAGES
     assert all(len(c["sha256"]) == 64 for c in rep["checkpoints"])
     assert {d["asset"] for d in rep["datasets"]} == {"stage1_dataset", "stage2_dataset", "stage3_dataset",
-                                                      "stage4_dataset", "long_video_sft_dataset"}
+                                                      "stage4_dataset", "long_video_sft_dataset", "stage5_dataset"}
     assert rep["code_versions"]["clip_captions"] == ["standin-captions-1"]
     assert rep["code_versions"]["stage5_long_sft"][0].startswith(f"{TRAINER_VERSION}:smoke:")
     # every stage's checkpoint states the dataset versions it was trained on
@@ -310,14 +315,15 @@ def test_changed_video_marks_exactly_downstream_stale(graph):
 
     st = status()
     direct = {k for k, v in st.items() if v == StaleStatus.STALE}
-    assert direct == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_long_sft"}
+    # (stage5_dataset: its retrieval samples' haystack holds the changed video's frames)
+    assert direct == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_dataset", "stage5_long_sft"}
     # transitively (what must be recomputed): every stage and the report, but not the passkey dataset
     trans = set(direct)
     for k in g.toposorted_asset_keys:
         if any(p.to_user_string() in trans for p in g.get(k).parent_keys) and not g.get(k).is_partitioned:
             trans.add(k.to_user_string())
-    assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "long_video_sft_dataset", *STAGES,
-                     "training_lineage_report"} - {"long_video_sft_dataset"}
+    assert trans == {"stage1_dataset", "stage2_dataset", "stage3_dataset", "stage5_dataset", *STAGES,
+                     "training_lineage_report"}
     assert st["stage4_dataset"] == StaleStatus.FRESH
 
 

@@ -10,7 +10,7 @@ from training.data.passkey import fit_filler_units, passkey_records, render_pass
 from training.recipes import load_recipe
 
 
-def test_captions_to_stage_samples(stage_datasets):
+def test_captions_to_stage_samples(stage_datasets, lake, tmp_path):
     recs = read_records(stage_datasets[1])
     man = read_manifest(stage_datasets[1])
     assert man["num_samples"] == len(recs) == 6  # 2 videos x 3 captioned clips
@@ -28,11 +28,21 @@ def test_captions_to_stage_samples(stage_datasets):
     r = recs[0]
     conv = json.loads(r["conversations"])
     assert conv[0]["value"].startswith("<video>") and conv[1]["from"] == "gpt"
-    assert len(r["frames"]) == 2  # smoke stage 1: 2 frames per clip sample, uniformly sampled from 4
-    # stage 3 adds short QA samples: one per clip + one temporal-order QA per adjacent clip pair
-    recs3 = read_records(stage_datasets[3])
-    kinds = [x["kind"] for x in recs3]
+    # the smoke recipe's stage-1 frames per clip sample, uniformly sampled from the clip's 4
+    assert len(r["frames"]) == min(4, load_recipe("smoke").stage(1).num_frames)
+    # stage 3 adds short QA samples: one per clip + one temporal-order QA per adjacent clip pair (with every
+    # clip's caption samples kept; the smoke recipe keeps a share of them and mixes passkey text in)
+    import dataclasses
+
+    from training.data.options import DataOptions
+
+    st = load_recipe("smoke").stage(3)
+    st = dataclasses.replace(st, data=dataclasses.replace(st.data, options=DataOptions()))
+    build_stage_dataset(str(tmp_path / "s3"), st, storage=lake, video_keys=["video_a-00000001", "video_b-00000002"])
+    kinds = [x["kind"] for x in read_records(str(tmp_path / "s3"))]
     assert kinds.count("caption") == 6 and kinds.count("qa") == 6 + 4
+    smoke3 = [x["kind"] for x in read_records(stage_datasets[3])]
+    assert smoke3.count("passkey") == load_recipe("smoke").stage(3).data.options.passkey_samples
 
 
 def test_label_masking_and_chat_template(stage_datasets, processor):
@@ -51,7 +61,7 @@ def test_label_masking_and_chat_template(stage_datasets, processor):
 
 
 def test_packing_keeps_samples_apart(stage_datasets, processor):
-    recs = read_records(stage_datasets[3])
+    recs = read_records(stage_datasets[1])
     rows, rep = build_rows(recs, processor, 256, 2, packing=True)
     assert rep.used == len(recs) and rep.rows < len(recs)  # several samples share rows
     total = 0
@@ -110,9 +120,11 @@ def test_passkey_set_fills_target_length(processor):
 
 def test_passkey_dataset_and_rows(stage_datasets, processor):
     recs = read_records(stage_datasets[4])
-    assert len(recs) == 24 and all(r["kind"] == "passkey" for r in recs)
-    rows, rep = build_rows(recs[:4], processor, 512, 0)
-    assert rep.used == 4 and all(r.input_ids.numel() > 400 for r in rows)
+    assert len(recs) == load_recipe("smoke").stage(4).data.num_samples and all(r["kind"] == "passkey" for r in recs)
+    rows, rep = build_rows(recs[:4], processor, 512, 0, packing=False)
+    # each sample fills its share of max_length, to a filler sentence and the key's length (sized with 5 digits)
+    want = [json.loads(r["meta"])["fill"] * 512 for r in recs[:4]]
+    assert rep.used == 4 and all(w - 24 <= r.input_ids.numel() <= w for r, w in zip(rows, want))
 
 
 def test_zero_usable_samples_fail_clearly(tmp_path, lake, processor, stage_datasets):

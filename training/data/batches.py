@@ -50,14 +50,11 @@ def plan_phases(stage, total_steps: int) -> list[Phase]:
 
 def stage_records(stage, paths: list[str], seed: int, log=print) -> tuple[list[dict], list[str | None]]:
     """Records of a stage and the content version of each source (in `paths` order)."""
-    from .passkey import passkey_records
-    from .records import make_record, read_versioned
+    from .build import passkey_set
+    from .records import read_versioned
 
     if not paths and stage.data.kind == "passkey":
-        recs = [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
-                            meta={"passkey": r["passkey"], "depth": r["depth"]})
-                for r in passkey_records(stage.data.num_samples or 32, seed=seed)]
-        return recs, []
+        return passkey_set(stage.data.num_samples or 32, seed, stage.data.options), []
     if not paths:
         raise InputError(f"stage {stage.name}", f"no data given: pass --data PATH (dataset dir, .parquet or .tar) "
                                                 f"for data kind {stage.data.kind!r}")

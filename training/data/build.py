@@ -2,24 +2,34 @@
 
 | stage | kind | source |
 |---|---|---|
-| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of every curated video: one caption sample per captioned clip |
-| 3 short SFT | `caption_and_qa` | caption samples + short QA samples (what happens in a clip; temporal order of two adjacent clips) |
+| 1 alignment, 2 pre-training | `captions` | clip captions + clip frames of the curated videos: a caption per clip |
+| 3 short SFT | `caption_and_qa` | caption samples + short QA (what happens in a clip; order of two adjacent clips) |
 | any | `external` | Parquet / webdataset shards named by path or URL (copied into the dataset as records) |
-| 4 context extension | `passkey` | locally generated long-text passkey-retrieval set (rendered to each phase's length at training time) |
+| 4 context extension | `passkey` | generated long-text passkey set (rendered to each phase's length when training) |
 | 5 long SFT | `long_video_sft` | the curated long-video SFT dataset (read by the trainer directly) |
+
+For stage 5 this module builds only the extra samples of its `data.options` (retrieval, passkey),
+trained together with the long-video SFT dataset.
+
+`data.options` (`training.data.options`) add to a caption kind: short QA on the clips' on-screen
+text (from annotation sidecars: "What text is shown?" -> "7", with the clip's frames, plus
+`frame_samples` single-frame ones), and keep the caption samples of a `caption_share` of the clips
+whose captions come from `caption_source`; to any kind:
+`passkey_samples` text-only passkey samples and `retrieval_samples` V-NIAH-style retrieval samples
+(`training.data.retrieval`).
 
 `build_stage_dataset(...)` writes `<out_dir>/samples-<hash>.parquet` and then `manifest.json` (one
 versioned unit, see training.data.records) and returns the manifest: name, stage, kind, num_samples,
 samples (file name), content_hash (its sha256), inputs (per video: key + data versions of the caption
-and frame files, hashed from the bytes read), code_version, and for caption datasets ``lineage`` (the
-per-video ``lineage.parquet``: raw sha256 and layer versions, see longvila.lineage_table).
+and frame files, hashed from the bytes read), code_version, and for datasets read from the lake (caption
+datasets, the haystack videos of retrieval samples) ``lineage`` (the per-video ``lineage.parquet``: raw
+sha256 and layer versions, see longvila.lineage_table).
 A dataset with zero usable samples raises `InputError` instead of writing anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Iterable
 
 import pyarrow as pa
@@ -29,13 +39,14 @@ from longvila import layout
 from longvila.errors import InputError
 from longvila.lineage_table import LineageTable, raw_sha256
 
+from .options import DataOptions
 from .passkey import passkey_records
 from .records import make_record, read_records, write_dataset
 from .stages import uniform_indices
 
 BUILD_VERSION = "stage-data-v2"
-# lake layer read by a caption dataset -> the asset that writes it (the lineage table's column names)
-CAPTION_LAYERS = {"captions": "clip_captions", "clip_frames": "clip_frames"}
+# lake layer read by a dataset -> the asset that writes it (the lineage table's column names)
+LAYER_ASSETS = {"captions": "clip_captions", "clip_frames": "clip_frames", "video_frames": "video_frames"}
 
 CAPTION_PROMPTS = (
     "<video>\nDescribe this video clip.",
@@ -44,6 +55,7 @@ CAPTION_PROMPTS = (
 )
 QA_WHAT = "<video>\nWhat happens in this clip? Answer in one sentence."
 QA_ORDER = "<video>\nThe video shows two scenes one after the other. What happens in the second scene?"
+OCR_QUESTION = "<video>\nWhat text is shown? Answer with a single word or number."
 
 
 def _col(table: pa.Table, names: Iterable[str], source: str) -> str:
@@ -74,6 +86,49 @@ def clip_frame_map(table: pa.Table, source: str) -> dict[int, list[bytes]]:
     out: dict[int, list[bytes]] = {}
     for c, _, b in rows:
         out.setdefault(int(c), []).append(b)
+    return out
+
+
+def clip_text_map(table: pa.Table) -> dict[int, str]:
+    """clip index -> on-screen text of the clip (annotated captions; rows without text skipped)."""
+    if "on_screen_text" not in table.column_names:
+        return {}
+    ok = table.column("ok").to_pylist() if "ok" in table.column_names else [True] * table.num_rows
+    return {int(i): t.strip() for i, t, good in zip(table.column("clip_index").to_pylist(),
+                                                     table.column("on_screen_text").to_pylist(), ok)
+            if good and isinstance(t, str) and t.strip()}
+
+
+def _from_source(captions: dict[int, str], table: pa.Table, source: str) -> dict[int, str]:
+    """The captions written by `source` ("annotation" / "model"; "any": all of them)."""
+    if source == "any":
+        return captions
+    from curation.captioning.captioner import caption_sources
+
+    by_clip = dict(zip((int(c) for c in table.column("clip_index").to_pylist()), caption_sources(table)))
+    return {c: t for c, t in captions.items() if by_clip.get(c) == source}
+
+
+def _in_share(sample_id: str, share: float) -> bool:
+    """Stable pseudo-random choice of a `share` of the ids (a hash, not the order)."""
+    if share >= 1.0:
+        return True
+    return int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def text_samples(video_key: str, texts: dict[int, str], frames: dict[int, list[bytes]], num_frames: int,
+                 frame_samples: int) -> list[dict]:
+    """Short OCR QA of the clips with on-screen text: one with the clip's frames, `frame_samples` with one frame."""
+    out = []
+    for c in sorted(t for t in texts if frames.get(t)):
+        fr = frames[c]
+        sel = [fr[i] for i in uniform_indices(len(fr), num_frames)] if num_frames else fr
+        conv = [{"from": "human", "value": OCR_QUESTION}, {"from": "gpt", "value": texts[c]}]
+        out.append(make_record(f"{video_key}/c{c:05d}/text", "qa", conv, sel, video_key,
+                               {"clip_index": c, "question": "text"}))
+        for j in uniform_indices(len(fr), frame_samples):
+            out.append(make_record(f"{video_key}/c{c:05d}/text-f{j}", "qa", conv, [fr[j]], video_key,
+                                   {"clip_index": c, "question": "text", "frame": j}))
     return out
 
 
@@ -115,7 +170,7 @@ def video_samples(video_key: str, captions: dict[int, str], frames: dict[int, li
     return out
 
 
-def _read_layer(url: str) -> tuple[pa.Table, str]:
+def read_layer(url: str) -> tuple[pa.Table, str]:
     """A layer's Parquet table and the sha256 of the bytes read (= the data version its asset recorded)."""
     import pyarrow.parquet as pq
 
@@ -124,9 +179,11 @@ def _read_layer(url: str) -> tuple[pa.Table, str]:
 
 
 def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_frames: int,
-                          lineage: LineageTable | None = None, log=None) -> tuple[list[dict], list[dict]]:
+                          lineage: LineageTable | None = None, log=None,
+                          options: DataOptions | None = None) -> tuple[list[dict], list[dict]]:
     """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`.
     Each used video's raw sha256 and the versions of the two files read go into `lineage`."""
+    opts = options or DataOptions()
     records, inputs = [], []
     for key in sorted(video_keys):
         cap_url = layout.layer_path(storage, "captions", key)
@@ -136,38 +193,85 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
                 log(f"[data] {key}: no captions or clip frames yet; skipped")
             continue
         try:
-            (cap_table, cap_v), (fr_table, fr_v) = _read_layer(cap_url), _read_layer(fr_url)
+            (cap_table, cap_v), (fr_table, fr_v) = read_layer(cap_url), read_layer(fr_url)
             caps, frames = clip_caption_map(cap_table, cap_url), clip_frame_map(fr_table, fr_url)
         except InputError as e:
             if log:
                 log(f"[data] {key}: {e}; skipped")
             continue
-        recs = video_samples(key, caps, frames, kind, num_frames)
+        shared = {c: t for c, t in _from_source(caps, cap_table, opts.caption_source).items()
+                  if _in_share(f"{key}/c{c:05d}", opts.caption_share)}
+        recs = video_samples(key, shared, frames, kind, num_frames)
+        if kind == "caption_and_qa":
+            recs += text_samples(key, clip_text_map(cap_table), frames, num_frames, opts.frame_samples)
         records.extend(recs)
-        versions = {CAPTION_LAYERS["captions"]: cap_v, CAPTION_LAYERS["clip_frames"]: fr_v}
+        versions = {LAYER_ASSETS["captions"]: cap_v, LAYER_ASSETS["clip_frames"]: fr_v}
         inputs.append({"video_key": key, "samples": len(recs), **versions})
         if lineage is not None:
             lineage.add(key, raw_sha256(storage, key), versions)
     return records, inputs
 
 
+def passkey_set(n: int, seed: int, opts: DataOptions) -> list[dict]:
+    """`n` passkey records (parameters only; rendered to each phase's length when training) per `opts`."""
+    return [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
+                        meta={"passkey": r["passkey"], "depth": r["depth"], "fill": r["fill"]})
+            for r in passkey_records(n, seed=seed, digits=opts.passkey_digits, min_fill=opts.passkey_min_fill)]
+
+
+def _add_lineage(lineage: LineageTable, storage: str, key: str, layers: dict[str, str | None]) -> None:
+    """`key`'s row gets the versions of `layers` (a new row when the video has none yet)."""
+    for row in lineage.rows:
+        if row["video_key"] == key:
+            row.update(layers)
+            return
+    lineage.add(key, raw_sha256(storage, key), layers)
+
+
+def _extra_samples(stage, storage: str | None, video_keys: list[str], seed: int, log,
+                   lineage: LineageTable) -> tuple[list[dict], list[dict]]:
+    """The passkey and retrieval samples a stage's `data.options` mix in (a passkey stage has its own); the
+    haystack videos of retrieval samples go into `lineage` with the versions of the files read."""
+    opts = stage.data.options
+    records, inputs = [], []
+    if opts.passkey_samples and stage.data.kind != "passkey":
+        records += passkey_set(opts.passkey_samples, seed, opts)
+        inputs.append({"generator": "passkey", "seed": seed, "num_samples": opts.passkey_samples})
+    if opts.retrieval_samples:
+        from .retrieval import haystack_from_lake, retrieval_records
+
+        if storage is None:
+            raise InputError(stage.name, "retrieval samples need the storage root (haystack frames)")
+        haystack, hay_inputs = haystack_from_lake(storage, video_keys, opts.needle_size, log)
+        if not haystack:
+            raise InputError(stage.name, f"retrieval samples need haystack frames: none of {len(video_keys)} videos "
+                                         "has video_frames outside clips with on-screen text")
+        records += retrieval_records(haystack, opts, seed)
+        for i in hay_inputs:
+            _add_lineage(lineage, storage, i["video_key"], {k: v for k, v in i.items() if k in LAYER_ASSETS.values()})
+        inputs += hay_inputs
+        inputs.append({"generator": "retrieval", "seed": seed, "needle_seed": opts.needle_seed,
+                       "num_samples": opts.retrieval_samples, "haystack_frames": len(haystack)})
+    return records, inputs
+
+
 def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_keys: list[str] | None = None,
                         seed: int = 0, code_versions: dict[str, str | None] | None = None, log=None) -> dict:
     """Build and write one stage's dataset; returns its manifest. Raises InputError on zero samples.
-    Caption datasets also write ``lineage.parquet`` (longvila.lineage_table; `code_versions` are the
-    upstream assets' code versions), named with its sha256 under the manifest's ``lineage``."""
+    Datasets read from the lake (caption datasets, retrieval samples' haystack) also write ``lineage.parquet``
+    (longvila.lineage_table; `code_versions` are the upstream assets' code versions), named with its sha256
+    under the manifest's ``lineage``."""
     kind = stage.data.kind
+    opts = stage.data.options
     inputs: list[dict] = []
-    lineage = None
+    lineage = LineageTable(out_dir.rstrip("/").rsplit("/", 1)[-1], dict(code_versions or {}))
     if kind in ("captions", "caption_and_qa"):
         if storage is None:
             raise InputError(out_dir, "caption datasets need the storage root of the curated clips")
-        lineage = LineageTable(out_dir.rstrip("/").rsplit("/", 1)[-1], dict(code_versions or {}))
-        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, lineage, log)
+        records, inputs = build_caption_dataset(storage, video_keys or [], kind, stage.num_frames, lineage, log,
+                                                opts)
     elif kind == "passkey":
-        records = [make_record(r["sample_id"], "passkey", [{"from": "human", "value": ""}, {"from": "gpt", "value": ""}],
-                               meta={"passkey": r["passkey"], "depth": r["depth"]})
-                   for r in passkey_records(stage.data.num_samples or 32, seed=seed)]
+        records = passkey_set(stage.data.num_samples or 32, seed, opts)
         inputs = [{"generator": "passkey", "seed": seed, "num_samples": len(records)}]
     elif kind in ("external", "long_text"):
         records = []
@@ -175,8 +279,13 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
             got = read_records(p, kind="external")
             records.extend(got)
             inputs.append({"path": p, "samples": len(got)})
+    elif kind == "long_video_sft" and (opts.retrieval_samples or opts.passkey_samples):
+        records = []  # the SFT records stay in their own dataset; this one holds the extra samples
     else:
         raise InputError(out_dir, f"data kind {kind!r} is not built here (stage 5 reads the long-video SFT dataset)")
+    extra, extra_inputs = _extra_samples(stage, storage, video_keys or [], seed, log, lineage)
+    records += extra
+    inputs += extra_inputs
     if len(records) < max(1, stage.data.min_samples):
         why = (f"{len(video_keys or [])} videos given, {len(inputs)} with captions and clip frames"
                if kind in ("captions", "caption_and_qa") else f"{len(inputs)} inputs")
@@ -184,9 +293,11 @@ def build_stage_dataset(out_dir: str, stage, storage: str | None = None, video_k
     manifest = {
         "name": out_dir.rstrip("/").rsplit("/", 1)[-1], "stage": stage.name, "kind": kind,
         "num_frames": stage.num_frames, "inputs": inputs, "code_version": BUILD_VERSION,
-        "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}),
+        # the videos whose data the samples hold: captioned clips, and the haystack frames of retrieval samples
+        "video_keys": sorted({r["video_key"] for r in records if r["video_key"]}
+                             | {i["video_key"] for i in inputs if i.get("video_key") and i.get("haystack_frames")}),
     }
-    if lineage is not None:
+    if lineage.rows:
         url, sha = lineage.write(out_dir)
         manifest["lineage"] = {"table": url.rsplit("/", 1)[-1], "sha256": sha, "videos": len(lineage.rows)}
     return write_dataset(out_dir, records, manifest)

@@ -1,8 +1,9 @@
 """Long-text passkey retrieval set (stage-4 smoke data), generated locally and deterministically.
 
-A record holds only the parameters (passkey, needle depth); the text is rendered for the target
+A record holds only the parameters (passkey, needle depth, fill); the text is rendered for the target
 length at training time (`render_passkey`), so the same records serve every context-extension phase:
-the haystack of filler sentences is sized so that the whole conversation fills `max_length` tokens.
+the haystack of filler sentences is sized so that the whole conversation fills `fill` x `max_length`
+tokens (fill < 1 mixes shorter samples in, which keeps short contexts working after an extension).
 """
 
 from __future__ import annotations
@@ -22,15 +23,25 @@ def filler(n: int, offset: int = 0) -> str:
 QUESTION = "What is the pass key?"
 
 
-def passkey_records(num_samples: int, seed: int = 0) -> list[dict]:
-    """`num_samples` records {sample_id, passkey, depth}; depth in [0, 1] is where the needle sits."""
+def random_passkey(rng: random.Random, digits: int = 5) -> str:
+    """A key of `digits` digits (no leading zero unless it is a single digit)."""
+    if digits < 1:
+        raise ValueError(f"a passkey needs at least one digit, got {digits}")
+    return str(rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1))
+
+
+def passkey_records(num_samples: int, seed: int = 0, digits: int = 5, min_fill: float = 1.0) -> list[dict]:
+    """`num_samples` records {sample_id, passkey, depth, fill}: a key of `digits` digits, the needle's
+    depth in [0, 1], and the share of the target length the rendered sample fills (uniform in
+    [min_fill, 1]; 1 = the whole max_length)."""
     rng = random.Random(seed)
     out = []
     for i in range(num_samples):
         out.append({
             "sample_id": f"passkey-{i:05d}",
-            "passkey": str(rng.randint(10000, 99999)),
+            "passkey": random_passkey(rng, digits),
             "depth": round(rng.random(), 4),
+            "fill": 1.0 if min_fill >= 1.0 else round(rng.uniform(min_fill, 1.0), 4),
         })
     return out
 

@@ -47,20 +47,28 @@ class RowsReport:
         return {k: getattr(self, k) for k in ("records", "used", "too_long", "bad", "rows", "tokens", "supervised")}
 
 
+def _passkey_conversation(meta: dict, processor, max_length: int, source: str, cache: dict) -> list[dict]:
+    """A passkey record rendered to fill `fill` (meta, default 1) of `max_length` tokens; shorter targets
+    than the bare question get no filler. Raises ValueError("too_long") if even that does not fit."""
+    target = max(1, int(round(float(meta.get("fill", 1.0)) * max_length)))
+    if target not in cache:
+        cache[target] = fit_filler_units(lambda c: len(processor.encode_conversation(c, 0, source=source)[0]), target)
+    units = cache[target]
+    if units < 0:
+        if target == max_length:
+            raise ValueError("too_long")
+        units = 0
+    return render_passkey(meta["passkey"], float(meta["depth"]), units)
+
+
 def tokenize_record(rec: dict, processor, max_length: int, num_frames: int, source: str,
                     _passkey_units: dict | None = None) -> dict:
     conv = json.loads(rec["conversations"]) if isinstance(rec["conversations"], str) else rec["conversations"]
     kind = rec.get("kind", "")
     if kind == "passkey":
         meta = json.loads(rec.get("meta") or "{}")
-        cache = _passkey_units if _passkey_units is not None else {}
-        if max_length not in cache:
-            cache[max_length] = fit_filler_units(
-                lambda c: len(processor.encode_conversation(c, 0, source=source)[0]), max_length)
-        units = cache[max_length]
-        if units < 0:
-            raise ValueError("too_long")
-        conv = render_passkey(meta["passkey"], float(meta["depth"]), units)
+        conv = _passkey_conversation(meta, processor, max_length, source,
+                                     _passkey_units if _passkey_units is not None else {})
     frames_b = list(rec.get("frames") or [])
     has_video = any("<video>" in t.get("value", "") for t in conv)
     n_img_ph = sum(t.get("value", "").count("<image>") for t in conv)

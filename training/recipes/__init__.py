@@ -17,13 +17,14 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from longvila.errors import InputError
+from training.data.options import DataOptions, parse_options
 
 RECIPE_DIR = Path(__file__).resolve().parent
 
@@ -96,6 +97,8 @@ class DataSpec:
     # stage-4 passkey / long-text generation (smoke)
     num_samples: int | None = None
     min_samples: int = 1
+    # what the dataset builder mixes in (training.data.options: short QA, passkey, retrieval samples)
+    options: DataOptions = field(default_factory=DataOptions)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,13 @@ def _dc_from(src: str, where: str, cls, d: dict | None, **casts):
         raise RecipeError(src, f"{where}: {e}") from None
 
 
+def _data_options(src: str, where: str, value) -> DataOptions:
+    try:
+        return parse_options(value, src)
+    except InputError as e:
+        raise RecipeError(src, f"{where}.{e.reason}") from None
+
+
 def _parse_stage(src: str, name: str, d: dict, defaults: dict) -> StageSpec:
     merged = {**defaults, **(d or {})}
     allowed = {f.name for f in dataclasses.fields(StageSpec)} - {"name", "index"} | {"sp"}
@@ -227,7 +237,8 @@ def _parse_stage(src: str, name: str, d: dict, defaults: dict) -> StageSpec:
             raise RecipeError(src, f"{w}.trainable: unknown module {m!r}; use {MODULES}")
     if "data" not in merged:
         raise RecipeError(src, f"{w}.data: required")
-    data = _dc_from(src, f"{w}.data", DataSpec, merged["data"], paths=lambda v: tuple(v or ()))
+    data = _dc_from(src, f"{w}.data", DataSpec, merged["data"], paths=lambda v: tuple(v or ()),
+                    options=lambda v: _data_options(src, w, v))
     if data.kind not in DATA_KINDS:
         raise RecipeError(src, f"{w}.data.kind: {data.kind!r} is not one of {DATA_KINDS}")
     if data.kind == "external" and not data.paths:
