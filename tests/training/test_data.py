@@ -74,7 +74,8 @@ def test_packing_keeps_samples_apart(stage_datasets, processor):
             pos = row.position_ids[seg == s]
             assert torch.equal(pos, torch.arange(pos.numel()))  # positions restart per sample
         # frames of the row: exactly one image block per frame, in order
-        assert int((row.input_ids == processor.image_token_id).sum()) == row.pixel_values.shape[0] * processor.tokens_per_frame
+        image_tokens = int((row.input_ids == processor.image_token_id).sum())
+        assert image_tokens == row.pixel_values.shape[0] * processor.tokens_per_frame
         total += row.num_supervised
     # packing masks each sample's first label (never a target anyway); the rest survive
     assert rep.supervised - len(recs) <= total <= rep.supervised

@@ -86,7 +86,7 @@ def tokenize_record(rec: dict, processor, max_length: int, num_frames: int, sour
     ids, labels = processor.encode_conversation(conv, len(frames_b), source=source)
     if len(ids) > max_length:
         raise ValueError("too_long")
-    if not any(l != IGNORE_INDEX for l in labels):
+    if not any(label != IGNORE_INDEX for label in labels):
         raise InputError(source, "no supervised (assistant) tokens")
     pix = processor.preprocess_frames(list(iter_jpeg_images(frames_b, source)), source=source) if frames_b else None
     return {
@@ -118,7 +118,8 @@ def build_rows(records: list[dict], processor, max_length: int, num_frames: int,
                 log(f"[data] skipping {e}")
     if not samples:
         raise InputError(source, f"zero usable samples: {len(records)} records, {too_long} longer than "
-                                 f"max_length {max_length}, {bad} unusable" + (f" ({'; '.join(reasons)})" if reasons else ""))
+                                 f"max_length {max_length}, {bad} unusable"
+                                 + (f" ({'; '.join(reasons)})" if reasons else ""))
     pad_id = processor.pad_token_id if processor.pad_token_id is not None else 0
     rows = pack_samples(samples, max_length, pad_token_id=pad_id, packing=packing)
     rep = RowsReport(records=len(records), used=len(samples), too_long=too_long, bad=bad, rows=len(rows),
