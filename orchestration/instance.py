@@ -36,9 +36,10 @@ HEADER = "# Dagster instance of the LongVILA stack, written by orchestration/ins
 _OLD_HEADERS = ("# Dagster instance of the LongVILA stack. Empty = Dagster's defaults",)
 
 
-def instance_yaml(cpus: int | None = None, home: str | os.PathLike | None = None) -> str:
+def instance_yaml(cpus: int | None = None, home: str | os.PathLike | None = None, pooled_sqlite: bool = True) -> str:
     """The project's dagster.yaml for a machine with `cpus` cores (default: this machine), its SQLite files in
-    `home` (default: wherever DAGSTER_HOME points when the instance is loaded)."""
+    `home` (default: wherever DAGSTER_HOME points when the instance is loaded); `pooled_sqlite=False` leaves
+    the storage to Dagster's default (bench/orchestration.py compares the two)."""
     cpus = max(1, cpus or os.cpu_count() or 1)
     base_dir = f'"{Path(home).resolve()}"' if home else "{env: DAGSTER_HOME}"
     return f"""{HEADER}
@@ -69,7 +70,10 @@ run_monitoring:
   enabled: true
   start_timeout_seconds: 300
   poll_interval_seconds: 15
-# Dagster's SQLite files, connections kept open (orchestration/storage.py); synchronous: FULL for Dagster's
+""" + (_POOLED_SQLITE.format(base_dir=base_dir) if pooled_sqlite else "")
+
+
+_POOLED_SQLITE = """# Dagster's SQLite files, connections kept open (orchestration/storage.py); synchronous: FULL for Dagster's
 # durability against power loss, at about twice the write cost
 storage:
   custom:
