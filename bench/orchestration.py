@@ -10,17 +10,21 @@ sources each, so no two videos share content), made once. Per round, interleaved
   `--workers` processes (default: CPU count), videos handed out from a queue: the libraries at full
   speed on this machine, with the same parallelism as the run queue gives Dagster;
 * daemon: a fresh project instance (`orchestration.instance.instance_yaml`: queued runs, warm-process
-  launcher) and a real ``dagster-daemon run -w workspace.yaml``; when its new-video sensor has ticked
-  once, every video lands in the source at once (an atomic rename, as an upload does), and the clock
-  stops when the last per-video run has succeeded. Then one more video lands alone on the idle daemon:
-  the time until its run has succeeded is the single-video latency.
+  launcher, pooled SQLite storage) and a real ``dagster-daemon run -w workspace.yaml``; when its new-video
+  sensor has ticked once, every video lands in the source at once (an atomic rename, as an upload does),
+  and the clock stops when the last per-video run has succeeded. Then one more video lands alone on the
+  idle daemon: the time until its run has succeeded is the single-video latency;
+* "daemon, Dagster's SQLite storage": the same with Dagster's default storage instead of
+  `orchestration.storage.SqlitePooledStorage` (what the project used before), to show what the storage costs.
 
 Both paths are timed warm, as a service that has been curating for a while runs: each direct worker
 first curates a warm-up video (imports, model loads), and the daemon first curates one warm-up video
 (its warm process learns the modules runs import). The cold start is printed separately.
 
 Prints the table (videos/hour, ratio daemon/direct against the 0.8 target, latency against 30 s) with
-the load average, and writes bench/results/orchestration.md. Not measured: GPU captioning (the
+the load average, then the profile of the first round's batch runs (`orchestration.timeline`: mean
+phases from landing to success, mean step seconds beside the direct path's seconds for the same library
+calls, events written per run), and writes bench/results/orchestration.md. Not measured: GPU captioning (the
 smoke models run on CPU), S3 sources (the moto tests cover correctness, not speed), corpora above a
 few videos (see issue 14 for scale).
 """

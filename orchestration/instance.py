@@ -18,7 +18,7 @@ What the file configures (SQLite storage in DAGSTER_HOME):
   NAME N``); the only pool is ``training`` (`assets.training`), so one stage uses the GPUs at a time;
 * run monitoring: on, so that a run worker that died is noticed and ``dagster/max_runtime`` (set on
   training runs, `orchestration.definitions`) is enforced;
-* storage: `orchestration.storage.PooledSqliteStorage`, Dagster's SQLite storage (same files) with
+* storage: `orchestration.storage.SqlitePooledStorage`, Dagster's SQLite storage (same files) with
   connections kept open and ``synchronous=NORMAL``: a run's event writes cost a few ms instead of ~40.
   It comes last: appending deploy/dagster-postgres.yaml replaces it (the last ``storage`` key is read).
 """
@@ -78,7 +78,7 @@ _POOLED_SQLITE = """# Dagster's SQLite files, connections kept open (orchestrati
 storage:
   custom:
     module: orchestration.storage
-    class: PooledSqliteStorage
+    class: SqlitePooledStorage
     config:
       base_dir: {base_dir}
       synchronous: NORMAL

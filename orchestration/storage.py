@@ -1,4 +1,4 @@
-"""`PooledSqliteStorage`: Dagster's SQLite instance storage with connections kept open (the project's default).
+"""`SqlitePooledStorage`: Dagster's SQLite instance storage with connections kept open (the project's default).
 
 Dagster's own SQLite storage opens a new engine and connection for every read or write and closes it
 afterwards. Closing the last connection to a WAL database checkpoints the WAL into the database file
@@ -25,7 +25,7 @@ Configured in the project's dagster.yaml (`orchestration.instance`)::
     storage:
       custom:
         module: orchestration.storage
-        class: PooledSqliteStorage
+        class: SqlitePooledStorage
         config: {base_dir: {env: DAGSTER_HOME}, synchronous: NORMAL}
 """
 
@@ -114,7 +114,7 @@ def _transaction(engine) -> Iterator:
         yield conn
 
 
-class PooledSqliteRunStorage(SqliteRunStorage):
+class SqlitePooledRunStorage(SqliteRunStorage):
     def __init__(self, conn_string: str, engines: _Engines, inst_data=None):
         self._engines = engines
         super().__init__(conn_string, inst_data)
@@ -125,7 +125,7 @@ class PooledSqliteRunStorage(SqliteRunStorage):
             yield conn
 
 
-class PooledSqliteScheduleStorage(SqliteScheduleStorage):
+class SqlitePooledScheduleStorage(SqliteScheduleStorage):
     def __init__(self, conn_string: str, engines: _Engines, inst_data=None):
         self._engines = engines
         super().__init__(conn_string, inst_data)
@@ -147,7 +147,7 @@ class _WalAwareWatchdog(SqliteEventLogStorageWatchdog):
         self._process_log()
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+class SqlitePooledEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, engines: _Engines, inst_data=None):
         self._engines = engines
         super().__init__(base_dir, inst_data)
@@ -177,7 +177,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines.dispose()
 
 
-class PooledSqliteStorage(DagsterStorage, ConfigurableClass):
+class SqlitePooledStorage(DagsterStorage, ConfigurableClass):
     """Run, event-log and schedule storage on SQLite with pooled connections (module docstring)."""
 
     def __init__(self, base_dir: str, synchronous: str = "NORMAL", inst_data: Optional[ConfigurableClassData] = None):
@@ -190,9 +190,9 @@ class PooledSqliteStorage(DagsterStorage, ConfigurableClass):
         # the run and schedule databases are created (and migrated) by Dagster's own from_local, then reopened pooled
         SqliteRunStorage.from_local(runs_dir)
         SqliteScheduleStorage.from_local(schedules_dir)
-        self._run_storage = PooledSqliteRunStorage(create_db_conn_string(runs_dir, "runs"), self._engines)
-        self._event_log_storage = PooledSqliteEventLogStorage(_event_logs_directory(base_dir), self._engines)
-        self._schedule_storage = PooledSqliteScheduleStorage(create_db_conn_string(schedules_dir, "schedules"),
+        self._run_storage = SqlitePooledRunStorage(create_db_conn_string(runs_dir, "runs"), self._engines)
+        self._event_log_storage = SqlitePooledEventLogStorage(_event_logs_directory(base_dir), self._engines)
+        self._schedule_storage = SqlitePooledScheduleStorage(create_db_conn_string(schedules_dir, "schedules"),
                                                              self._engines)
         self._engines.pinned |= {self._run_storage._conn_string, self._schedule_storage._conn_string}
         super().__init__()
@@ -204,12 +204,12 @@ class PooledSqliteStorage(DagsterStorage, ConfigurableClass):
     @classmethod
     def config_type(cls) -> dict:
         return {"base_dir": StringSource,
-                "synchronous": Field(Enum("PooledSqliteSynchronous", [EnumValue(v) for v in SYNCHRONOUS]),
+                "synchronous": Field(Enum("SqlitePooledSynchronous", [EnumValue(v) for v in SYNCHRONOUS]),
                                      is_required=False, default_value="NORMAL",
                                      description="SQLite PRAGMA synchronous of every connection")}
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: dict) -> "PooledSqliteStorage":
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: dict) -> "SqlitePooledStorage":
         return cls(inst_data=inst_data, **config_value)
 
     @property

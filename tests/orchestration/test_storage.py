@@ -1,4 +1,4 @@
-"""`orchestration.storage.PooledSqliteStorage`, the project's instance storage: the same SQLite files as
+"""`orchestration.storage.SqlitePooledStorage`, the project's instance storage: the same SQLite files as
 Dagster's default (an instance switches both ways), visible across instances and forked workers (the warm
 launcher's pattern), a bounded number of open databases, and live run-log watching (the UI's run view)
 although writes stay in the WAL file while connections are open."""
@@ -17,9 +17,9 @@ from dagster._core.events.log import EventLogEntry
 from orchestration.instance import instance_yaml
 from orchestration.storage import (
     ENGINES_PER_PROCESS,
-    PooledSqliteEventLogStorage,
-    PooledSqliteRunStorage,
-    PooledSqliteStorage,
+    SqlitePooledEventLogStorage,
+    SqlitePooledRunStorage,
+    SqlitePooledStorage,
 )
 
 
@@ -52,8 +52,8 @@ def test_pooled_storage_is_configured_and_shares_dagsters_files(home):
     with _instance(home, pooled=False) as plain:
         _materialize(plain, "r-plain", "a")
     with _instance(home) as pooled:
-        assert isinstance(pooled.event_log_storage, PooledSqliteEventLogStorage)
-        assert isinstance(pooled.run_storage, PooledSqliteRunStorage)
+        assert isinstance(pooled.event_log_storage, SqlitePooledEventLogStorage)
+        assert isinstance(pooled.run_storage, SqlitePooledRunStorage)
         assert _partitions(pooled) == {"a"}  # Dagster's default files open unchanged
         _materialize(pooled, "r-pooled", "b")
     with _instance(home, pooled=False) as plain:
@@ -111,4 +111,4 @@ def test_run_log_watch_sees_events_written_to_the_wal(home):
 
 def test_synchronous_is_validated(home):
     with pytest.raises(ValueError, match="synchronous"):
-        PooledSqliteStorage(str(home), synchronous="OFF")
+        SqlitePooledStorage(str(home), synchronous="OFF")
