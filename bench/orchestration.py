@@ -46,6 +46,7 @@ TARGET_RATIO = 0.8
 TARGET_LATENCY_S = 30.0
 STAGES = ("raw_video", "video_probe", "video_shots", "video_clips", "clip_frames", "video_frames", "clip_captions",
           "video_summary", "video_instructions")
+NOTES_MARKER = "<!-- notes: kept by bench/orchestration.py -->"
 DAEMON_PATHS = {"daemon": True, "daemon, Dagster's SQLite storage": False}  # path -> pooled_sqlite
 
 
@@ -290,8 +291,11 @@ def main() -> int:
                   flush=True)
     table = _table(rows, len(videos), args.workers, load) + "\n\n" + _profile_tables(rows, direct_stages)
     print("\n" + table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(f"# bench/orchestration.py\n\n{args.videos} x {args.seconds:g}-s videos\n\n{table}\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    notes = out.read_text().partition(NOTES_MARKER)[2] if out.exists() else ""  # hand-written notes are kept
+    out.write_text(f"# bench/orchestration.py\n\n{args.videos} x {args.seconds:g}-s videos\n\n{table}\n"
+                   + (f"\n{NOTES_MARKER}{notes}" if notes else ""))
     return 0
 
 
