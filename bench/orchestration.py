@@ -137,7 +137,8 @@ def run_direct(videos: list[Path], warmup: Path, storage: Path, workers: int) ->
     ctx = mp.get_context("spawn")
     queue, ready, results = ctx.Queue(), ctx.Semaphore(0), ctx.Queue()
     t_cold = time.perf_counter()
-    procs = [ctx.Process(target=_direct_worker, args=(queue, str(warmup), ready, str(storage), results)) for _ in range(workers)]
+    procs = [ctx.Process(target=_direct_worker, args=(queue, str(warmup), ready, str(storage), results))
+             for _ in range(workers)]
     for p in procs:
         p.start()
     for _ in procs:

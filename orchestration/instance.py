@@ -73,8 +73,8 @@ run_monitoring:
 """ + (_POOLED_SQLITE.format(base_dir=base_dir) if pooled_sqlite else "")
 
 
-_POOLED_SQLITE = """# Dagster's SQLite files, connections kept open (orchestration/storage.py); synchronous: FULL for Dagster's
-# durability against power loss, at about twice the write cost
+_POOLED_SQLITE = """# Dagster's SQLite files, connections kept open (orchestration/storage.py);
+# synchronous: FULL for Dagster's durability against power loss, at about twice the write cost
 storage:
   custom:
     module: orchestration.storage

@@ -114,7 +114,9 @@ def _transaction(engine) -> Iterator:
         yield conn
 
 
-class SqlitePooledRunStorage(SqliteRunStorage):
+class _PooledConnect:
+    """`connect()` of Dagster's SQLite run and schedule storages, on a pooled engine."""
+
     def __init__(self, conn_string: str, engines: _Engines, inst_data=None):
         self._engines = engines
         super().__init__(conn_string, inst_data)
@@ -125,15 +127,12 @@ class SqlitePooledRunStorage(SqliteRunStorage):
             yield conn
 
 
-class SqlitePooledScheduleStorage(SqliteScheduleStorage):
-    def __init__(self, conn_string: str, engines: _Engines, inst_data=None):
-        self._engines = engines
-        super().__init__(conn_string, inst_data)
+class SqlitePooledRunStorage(_PooledConnect, SqliteRunStorage):
+    pass
 
-    @contextmanager
-    def connect(self) -> Iterator:
-        with _transaction(self._engines.get(self._conn_string)) as conn:
-            yield conn
+
+class SqlitePooledScheduleStorage(_PooledConnect, SqliteScheduleStorage):
+    pass
 
 
 class _WalAwareWatchdog(SqliteEventLogStorageWatchdog):
