@@ -37,7 +37,7 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 class ProjectDaemon:
     def __init__(self, workdir: Path, workspace: Optional[Path] = None, env: Optional[dict] = None,
-                 cpus: Optional[int] = None):
+                 cpus: Optional[int] = None, pooled_sqlite: bool = True):
         from dagster import DagsterInstance
 
         self.workdir = Path(workdir)
@@ -45,7 +45,7 @@ class ProjectDaemon:
         self.source, self.storage = self.workdir / "raw", self.workdir / "lake"
         for d in (self.home, self.source):
             d.mkdir(parents=True, exist_ok=True)
-        (self.home / "dagster.yaml").write_text(instance_yaml(cpus))
+        (self.home / "dagster.yaml").write_text(instance_yaml(cpus, self.home, pooled_sqlite))
         self.workspace = Path(workspace or REPO / "workspace.yaml")
         self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.home), "LONGVILA_SOURCE": str(self.source),
                     "LONGVILA_STORAGE": str(self.storage)}

@@ -175,15 +175,18 @@ def test_manual_launch_is_not_starved_by_automation(daemon, video):
     """Automated runs may use 2 of the 3 run slots and yield to manual launches (priority): a manual run
     launched while automated runs wait in the queue overtakes them (it starts before automated runs that
     were queued before it; its own start may lag an automated run that took a slot freed meanwhile)."""
-    keys = [_landed(daemon, video(i)) for i in range(6)]
+    from concurrent.futures import ThreadPoolExecutor
 
-    def saturated():
-        runs = [r for k in keys for r in daemon.runs(k)]
-        return len(runs) == 6 and sum(r.status.value == "QUEUED" for r in runs) >= 2
-
-    daemon.wait("automated runs waiting in the queue", saturated)
-    daemon.cli("job", "launch", "-j", "curation_lineage", "--tags", '{"dagster/partition": "%s"}' % keys[0])
-    runs = daemon.wait_for_runs(set(keys), count=7, timeout=900)
+    first = _landed(daemon, video(0))
+    daemon.wait_for_runs({first})
+    # the CLI's start-up (imports, workspace load: seconds) overlaps the queue filling with 10 automated runs,
+    # which curate faster than it starts: launched only once the queue is full, it would find it drained
+    with ThreadPoolExecutor(1) as pool:
+        launch = pool.submit(daemon.cli, "job", "launch", "-j", "curation_lineage",
+                             "--tags", '{"dagster/partition": "%s"}' % first)
+        keys = [_landed(daemon, video(i)) for i in range(10)]
+        launch.result()
+    runs = daemon.wait_for_runs(set(keys) | {first}, count=12, timeout=900)
     records = {r.run_id: daemon.instance.get_run_record_by_id(r.run_id) for r in runs}
     manual = next(records[r.run_id] for r in runs if "longvila/automated" not in r.tags)
     auto = [records[r.run_id] for r in runs if r.tags.get("longvila/automated") == "true"]
