@@ -23,6 +23,7 @@ Configuration (fixed when the Definitions load, since it decides code versions):
 | env var | default | meaning |
 |---|---|---|
 | LONGVILA_RECIPE | smoke | recipe name or path (training/recipes/*.yaml) |
+| LONGVILA_TRAIN_MAX_STEPS | unset | cap every stage's steps (a quick plumbing run of the whole lineage) |
 
 ``training_launcher`` resource fields: see `TrainingLauncher`. Example run config for the
 Kubernetes path (UNTESTED here: dagster-k8s is not installed and there is no cluster)::
@@ -116,7 +117,8 @@ class TrainingLauncher(ConfigurableResource):
     launch_timeout_s: float = Field(default=24 * 3600.0, description="stop every agent after this (subprocess)")
     nproc_per_node: Optional[int] = Field(default=None, description="ranks per stage; default: the stage's SP degree "
                                                                     "(data parallel = nproc / SP)")
-    max_steps: Optional[int] = Field(default=None, description="override the recipe's steps per stage (demos/tests)")
+    max_steps: Optional[int] = Field(default=None, description="override the recipe's steps per stage (quick "
+                                     "plumbing runs, tests); unset: LONGVILA_TRAIN_MAX_STEPS, else the recipe's")
     num_threads: Optional[int] = Field(default=None, description="torch threads per rank (CPU)")
     checkpoint_every: Optional[int] = Field(default=None, description="override the recipe's checkpoint interval")
     checkpoint_root: Optional[str] = Field(default=None, description="local directory for stage checkpoints; "
@@ -307,8 +309,9 @@ def _stage_asset(recipe: Recipe, n: int):
             args += ["--init-from", prev]
         else:
             args += ["--profile", recipe.model_profile]
-        if training_launcher.max_steps:
-            args += ["--max-steps", str(training_launcher.max_steps)]
+        max_steps = training_launcher.max_steps or int(os.environ.get("LONGVILA_TRAIN_MAX_STEPS") or 0)
+        if max_steps:
+            args += ["--max-steps", str(max_steps)]
         if training_launcher.checkpoint_every is not None:
             args += ["--checkpoint-every", str(training_launcher.checkpoint_every)]
         if training_launcher.num_threads:

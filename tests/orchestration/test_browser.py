@@ -59,7 +59,7 @@ def project(tmp_path_factory, small_video_cache):
     (work / "dagster_home").mkdir()
     shutil.copyfile(small_video_cache[0], work / "raw" / "clip one.mp4")
     env = {"DAGSTER_HOME": str(work / "dagster_home"), "LONGVILA_MODELS_DIR": str(work / "models"),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "LONGVILA_TRAIN_MAX_STEPS": "2"}  # plumbing, not the curriculum's learning
     saved = {k: os.environ.get(k) for k in (*env, "LONGVILA_SOURCE", "LONGVILA_STORAGE")}
     os.environ.update(env)
     try:

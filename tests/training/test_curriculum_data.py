@@ -128,3 +128,33 @@ def test_a_changed_video_changes_only_its_own_inputs(tmp_path):
     after = build_stage_dataset(str(tmp_path / "b"), st, storage=storage, video_keys=[KEY, "other-00000002"])
     changed = {i["video_key"] for i in before["inputs"] if i.get("video_key") and i not in after["inputs"]}
     assert changed == {"other-00000002"} and before["content_hash"] != after["content_hash"]
+
+
+def test_prefer_annotation_trains_a_corpus_without_sidecars(tmp_path):
+    """`caption_source: prefer_annotation` (the smoke recipe's): the sidecar captions where the corpus has any;
+    a folder without sidecars trains on the model's captions (at share 1) instead of failing with zero samples."""
+    import pyarrow.parquet as pq
+
+    from longvila import layout
+    from training.data.build import build_caption_dataset
+
+    from .conftest import write_curated_video
+
+    storage = str(tmp_path / "lake")
+    for key in ("a-00000001", "b-00000002"):
+        write_curated_video(storage, key)
+        url = layout.layer_path(storage, "captions", key)
+        table = pq.read_table(url)
+        pq.write_table(table.set_column(table.column_names.index("source"), "source",
+                                        [["model"] * table.num_rows]), url)
+    keys = ["a-00000001", "b-00000002"]
+    strict = DataOptions(caption_source="annotation", caption_share=0.0)
+    assert build_caption_dataset(storage, keys, "captions", 2, options=strict)[0] == []
+    logs = []
+    prefer = DataOptions(caption_source="prefer_annotation", caption_share=0.0)
+    records, _ = build_caption_dataset(storage, keys, "captions", 2, options=prefer, log=logs.append)
+    assert len(records) >= 6 and any("prefer_annotation" in line for line in logs)
+    write_curated_video(storage, "a-00000001")  # one video gains sidecar captions: only those are used
+    records, _ = build_caption_dataset(storage, keys, "captions", 2,
+                                       options=DataOptions(caption_source="prefer_annotation"))
+    assert records and {r["sample_id"].split("/")[0] for r in records} == {"a-00000001"}

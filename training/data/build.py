@@ -29,6 +29,7 @@ A dataset with zero usable samples raises `InputError` instead of writing anythi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Iterable
 
@@ -109,6 +110,25 @@ def _from_source(captions: dict[int, str], table: pa.Table, source: str) -> dict
     return {c: t for c, t in captions.items() if by_clip.get(c) == source}
 
 
+def _resolved_source(storage: str, video_keys: list[str], source: str, log=None) -> str:
+    """`prefer_annotation`: `annotation` when any of the videos has a caption from its sidecar, else every
+    caption at a caption share of 1 (a corpus without sidecars still trains); other sources as given."""
+    if source != "prefer_annotation":
+        return source
+    from curation.captioning.captioner import caption_sources
+
+    for key in video_keys:
+        url = layout.layer_path(storage, "captions", key)
+        try:
+            if lio.exists(url) and "annotation" in caption_sources(read_layer(url)[0]):
+                return "annotation"
+        except InputError:
+            continue
+    if log:
+        log("[data] no video has annotation captions: the model's captions are used (prefer_annotation)")
+    return "any"
+
+
 def _in_share(sample_id: str, share: float) -> bool:
     """Stable pseudo-random choice of a `share` of the ids (a hash, not the order)."""
     if share >= 1.0:
@@ -184,6 +204,9 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
     """Records + per-video input descriptions from the curated captions and clip frames of `video_keys`.
     Each used video's raw sha256 and the versions of the two files read go into `lineage`."""
     opts = options or DataOptions()
+    source = _resolved_source(storage, sorted(video_keys), opts.caption_source, log)
+    if opts.caption_source == "prefer_annotation" and source == "any":
+        opts = dataclasses.replace(opts, caption_share=1.0)  # the share assumes annotated on-screen text QA
     records, inputs = [], []
     for key in sorted(video_keys):
         cap_url = layout.layer_path(storage, "captions", key)
@@ -199,7 +222,7 @@ def build_caption_dataset(storage: str, video_keys: list[str], kind: str, num_fr
             if log:
                 log(f"[data] {key}: {e}; skipped")
             continue
-        shared = {c: t for c, t in _from_source(caps, cap_table, opts.caption_source).items()
+        shared = {c: t for c, t in _from_source(caps, cap_table, source).items()
                   if _in_share(f"{key}/c{c:05d}", opts.caption_share)}
         recs = video_samples(key, shared, frames, kind, num_frames)
         if kind == "caption_and_qa":

@@ -6,7 +6,9 @@
 
 | option | default | meaning |
 |---|---|---|
-| caption_source | any | clip captions that make caption samples: `any`, `annotation` (sidecars) or `model` |
+| caption_source | any | clip captions that make caption samples: `any`, `annotation` (sidecars), `model`, or |
+| | | `prefer_annotation` (sidecar captions when any of the videos has them, else all the model's captions |
+| | | with `caption_share` 1: the smoke recipe's stages still train on a folder without sidecars) |
 | caption_share | 1.0 | share of the clips (by a hash) that keep their caption, "what happens" and "order" samples |
 | frame_samples | 0 | single-frame short-QA samples per clip with on-screen text (frames spread over the clip) |
 | passkey_samples | 0 | text-only passkey samples mixed into the stage (kind `passkey` has `num_samples`) |
@@ -46,7 +48,7 @@ class DataOptions:
     needle_size: int = 64
 
 
-CAPTION_SOURCES = ("any", "annotation", "model")
+CAPTION_SOURCES = ("any", "annotation", "model", "prefer_annotation")
 _RANGES: dict[str, tuple[float, float]] = {
     "caption_share": (0.0, 1.0), "frame_samples": (0, 64), "passkey_samples": (0, 10**7),
     "passkey_digits": (1, 12), "passkey_min_fill": (0.01, 1.0), "retrieval_samples": (0, 10**7),
